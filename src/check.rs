@@ -1,0 +1,95 @@
+//! `missive check`: everything that can be known about a template set without sending.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use lettre::message::Mailbox;
+
+use crate::config::Config;
+use crate::error::{Error, ErrorKind};
+use crate::message;
+use crate::render::{self, parse_mailbox};
+use crate::templates::TemplateSet;
+
+/// What a check found.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Every problem, each with the file and line it is about where there is one.
+    pub problems: Vec<Error>,
+    /// Sendable templates (locale variants counted apart).
+    pub templates: usize,
+    /// Renders done: template × example.
+    pub renders: usize,
+    /// Templates with no schema examples: compiled, but never rendered.
+    pub without_examples: Vec<String>,
+}
+
+impl Report {
+    /// Whether the set is fit to send.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Compiles every template, validates every schema example against its schema, and
+/// renders and builds every template with every example of its schema.
+pub fn check(config: &Config) -> Report {
+    let mut report = Report::default();
+    let from = match parse_mailbox(&config.from) {
+        Ok(from) => from,
+        Err(e) => {
+            report.problems.push(Error::new(
+                ErrorKind::Config,
+                format!("default sender: {}", e.message()),
+            ));
+            return report;
+        }
+    };
+    let set = match TemplateSet::load(&config.templates, &config.schemas) {
+        Ok(set) => set,
+        Err(e) => {
+            report.problems = e.problems().map(Error::clone_shallow).collect();
+            return report;
+        }
+    };
+    check_set(&set, &from, &mut report);
+    report
+}
+
+fn check_set(set: &TemplateSet, from: &Mailbox, report: &mut Report) {
+    let mut validated = HashSet::new();
+    for variant in set.variants() {
+        report.templates += 1;
+        let label = match &variant.locale {
+            Some(locale) => format!("{} ({locale})", variant.name),
+            None => variant.name.clone(),
+        };
+        let Some(schema) = variant.schema.as_ref().filter(|s| !s.examples.is_empty()) else {
+            report.without_examples.push(label);
+            continue;
+        };
+        let first_time = validated.insert(Arc::as_ptr(schema));
+        for (index, example) in schema.examples.iter().enumerate() {
+            let violations = schema.violations(example);
+            if !violations.is_empty() {
+                if first_time {
+                    report.problems.push(
+                        Error::new(
+                            ErrorKind::InvalidData,
+                            format!("example {index} does not match its own schema"),
+                        )
+                        .at(&schema.file, schema.examples_line, 1)
+                        .with_violations(violations),
+                    );
+                }
+                continue;
+            }
+            report.renders += 1;
+            let result = render::render(set, &variant.name, variant.locale.as_deref(), example)
+                .and_then(|rendered| message::build(rendered, &[], Some(from)));
+            if let Err(e) = result {
+                report.problems.push(e.note(format!("with example {index} of {}", schema.file.display())));
+            }
+        }
+    }
+}

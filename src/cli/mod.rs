@@ -1,0 +1,273 @@
+//! Command-line parsing and the verbs. Everything here goes through the public library API.
+
+mod init;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use missive::{Config, Error, ErrorKind, Mailer, Result};
+
+/// Template-driven transactional mail: render, check, preview and send.
+#[derive(Debug, Parser)]
+#[command(name = "missive", version, about)]
+pub struct Cli {
+    /// Config file (default: $MISSIVE_CONFIG, else ./missive.yaml if present).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Template folder, overriding the config.
+    #[arg(long, global = true, value_name = "DIR")]
+    templates: Option<PathBuf>,
+    /// Schema folder, overriding the config.
+    #[arg(long, global = true, value_name = "DIR")]
+    schemas: Option<PathBuf>,
+    /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Compile every template, validate every schema example, render each template with
+    /// each example; print problems as path:line:col: message.
+    Check,
+    /// Render one template to stdout.
+    Render {
+        /// Template name, e.g. `welcome` or `account/password-reset`.
+        name: String,
+        #[command(flatten)]
+        input: DataArgs,
+        /// What to print.
+        #[arg(long, value_enum, default_value_t = Format::Html)]
+        format: Format,
+    },
+    /// Render one template and send it through the configured transport.
+    Send {
+        /// Template name.
+        name: String,
+        #[command(flatten)]
+        input: DataArgs,
+        /// Send to this address instead of the template's `to` (repeatable).
+        #[arg(long, value_name = "ADDR")]
+        to: Vec<String>,
+    },
+    /// Write a starter template set and config into DIR (default: the current folder).
+    Init {
+        /// Where to write.
+        dir: Option<PathBuf>,
+        /// Overwrite files that already exist.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct DataArgs {
+    /// JSON (or .yaml) data file; `-` reads stdin. Default: the schema's example.
+    #[arg(long, value_name = "FILE")]
+    data: Option<PathBuf>,
+    /// Which of the schema's `examples` to use (from 0) when no --data is given.
+    #[arg(long, value_name = "N", default_value_t = 0, conflicts_with = "data")]
+    example: usize,
+    /// Locale variant to use: fr-CA falls back to fr, then the base template.
+    #[arg(long, value_name = "LOCALE")]
+    locale: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Html,
+    Text,
+    Eml,
+    Json,
+}
+
+/// Logs go to stderr; `RUST_LOG` wins over `-v`.
+pub fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Prints an error and every related problem, one per line.
+pub fn print_error(error: &Error) {
+    for problem in error.problems() {
+        for line in problem_lines(problem) {
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// `path:line:col: message` lines; one per schema violation so each can be jumped to.
+fn problem_lines(problem: &Error) -> Vec<String> {
+    let prefix = problem
+        .location()
+        .map(|l| format!("{l}: "))
+        .unwrap_or_else(|| "missive: ".to_string());
+    if problem.violations().is_empty() {
+        return vec![format!("{prefix}{}", problem.message())];
+    }
+    problem
+        .violations()
+        .iter()
+        .map(|v| format!("{prefix}{}: {v}", problem.message()))
+        .collect()
+}
+
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    let config = load_config(&cli)?;
+    match cli.command {
+        Command::Check => Ok(check(&config)),
+        Command::Render {
+            name,
+            input,
+            format,
+        } => render(config, &name, &input, format),
+        Command::Send { name, input, to } => send(config, &name, &input, &to).await,
+        Command::Init { dir, force } => {
+            init::run(&dir.unwrap_or_else(|| PathBuf::from(".")), force)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> Result<Config> {
+    let mut config = match &cli.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::discover()?,
+    };
+    if let Some(dir) = &cli.templates {
+        config.templates = dir.clone();
+    }
+    if let Some(dir) = &cli.schemas {
+        config.schemas = dir.clone();
+    }
+    Ok(config)
+}
+
+fn check(config: &Config) -> ExitCode {
+    let report = missive::check(config);
+    for problem in &report.problems {
+        for line in problem_lines(problem) {
+            println!("{line}");
+        }
+    }
+    for name in &report.without_examples {
+        eprintln!("note: `{name}` has no schema examples, so it was compiled but not rendered");
+    }
+    eprintln!(
+        "checked {} templates with {} renders: {} problem{}",
+        report.templates,
+        report.renders,
+        report.problems.len(),
+        if report.problems.len() == 1 { "" } else { "s" }
+    );
+    if report.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn message(mailer: &Mailer, name: &str, input: &DataArgs) -> Result<missive::TemplateMessage> {
+    let data = match &input.data {
+        Some(path) => read_data(path)?,
+        None => mailer.example(name, input.example)?,
+    };
+    let mut message = mailer.template(name).data(&data);
+    if let Some(locale) = &input.locale {
+        message = message.locale(locale);
+    }
+    Ok(message)
+}
+
+fn render(config: Config, name: &str, input: &DataArgs, format: Format) -> Result<ExitCode> {
+    let mailer = Mailer::builder().config(config).build()?;
+    let message = message(&mailer, name, input)?;
+    let out = match format {
+        Format::Eml => message.eml()?,
+        Format::Html => message.render()?.html().as_bytes().to_vec(),
+        Format::Text => match message.render()?.text() {
+            Some(text) => text.as_bytes().to_vec(),
+            None => {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!("`{name}` has no text part (`text: false`)"),
+                ))
+            }
+        },
+        Format::Json => {
+            let mut json = serde_json::to_vec_pretty(&message.render()?)
+                .map_err(|e| Error::new(ErrorKind::Render, e.to_string()))?;
+            json.push(b'\n');
+            json
+        }
+    };
+    std::io::stdout()
+        .write_all(&out)
+        .map_err(|e| Error::new(ErrorKind::Io, format!("cannot write to stdout: {e}")))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn send(config: Config, name: &str, input: &DataArgs, to: &[String]) -> Result<ExitCode> {
+    let mailer = Mailer::builder().config(config).build()?;
+    let mut message = message(&mailer, name, input)?;
+    for address in to {
+        message = message.to(address);
+    }
+    let receipt = message.send().await?;
+    println!(
+        "sent {} {} to {} ({}; {} attempt{})",
+        receipt.template,
+        receipt.message_id,
+        receipt.accepted.join(", "),
+        receipt.reply,
+        receipt.attempts,
+        if receipt.attempts == 1 { "" } else { "s" }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads data as JSON, or YAML for `.yaml`/`.yml`; `-` is stdin.
+fn read_data(path: &Path) -> Result<serde_json::Value> {
+    let (text, shown) = if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot read stdin: {e}")))?;
+        (text, PathBuf::from("<stdin>"))
+    } else {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::new(ErrorKind::Io, format!("cannot read {}: {e}", path.display()))
+        })?;
+        (text, path.to_path_buf())
+    };
+    let yaml = matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    );
+    if yaml {
+        serde_yaml::from_str(&text).map_err(|e| {
+            let line = e.location().map_or(1, |l| l.line());
+            Error::new(ErrorKind::InvalidData, format!("invalid YAML data: {e}"))
+                .at(&shown, line, 1)
+        })
+    } else {
+        serde_json::from_str(&text).map_err(|e| {
+            Error::new(ErrorKind::InvalidData, format!("invalid JSON data: {e}"))
+                .at(&shown, e.line(), e.column())
+        })
+    }
+}

@@ -1,0 +1,245 @@
+//! `missive.yaml`: where the templates are, who sends, and through what.
+//!
+//! Secrets never live here: a key that looks like one is refused with a pointer to the
+//! environment variable or credentials file that should hold it.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// The sender used when neither the config nor a template names one. It only suits the
+/// outbox: a real server wants a sender of your own domain.
+pub const DEFAULT_FROM: &str = "Missive <missive@localhost>";
+
+/// Keys that hold secrets; refused anywhere in the config file.
+const SECRET_KEYS: &[&str] = &[
+    "password",
+    "pass",
+    "secret",
+    "client_secret",
+    "refresh_token",
+    "access_token",
+    "token",
+    "private_key",
+    "api_key",
+];
+
+/// Settings of a mailer, as read from `missive.yaml` or built in code.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The template folder.
+    pub templates: PathBuf,
+    /// The JSON Schema folder.
+    pub schemas: PathBuf,
+    /// Default sender, `Name <address>`.
+    pub from: String,
+    /// Where messages go.
+    pub transport: TransportConfig,
+}
+
+/// The transport section of the config.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum TransportConfig {
+    /// One `.eml` file per message in `dir`.
+    Outbox {
+        /// The folder, `outbox` by default.
+        #[serde(default = "default_outbox")]
+        dir: PathBuf,
+    },
+}
+
+fn default_outbox() -> PathBuf {
+    PathBuf::from("outbox")
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            templates: PathBuf::from("templates"),
+            schemas: PathBuf::from("schemas"),
+            from: DEFAULT_FROM.to_string(),
+            transport: TransportConfig::Outbox {
+                dir: default_outbox(),
+            },
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    templates: Option<PathBuf>,
+    schemas: Option<PathBuf>,
+    from: Option<String>,
+    transport: Option<TransportConfig>,
+}
+
+impl Config {
+    /// Reads `path`. Relative folders in it are taken from the file's own folder.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Config> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::new(
+                ErrorKind::Config,
+                format!("cannot read config {}: {e}", path.display()),
+            )
+            .at(path, 1, 1)
+        })?;
+        Config::from_yaml(&text, path)
+    }
+
+    /// The config the command line and `Mailer::from_config` use when given no file:
+    /// `$MISSIVE_CONFIG`, else `missive.yaml` in the working folder, else the defaults.
+    pub fn discover() -> Result<Config> {
+        if let Some(path) = std::env::var_os("MISSIVE_CONFIG") {
+            return Config::from_file(PathBuf::from(path));
+        }
+        let local = Path::new("missive.yaml");
+        if local.is_file() {
+            return Config::from_file(local);
+        }
+        Ok(Config::default())
+    }
+
+    fn from_yaml(text: &str, path: &Path) -> Result<Config> {
+        let yaml_error = |e: serde_yaml::Error| {
+            let (line, column) = e
+                .location()
+                .map_or((1, 1), |l| (l.line(), l.column()));
+            let message = e.to_string();
+            let message = message
+                .find(" at line ")
+                .map_or(message.as_str(), |at| &message[..at]);
+            Error::new(ErrorKind::Config, format!("invalid config: {message}"))
+                .at(path, line, column)
+        };
+        let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(yaml_error)?;
+        if value.is_null() {
+            return Ok(Config::default().relative_to(path));
+        }
+        if let Some(key) = find_secret_key(&value) {
+            let line = text
+                .lines()
+                .position(|l| l.trim_start().starts_with(&format!("{key}:")))
+                .map_or(1, |i| i + 1);
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "`{key}` looks like a secret; secrets never go in the config file — \
+                     use an environment variable or the credentials file `missive auth` writes"
+                ),
+            )
+            .at(path, line, 1));
+        }
+        let raw: Raw = serde_yaml::from_value(value).map_err(|e| {
+            // from_value has no positions; find the offending key's line by name.
+            let message = e.to_string();
+            let line = message
+                .split('`')
+                .nth(1)
+                .and_then(|key| {
+                    text.lines()
+                        .position(|l| l.trim_start().starts_with(&format!("{key}:")))
+                })
+                .map_or(1, |i| i + 1);
+            Error::new(ErrorKind::Config, format!("invalid config: {message}")).at(path, line, 1)
+        })?;
+        let defaults = Config::default();
+        let config = Config {
+            templates: raw.templates.unwrap_or(defaults.templates),
+            schemas: raw.schemas.unwrap_or(defaults.schemas),
+            from: raw.from.unwrap_or(defaults.from),
+            transport: raw.transport.unwrap_or(defaults.transport),
+        };
+        crate::render::parse_mailbox(&config.from).map_err(|e| {
+            let line = text
+                .lines()
+                .position(|l| l.trim_start().starts_with("from:"))
+                .map_or(1, |i| i + 1);
+            Error::new(ErrorKind::Config, format!("`from`: {}", e.message())).at(path, line, 1)
+        })?;
+        Ok(config.relative_to(path))
+    }
+
+    /// Resolves relative folders against the folder of the config file.
+    fn relative_to(mut self, path: &Path) -> Config {
+        let base = path.parent().unwrap_or(Path::new(""));
+        let join = |p: &mut PathBuf| {
+            if p.is_relative() && !base.as_os_str().is_empty() {
+                *p = base.join(&*p);
+            }
+        };
+        join(&mut self.templates);
+        join(&mut self.schemas);
+        match &mut self.transport {
+            TransportConfig::Outbox { dir } => join(dir),
+        }
+        self
+    }
+}
+
+fn find_secret_key(value: &serde_yaml::Value) -> Option<String> {
+    match value {
+        serde_yaml::Value::Mapping(map) => map.iter().find_map(|(k, v)| {
+            let key = k.as_str().unwrap_or_default();
+            if SECRET_KEYS.contains(&key.to_ascii_lowercase().as_str()) {
+                Some(key.to_string())
+            } else {
+                find_secret_key(v)
+            }
+        }),
+        serde_yaml::Value::Sequence(items) => items.iter().find_map(find_secret_key),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::from_yaml(text, Path::new("conf/missive.yaml"))
+    }
+
+    #[test]
+    fn relative_paths_follow_the_file() {
+        let config = parse("templates: tpl\nfrom: \"Acme <hi@acme.test>\"\ntransport:\n  type: outbox\n  dir: /tmp/out\n").unwrap();
+        assert_eq!(config.templates, Path::new("conf/tpl"));
+        assert_eq!(config.schemas, Path::new("conf/schemas"));
+        assert_eq!(
+            config.transport,
+            TransportConfig::Outbox {
+                dir: PathBuf::from("/tmp/out")
+            }
+        );
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let config = parse("").unwrap();
+        assert_eq!(config.from, DEFAULT_FROM);
+    }
+
+    #[test]
+    fn secrets_are_refused_with_their_line() {
+        let err = parse("from: a@b.test\ntransport:\n  type: outbox\n  password: hunter2\n").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert_eq!(err.location().unwrap().line, 4);
+        assert!(!err.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_sender_are_errors() {
+        let err = parse("from: a@b.test\ntemplats: x\n").unwrap_err();
+        assert!(err.message().contains("unknown field `templats`"), "{err}");
+        assert_eq!(err.location().unwrap().line, 2);
+        let err = parse("from: not an address\n").unwrap_err();
+        assert!(err.message().starts_with("`from`"), "{err}");
+        let err = parse("transport:\n  type: carrier-pigeon\n").unwrap_err();
+        assert!(err.message().contains("carrier-pigeon"), "{err}");
+    }
+}

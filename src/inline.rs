@@ -1,0 +1,620 @@
+//! CSS inlining, with the cascade a browser would apply.
+//!
+//! css-inline 0.23 does the selector matching, but left to itself it drops `:hover`
+//! rules, drops `data-css-inline="ignore"` blocks instead of keeping them, and applies
+//! `<link>`ed sheets after every `<style>` block so a linked rule beats a later,
+//! equally specific `<style>` rule. So missive gathers the CSS itself, in document order,
+//! splits off what cannot be inlined (at-rules, dynamic pseudo-classes, pseudo-elements)
+//! into a `<style>` kept in the head, and hands css-inline only the rest, as one sheet.
+//!
+//! Linked stylesheets come from the template set in memory: nothing is read from disk
+//! at render time, and remote stylesheets are never fetched (their `<link>` stays).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// How many distinct gathered stylesheets the split cache keeps; templates that print
+/// data into `<style>` would otherwise grow it without bound.
+const SPLIT_CACHE_LIMIT: usize = 256;
+
+/// The stylesheets of a template set, and the inliner that uses them.
+pub(crate) struct Stylesheets {
+    files: HashMap<String, Arc<str>>,
+    splits: RwLock<HashMap<String, Arc<Split>>>,
+}
+
+/// Gathered CSS, cut into what goes into `style=""` and what stays in the head.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Split {
+    inline: String,
+    keep: String,
+}
+
+impl Stylesheets {
+    pub fn new(files: HashMap<String, Arc<str>>) -> Stylesheets {
+        Stylesheets {
+            files,
+            splits: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Inlines the CSS of `html`, rendered from `file`.
+    pub fn inline(&self, html: &str, file: &Path) -> Result<String> {
+        let gathered = self.gather(html, file)?;
+        let split = self.split(&gathered.css);
+        let options = css_inline::InlineOptions::default()
+            .load_remote_stylesheets(false)
+            .keep_link_tags(true)
+            .keep_style_tags(false)
+            .extra_css(Some(Cow::Borrowed(split.inline.as_str())));
+        let inlined = css_inline::CSSInliner::new(options)
+            .inline(&gathered.html)
+            .map_err(|e| {
+                Error::new(ErrorKind::Render, format!("CSS inlining failed: {e}")).at(file, 1, 1)
+            })?;
+        let mut head = String::new();
+        if !split.keep.is_empty() {
+            head.push_str("<style>");
+            head.push_str(&split.keep);
+            head.push_str("</style>");
+        }
+        for block in &gathered.kept_blocks {
+            head.push_str(block);
+        }
+        Ok(insert_into_head(inlined, &head))
+    }
+
+    fn split(&self, css: &str) -> Arc<Split> {
+        if let Some(split) = self.splits.read().ok().and_then(|m| m.get(css).cloned()) {
+            return split;
+        }
+        let split = Arc::new(split_rules(css));
+        if let Ok(mut cache) = self.splits.write() {
+            if cache.len() >= SPLIT_CACHE_LIMIT {
+                cache.clear();
+            }
+            cache.insert(css.to_string(), split.clone());
+        }
+        split
+    }
+
+    /// Takes the inlinable `<style>` and local `<link>` CSS out of `html`, in order.
+    fn gather(&self, html: &str, file: &Path) -> Result<Gathered> {
+        let mut out = String::with_capacity(html.len());
+        let mut css = String::new();
+        let mut kept_blocks = Vec::new();
+        let mut rest = html;
+        while let Some(tag) = next_tag(rest) {
+            out.push_str(&rest[..tag.start]);
+            let after = &rest[tag.end..];
+            match tag.name {
+                TagName::Comment => {
+                    out.push_str(&rest[tag.start..tag.end]);
+                    rest = after;
+                }
+                TagName::Style => {
+                    let close = find_ci(after, "</style").unwrap_or(after.len());
+                    let close_end = after[close..].find('>').map_or(after.len(), |i| close + i + 1);
+                    if tag.attr("data-css-inline").as_deref() == Some("ignore") {
+                        kept_blocks.push(rest[tag.start..tag.end + close_end].to_string());
+                    } else {
+                        push_css(&mut css, &after[..close], tag.attr("media").as_deref());
+                    }
+                    rest = &after[close_end..];
+                }
+                TagName::Link => {
+                    let is_sheet = tag
+                        .attr("rel")
+                        .is_some_and(|r| r.split_whitespace().any(|w| w.eq_ignore_ascii_case("stylesheet")));
+                    match tag.attr("href").filter(|_| is_sheet) {
+                        Some(href) if !is_remote(&href) => {
+                            let sheet = self.resolve(&href).map_err(|e| e.or_at(file, 1))?;
+                            push_css(&mut css, sheet, tag.attr("media").as_deref());
+                        }
+                        _ => out.push_str(&rest[tag.start..tag.end]),
+                    }
+                    rest = after;
+                }
+            }
+        }
+        out.push_str(rest);
+        Ok(Gathered {
+            html: out,
+            css,
+            kept_blocks,
+        })
+    }
+
+    fn resolve(&self, href: &str) -> Result<&str> {
+        let rel = local_path(href)?;
+        self.files.get(rel).map(|s| &**s).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Render,
+                format!("stylesheet `{href}` is not in the templates folder"),
+            )
+        })
+    }
+}
+
+struct Gathered {
+    html: String,
+    css: String,
+    kept_blocks: Vec<String>,
+}
+
+fn push_css(css: &mut String, sheet: &str, media: Option<&str>) {
+    match media.map(str::trim).filter(|m| !m.is_empty() && *m != "all") {
+        Some(media) => {
+            css.push_str(&format!("@media {media} {{\n{sheet}\n}}\n"));
+        }
+        None => {
+            css.push_str(sheet);
+            css.push('\n');
+        }
+    }
+}
+
+fn is_remote(href: &str) -> bool {
+    href.starts_with("//") || href.split_once(':').is_some_and(|(scheme, _)| {
+        !scheme.is_empty() && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
+    })
+}
+
+/// A `<link href>` as a path under the templates folder, which is its root.
+fn local_path(href: &str) -> Result<&str> {
+    let path = href.split(['?', '#']).next().unwrap_or(href);
+    let path = path.trim_start_matches("./").trim_start_matches('/');
+    if path.split('/').any(|p| p == "..") {
+        return Err(Error::new(
+            ErrorKind::Template,
+            format!("stylesheet `{href}` is outside the templates folder and is never read"),
+        ));
+    }
+    Ok(path)
+}
+
+/// Fails on a literal `<link rel="stylesheet">` to a local file the set does not have,
+/// so `missive check` catches it before anything renders.
+pub(crate) fn check_static_links(
+    source: &str,
+    file: &Path,
+    files: &HashMap<String, Arc<str>>,
+) -> Result<()> {
+    let mut rest = source;
+    let mut consumed = 0;
+    while let Some(tag) = next_tag(rest) {
+        let line = source[..consumed + tag.start].matches('\n').count() + 1;
+        if tag.name == TagName::Link {
+            let is_sheet = tag.attr("rel").is_some_and(|r| r.contains("stylesheet"));
+            if let Some(href) = tag.attr("href").filter(|h| is_sheet && !is_remote(h)) {
+                if !href.contains("{{") && !href.contains("{%") {
+                    let rel = local_path(&href).map_err(|e| e.at(file, line, 1))?;
+                    if !files.contains_key(rel) {
+                        return Err(Error::new(
+                            ErrorKind::Template,
+                            format!("stylesheet `{href}` is not in the templates folder"),
+                        )
+                        .at(file, line, 1));
+                    }
+                }
+            }
+        }
+        consumed += tag.end;
+        rest = &rest[tag.end..];
+    }
+    Ok(())
+}
+
+fn insert_into_head(mut html: String, head: &str) -> String {
+    if head.is_empty() {
+        return html;
+    }
+    match find_ci(&html, "</head") {
+        Some(at) => html.insert_str(at, head),
+        None => html.insert_str(0, head),
+    }
+    html
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TagName {
+    Style,
+    Link,
+    Comment,
+}
+
+struct TagMatch<'a> {
+    name: TagName,
+    start: usize,
+    end: usize,
+    attrs: &'a str,
+}
+
+impl TagMatch<'_> {
+    fn attr(&self, name: &str) -> Option<String> {
+        attributes(self.attrs)
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.to_string())
+    }
+}
+
+/// The next `<style>`, `<link>` or comment (comments hold Outlook's conditional CSS,
+/// which must pass through untouched).
+fn next_tag(html: &str) -> Option<TagMatch<'_>> {
+    let bytes = html.as_bytes();
+    let mut from = 0;
+    while let Some(i) = html[from..].find('<').map(|i| i + from) {
+        let tail = &html[i..];
+        if tail.starts_with("<!--") {
+            let end = tail[4..].find("-->").map_or(html.len(), |e| i + 4 + e + 3);
+            return Some(TagMatch {
+                name: TagName::Comment,
+                start: i,
+                end,
+                attrs: "",
+            });
+        }
+        let name = if starts_with_ci(&tail[1..], "style") {
+            Some((TagName::Style, 6))
+        } else if starts_with_ci(&tail[1..], "link") {
+            Some((TagName::Link, 5))
+        } else {
+            None
+        };
+        if let Some((name, len)) = name {
+            let boundary = bytes.get(i + len).copied();
+            if matches!(boundary, Some(b' ' | b'\t' | b'\n' | b'\r' | b'>' | b'/')) {
+                let end = tag_end(&html[i..]).map_or(html.len(), |e| i + e);
+                let attrs = html[i + len..end].trim_end_matches('>').trim_end_matches('/');
+                return Some(TagMatch {
+                    name,
+                    start: i,
+                    end,
+                    attrs,
+                });
+            }
+        }
+        from = i + 1;
+    }
+    None
+}
+
+/// Index just past the `>` closing the tag at the start of `tag`, minding quotes.
+fn tag_end(tag: &str) -> Option<usize> {
+    let mut quote = None;
+    for (i, c) in tag.char_indices() {
+        match (quote, c) {
+            (None, '"' | '\'') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, '>') => return Some(i + 1),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// `name="value"` pairs of a tag's attribute text (values unquoted, not unescaped:
+/// hrefs and `media` are what matter here and need no entity decoding).
+fn attributes(mut s: &str) -> impl Iterator<Item = (&str, &str)> {
+    std::iter::from_fn(move || {
+        s = s.trim_start();
+        if s.is_empty() {
+            return None;
+        }
+        let name_end = s
+            .find(|c: char| c == '=' || c.is_whitespace())
+            .unwrap_or(s.len());
+        let name = &s[..name_end];
+        s = s[name_end..].trim_start();
+        if !s.starts_with('=') {
+            return Some((name, ""));
+        }
+        s = s[1..].trim_start();
+        let value;
+        if let Some(q) = s.chars().next().filter(|c| *c == '"' || *c == '\'') {
+            let close = s[1..].find(q).map_or(s.len(), |e| e + 1);
+            value = &s[1..close];
+            s = s.get(close + 1..).unwrap_or("");
+        } else {
+            let end = s.find(char::is_whitespace).unwrap_or(s.len());
+            value = &s[..end];
+            s = &s[end..];
+        }
+        Some((name, value))
+    })
+}
+
+fn starts_with_ci(s: &str, prefix: &str) -> bool {
+    s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
+fn find_ci(haystack: &str, needle: &str) -> Option<usize> {
+    let n = needle.as_bytes();
+    haystack
+        .as_bytes()
+        .windows(n.len())
+        .position(|w| w.eq_ignore_ascii_case(n))
+}
+
+/// Pseudo-classes and -elements that describe states or generated content no `style=""`
+/// can express; rules using them stay in the head.
+const DYNAMIC_PSEUDOS: &[&str] = &[
+    ":hover",
+    ":active",
+    ":focus",
+    ":visited",
+    ":link",
+    ":target",
+    ":checked",
+    ":before",
+    ":after",
+    ":placeholder",
+    ":selection",
+    ":first-line",
+    ":first-letter",
+    ":marker",
+    ":-webkit-",
+    ":-moz-",
+    ":-ms-",
+];
+
+/// Cuts a stylesheet into inlinable rules and rules to keep in the head, in order.
+fn split_rules(css: &str) -> Split {
+    let mut split = Split::default();
+    let mut rest = css;
+    loop {
+        rest = skip_space_and_comments(rest);
+        if rest.is_empty() {
+            break;
+        }
+        if rest.starts_with('@') {
+            let end = at_rule_end(rest);
+            let rule = &rest[..end];
+            if !starts_with_ci(rule, "@charset") {
+                split.keep.push_str(rule.trim());
+                split.keep.push('\n');
+            }
+            rest = &rest[end..];
+            continue;
+        }
+        let Some(open) = find_outside_strings(rest, '{') else {
+            break;
+        };
+        let close = block_end(&rest[open..]).map_or(rest.len(), |e| open + e);
+        let prelude = rest[..open].trim();
+        let block = &rest[open..close];
+        let (mut inline, mut keep) = (Vec::new(), Vec::new());
+        for selector in split_top_level(prelude, ',') {
+            let lower = selector.to_ascii_lowercase();
+            if DYNAMIC_PSEUDOS.iter().any(|p| lower.contains(p)) {
+                keep.push(selector.trim());
+            } else {
+                inline.push(selector.trim());
+            }
+        }
+        for (list, out) in [(inline, &mut split.inline), (keep, &mut split.keep)] {
+            if !list.is_empty() {
+                out.push_str(&list.join(", "));
+                out.push_str(block);
+                out.push('\n');
+            }
+        }
+        rest = &rest[close..];
+    }
+    split
+}
+
+fn skip_space_and_comments(mut s: &str) -> &str {
+    loop {
+        s = s.trim_start();
+        if let Some(body) = s.strip_prefix("/*") {
+            s = body.find("*/").map_or("", |e| &body[e + 2..]);
+        } else if let Some(body) = s.strip_prefix("<!--") {
+            s = body;
+        } else if let Some(body) = s.strip_prefix("-->") {
+            s = body;
+        } else {
+            return s;
+        }
+    }
+}
+
+/// End of an at-rule: its `;`, or the `}` closing its block.
+fn at_rule_end(s: &str) -> usize {
+    let semicolon = find_outside_strings(s, ';');
+    let brace = find_outside_strings(s, '{');
+    match (semicolon, brace) {
+        (Some(semi), Some(open)) if semi < open => semi + 1,
+        (_, Some(open)) => block_end(&s[open..]).map_or(s.len(), |e| open + e),
+        (Some(semi), None) => semi + 1,
+        (None, None) => s.len(),
+    }
+}
+
+/// Index just past the `}` matching the `{` that `s` starts with.
+fn block_end(s: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut quote = None;
+    let mut chars = s.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), '\\') => {
+                chars.next();
+            }
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '/') if s[i..].starts_with("/*") => {
+                let end = s[i + 2..].find("*/").map_or(s.len(), |e| i + 2 + e + 2);
+                while chars.peek().is_some_and(|(j, _)| *j < end) {
+                    chars.next();
+                }
+            }
+            (None, '{') => depth += 1,
+            (None, '}') => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+fn find_outside_strings(s: &str, target: char) -> Option<usize> {
+    let mut quote = None;
+    for (i, c) in s.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, c) if c == target => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Splits on `sep` outside parentheses, brackets and strings.
+fn split_top_level(s: &str, sep: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut depth = 0i32;
+    let mut quote = None;
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '(' | '[') => depth += 1,
+            (None, ')' | ']') => depth -= 1,
+            (None, c) if c == sep && depth == 0 => {
+                parts.push(&s[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    parts.push(&s[start..]);
+    parts.into_iter().filter(|p| !p.trim().is_empty()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sheets(files: &[(&str, &str)]) -> Stylesheets {
+        Stylesheets::new(
+            files
+                .iter()
+                .map(|(k, v)| (k.to_string(), Arc::from(*v)))
+                .collect(),
+        )
+    }
+
+    fn inline(s: &Stylesheets, html: &str) -> String {
+        s.inline(html, Path::new("t.html")).unwrap()
+    }
+
+    #[test]
+    fn splits_rules_by_what_can_be_inlined() {
+        let split = split_rules(
+            "@charset \"utf-8\";\n/* c */ p, a:hover { color: red }\n@media (max-width: 600px) { p { color: blue } }\n\
+             @font-face { font-family: X; src: url('x;{.woff') }\ntd:first-child { padding: 0 }\na::after { content: '}' }",
+        );
+        assert_eq!(split.inline, "p{ color: red }\ntd:first-child{ padding: 0 }\n");
+        assert_eq!(
+            split.keep,
+            "a:hover{ color: red }\n@media (max-width: 600px) { p { color: blue } }\n\
+             @font-face { font-family: X; src: url('x;{.woff') }\na::after{ content: '}' }\n"
+        );
+    }
+
+    #[test]
+    fn later_style_beats_linked_sheet_of_equal_specificity() {
+        let s = sheets(&[("styles/a.css", "p { color: red; margin: 0 }")]);
+        let html = inline(
+            &s,
+            r#"<html><head><link rel="stylesheet" href="styles/a.css"><style>p { color: blue }</style></head><body><p>x</p></body></html>"#,
+        );
+        assert!(html.contains(r#"<p style="color: blue;margin: 0">"#), "{html}");
+        assert!(!html.contains("<link"), "{html}");
+    }
+
+    #[test]
+    fn own_style_attribute_wins() {
+        let s = sheets(&[]);
+        let html = inline(
+            &s,
+            r#"<html><head><style>p { color: blue }</style></head><body><p style="color: green">x</p></body></html>"#,
+        );
+        assert!(html.contains("color: green"), "{html}");
+        assert!(!html.contains("color: blue"), "{html}");
+    }
+
+    #[test]
+    fn hover_media_and_font_face_stay_in_head() {
+        let s = sheets(&[("e.css", "a { color: red }\na:hover { color: blue }\n@media (prefers-color-scheme: dark) { a { color: white } }\n@font-face { font-family: F; src: url(f.woff) }")]);
+        let html = inline(
+            &s,
+            r#"<html><head><link rel="stylesheet" href="/e.css"></head><body><a href="https://x.test">x</a></body></html>"#,
+        );
+        let head = &html[..html.find("</head>").unwrap()];
+        assert!(head.contains("a:hover{ color: blue }"), "{html}");
+        assert!(head.contains("@media (prefers-color-scheme: dark)"), "{html}");
+        assert!(head.contains("@font-face"), "{html}");
+        assert!(html.contains(r#"<a href="https://x.test" style="color: red">"#), "{html}");
+    }
+
+    #[test]
+    fn ignored_blocks_stay_untouched() {
+        let s = sheets(&[]);
+        let block = r#"<style data-css-inline="ignore">p { color: red }</style>"#;
+        let html = inline(
+            &s,
+            &format!("<html><head>{block}</head><body><p>x</p></body></html>"),
+        );
+        assert!(html.contains(block), "{html}");
+        assert!(html.contains("<p>x</p>"), "{html}");
+    }
+
+    #[test]
+    fn remote_links_and_conditional_comments_pass_through() {
+        let s = sheets(&[]);
+        let html = inline(
+            &s,
+            r#"<html><head><link rel="stylesheet" href="https://fonts.example.com/css"><!--[if mso]><style>td{font-family:Arial}</style><![endif]--></head><body><p>x</p></body></html>"#,
+        );
+        assert!(html.contains(r#"<link href="https://fonts.example.com/css" rel="stylesheet">"#) || html.contains(r#"<link rel="stylesheet" href="https://fonts.example.com/css">"#), "{html}");
+        assert!(html.contains("<!--[if mso]><style>td{font-family:Arial}</style><![endif]-->"), "{html}");
+    }
+
+    #[test]
+    fn missing_and_escaping_links_are_errors() {
+        let s = sheets(&[]);
+        let err = s
+            .inline(r#"<link rel="stylesheet" href="nope.css">"#, Path::new("t.html"))
+            .unwrap_err();
+        assert!(err.message().contains("not in the templates folder"), "{err}");
+        assert_eq!(err.location().unwrap().file, Path::new("t.html"));
+        let err = s
+            .inline(r#"<link rel="stylesheet" href="../secret.css">"#, Path::new("t.html"))
+            .unwrap_err();
+        assert!(err.message().contains("outside the templates folder"), "{err}");
+    }
+
+    #[test]
+    fn static_links_are_checked_with_their_line() {
+        let files = HashMap::from([("a.css".to_string(), Arc::from("p{}"))]);
+        assert!(check_static_links("<link rel=\"stylesheet\" href=\"a.css\">", Path::new("t"), &files).is_ok());
+        let err = check_static_links("x\n\n<link rel=\"stylesheet\" href=\"b.css\">", Path::new("t"), &files)
+            .unwrap_err();
+        assert_eq!(err.location().unwrap().line, 3);
+    }
+}

@@ -1,0 +1,46 @@
+//! # missive
+//!
+//! A template-driven transactional mail engine. Apps call
+//! `mailer.send_template("welcome", &data)`; missive finds the named template, checks the
+//! data against its JSON Schema, renders front-matter and body with minijinja, inlines
+//! the CSS, derives the text part, builds the MIME message and hands it to a transport.
+//!
+//! The pipeline, one module per stage: `templates` (loading, front-matter, the set) →
+//! `render` (minijinja, schema check) → `inline` (CSS) → `text` → `message` (MIME) →
+//! `transport` (outbox, memory).
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), missive::Error> {
+//! use serde_json::json;
+//!
+//! let (mailer, inbox) = missive::Mailer::for_tests("templates");
+//! let data = json!({
+//!     "user": {"first_name": "Ada", "name": "Ada Lovelace", "email": "ada@example.test"},
+//!     "product": {"name": "Acme Cloud"},
+//!     "dashboard_url": "https://app.example.test/",
+//! });
+//! let receipt = mailer.send_template("welcome", &data).await?;
+//! assert_eq!(inbox.len(), 1);
+//! assert_eq!(inbox.last().unwrap().message_id(), receipt.message_id);
+//! # Ok(()) }
+//! ```
+
+mod check;
+mod config;
+mod error;
+mod inline;
+mod mailer;
+mod message;
+mod render;
+mod templates;
+mod text;
+mod transport;
+
+pub use check::{check, Report};
+pub use config::{Config, TransportConfig, DEFAULT_FROM};
+pub use error::{Error, ErrorKind, Location, Result, Violation};
+pub use mailer::{Mailer, MailerBuilder, Receipt, TemplateMessage};
+pub use message::Attachment;
+pub use render::Rendered;
+pub use transport::{Inbox, SentMessage};

@@ -1,0 +1,406 @@
+//! The mailer: a loaded template set, a sender and a transport, shared by every task.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use lettre::message::Mailbox;
+use serde::Serialize;
+use tracing::Instrument;
+
+use crate::config::{Config, TransportConfig};
+use crate::error::{Error, ErrorKind, Result};
+use crate::message::{self, Attachment, Outgoing};
+use crate::render::{self, parse_mailbox, parse_mailboxes, Rendered};
+use crate::templates::TemplateSet;
+use crate::transport::{Inbox, Outbox, Transport};
+
+/// Renders named templates and sends them. Cheap to clone; clones share everything.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), missive::Error> {
+/// let (mailer, inbox) = missive::Mailer::for_tests("templates");
+/// let receipt = mailer
+///     .template("welcome")
+///     .to("Ada <ada@example.test>")
+///     .data(&serde_json::json!({
+///         "user": {"first_name": "Ada", "name": "Ada Lovelace", "email": "ada@example.test"},
+///         "product": {"name": "Acme Cloud"},
+///         "dashboard_url": "https://app.example.test/"
+///     }))
+///     .send()
+///     .await?;
+/// assert_eq!(receipt.accepted, ["ada@example.test"]);
+/// assert_eq!(inbox.last().unwrap().subject(), "Welcome to Acme Cloud, Ada!");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Mailer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    set: ArcSwap<TemplateSet>,
+    from: Mailbox,
+    transport: Transport,
+}
+
+impl std::fmt::Debug for Mailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailer")
+            .field("templates", &self.inner.set.load().templates_dir)
+            .field("from", &self.inner.from.to_string())
+            .field("transport", &self.inner.transport.name())
+            .finish()
+    }
+}
+
+/// What happened to a sent message.
+#[derive(Debug, Clone, Serialize)]
+pub struct Receipt {
+    /// The Message-ID header, with angle brackets.
+    pub message_id: String,
+    /// The template that was sent.
+    pub template: String,
+    /// Envelope recipients the transport accepted.
+    pub accepted: Vec<String>,
+    /// Delivery attempts made (1 when the first one succeeded).
+    pub attempts: u32,
+    /// The server's final reply, or where the message was put.
+    pub reply: String,
+    /// The template's tags.
+    pub tags: Vec<String>,
+}
+
+/// Builds a [`Mailer`] in code; [`Mailer::from_config`] reads the same from a file.
+#[derive(Debug, Clone, Default)]
+pub struct MailerBuilder {
+    config: Config,
+}
+
+impl MailerBuilder {
+    /// The template folder (`templates` by default).
+    pub fn templates(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.templates = dir.into();
+        self
+    }
+
+    /// The JSON Schema folder (`schemas` by default).
+    pub fn schemas(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.schemas = dir.into();
+        self
+    }
+
+    /// The default sender, `Name <address>`.
+    pub fn from(mut self, from: impl Into<String>) -> Self {
+        self.config.from = from.into();
+        self
+    }
+
+    /// Writes messages as `.eml` files to `dir` (the default, with `outbox`).
+    pub fn outbox(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.transport = TransportConfig::Outbox { dir: dir.into() };
+        self
+    }
+
+    /// Takes every setting from `config`.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Loads the template set and opens the transport.
+    pub fn build(self) -> Result<Mailer> {
+        let transport = match &self.config.transport {
+            TransportConfig::Outbox { dir } => Transport::Outbox(Outbox::new(dir)),
+        };
+        self.build_with(transport)
+    }
+
+    /// Like [`build`](Self::build), but every message goes to the returned [`Inbox`].
+    pub fn build_in_memory(self) -> Result<(Mailer, Inbox)> {
+        let inbox = Inbox::default();
+        let mailer = self.build_with(Transport::Memory(inbox.clone()))?;
+        Ok((mailer, inbox))
+    }
+
+    fn build_with(self, transport: Transport) -> Result<Mailer> {
+        let from = parse_mailbox(&self.config.from).map_err(|e| {
+            Error::new(ErrorKind::Config, format!("default sender: {}", e.message()))
+        })?;
+        let set = TemplateSet::load(&self.config.templates, &self.config.schemas)?;
+        Ok(Mailer {
+            inner: Arc::new(Inner {
+                set: ArcSwap::from_pointee(set),
+                from,
+                transport,
+            }),
+        })
+    }
+}
+
+impl Mailer {
+    /// A builder with the defaults: `templates/`, `schemas/`, the outbox.
+    pub fn builder() -> MailerBuilder {
+        MailerBuilder::default()
+    }
+
+    /// A mailer configured by the YAML file at `path`.
+    pub async fn from_config(path: impl AsRef<Path>) -> Result<Mailer> {
+        let path = path.as_ref().to_path_buf();
+        let config = tokio::task::spawn_blocking(move || Config::from_file(path))
+            .await
+            .map_err(|e| Error::new(ErrorKind::Config, format!("config loader failed: {e}")))??;
+        tokio::task::spawn_blocking(move || Mailer::builder().config(config).build())
+            .await
+            .map_err(|e| Error::new(ErrorKind::Template, format!("template loader failed: {e}")))?
+    }
+
+    /// A mailer over `templates` (schemas from the `schemas` folder beside it) whose
+    /// messages land in the returned [`Inbox`], for tests.
+    ///
+    /// # Panics
+    ///
+    /// When the template set does not load; the panic message lists every problem.
+    pub fn for_tests(templates: impl AsRef<Path>) -> (Mailer, Inbox) {
+        let templates = templates.as_ref();
+        let schemas = templates
+            .parent()
+            .unwrap_or(Path::new(""))
+            .join("schemas");
+        match Mailer::builder()
+            .templates(templates)
+            .schemas(schemas)
+            .build_in_memory()
+        {
+            Ok(pair) => pair,
+            Err(e) => {
+                let problems: Vec<String> = e.problems().map(ToString::to_string).collect();
+                panic!("test templates do not load:\n{}", problems.join("\n"))
+            }
+        }
+    }
+
+    /// Renders `name` with `data` (checked against its schema first), sending nothing.
+    pub fn render(&self, name: &str, data: &impl Serialize) -> Result<Rendered> {
+        self.template(name).data(data).render()
+    }
+
+    /// Renders `name` with `data` and sends it to the recipients its front-matter names.
+    pub async fn send_template(&self, name: &str, data: &impl Serialize) -> Result<Receipt> {
+        self.template(name).data(data).send().await
+    }
+
+    /// A message from template `name`, to adjust before sending.
+    pub fn template(&self, name: &str) -> TemplateMessage {
+        TemplateMessage {
+            mailer: self.clone(),
+            name: name.to_string(),
+            locale: None,
+            data: Ok(serde_json::Value::Object(Default::default())),
+            to: None,
+            cc: None,
+            bcc: None,
+            reply_to: None,
+            attachments: Vec::new(),
+        }
+    }
+
+    /// Sample data of template `name`: entry `index` of its schema's `examples`.
+    pub fn example(&self, name: &str, index: usize) -> Result<serde_json::Value> {
+        let set = self.set();
+        let variant = set.variant(name, None)?;
+        let examples = variant.schema.as_ref().map_or(&[][..], |s| &s.examples[..]);
+        examples.get(index).cloned().ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "`{name}` has {} schema example{}, so there is no example {index}; pass data instead",
+                    examples.len(),
+                    if examples.len() == 1 { "" } else { "s" }
+                ),
+            )
+        })
+    }
+
+    /// Names of every sendable template, sorted.
+    pub fn template_names(&self) -> Vec<String> {
+        self.inner.set.load().entries.keys().cloned().collect()
+    }
+
+    pub(crate) fn set(&self) -> Arc<TemplateSet> {
+        self.inner.set.load_full()
+    }
+}
+
+/// One message being put together: template, data, overrides, attachments.
+#[derive(Debug)]
+pub struct TemplateMessage {
+    mailer: Mailer,
+    name: String,
+    locale: Option<String>,
+    data: Result<serde_json::Value, String>,
+    to: Option<Vec<String>>,
+    cc: Option<Vec<String>>,
+    bcc: Option<Vec<String>>,
+    reply_to: Option<String>,
+    attachments: Vec<Attachment>,
+}
+
+impl TemplateMessage {
+    /// The data the template renders with.
+    pub fn data(mut self, data: &impl Serialize) -> Self {
+        self.data = serde_json::to_value(data).map_err(|e| e.to_string());
+        self
+    }
+
+    /// Picks a locale variant: `fr-CA`, then `fr`, then the base template.
+    pub fn locale(mut self, locale: impl Into<String>) -> Self {
+        self.locale = Some(locale.into());
+        self
+    }
+
+    /// Adds a `To` recipient; any `to` replaces the front-matter's.
+    pub fn to(mut self, address: impl Into<String>) -> Self {
+        self.to.get_or_insert_with(Vec::new).push(address.into());
+        self
+    }
+
+    /// Adds a `Cc` recipient; any `cc` replaces the front-matter's.
+    pub fn cc(mut self, address: impl Into<String>) -> Self {
+        self.cc.get_or_insert_with(Vec::new).push(address.into());
+        self
+    }
+
+    /// Adds a `Bcc` recipient; any `bcc` replaces the front-matter's.
+    pub fn bcc(mut self, address: impl Into<String>) -> Self {
+        self.bcc.get_or_insert_with(Vec::new).push(address.into());
+        self
+    }
+
+    /// Sets `Reply-To`, replacing the front-matter's.
+    pub fn reply_to(mut self, address: impl Into<String>) -> Self {
+        self.reply_to = Some(address.into());
+        self
+    }
+
+    /// Attaches a file or an inline image.
+    pub fn attach(mut self, attachment: Attachment) -> Self {
+        self.attachments.push(attachment);
+        self
+    }
+
+    /// Renders without sending: subject, addresses, HTML and text.
+    pub fn render(&self) -> Result<Rendered> {
+        render_message(&self.mailer.set(), &self.parts()?)
+    }
+
+    /// The whole MIME message as it would be sent, without sending it.
+    pub fn eml(&self) -> Result<Vec<u8>> {
+        Ok(self.build()?.raw)
+    }
+
+    fn build(&self) -> Result<Outgoing> {
+        let rendered = self.render()?;
+        message::build(rendered, &self.attachments, Some(&self.mailer.inner.from))
+    }
+
+    fn parts(&self) -> Result<Parts> {
+        let data = self.data.clone().map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidData,
+                format!("data for `{}` cannot be serialized: {e}", self.name),
+            )
+        })?;
+        let list = |v: &Option<Vec<String>>| -> Result<Option<Vec<Mailbox>>> {
+            v.as_ref()
+                .map(|items| {
+                    items
+                        .iter()
+                        .map(|a| parse_mailboxes(a))
+                        .collect::<Result<Vec<_>>>()
+                        .map(|v| v.concat())
+                })
+                .transpose()
+        };
+        Ok(Parts {
+            name: self.name.clone(),
+            locale: self.locale.clone(),
+            data,
+            to: list(&self.to)?,
+            cc: list(&self.cc)?,
+            bcc: list(&self.bcc)?,
+            reply_to: self.reply_to.as_deref().map(parse_mailbox).transpose()?,
+        })
+    }
+
+    /// Renders (off the async worker threads) and sends through the mailer's transport.
+    pub async fn send(self) -> Result<Receipt> {
+        let parts = self.parts()?;
+        let set = self.mailer.set();
+        let from = self.mailer.inner.from.clone();
+        let attachments = self.attachments;
+        let outgoing = tokio::task::spawn_blocking(move || {
+            let rendered = render_message(&set, &parts)?;
+            message::build(rendered, &attachments, Some(&from))
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Render, format!("render task failed: {e}")))??;
+        let transport = &self.mailer.inner.transport;
+        let span = tracing::info_span!(
+            "send",
+            template = %outgoing.rendered.template,
+            message_id = %outgoing.message_id,
+            transport = transport.name(),
+            tags = ?outgoing.rendered.tags,
+        );
+        let delivery = transport.send(&outgoing).instrument(span.clone()).await;
+        let _entered = span.enter();
+        match delivery {
+            Ok(delivery) => {
+                tracing::info!(attempts = delivery.attempts, reply = %delivery.reply, "sent");
+                Ok(Receipt {
+                    message_id: outgoing.message_id,
+                    template: outgoing.rendered.template,
+                    accepted: delivery.accepted,
+                    attempts: delivery.attempts,
+                    reply: delivery.reply,
+                    tags: outgoing.rendered.tags,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "not sent");
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Everything a render needs, owned, so it can move to a blocking thread.
+struct Parts {
+    name: String,
+    locale: Option<String>,
+    data: serde_json::Value,
+    to: Option<Vec<Mailbox>>,
+    cc: Option<Vec<Mailbox>>,
+    bcc: Option<Vec<Mailbox>>,
+    reply_to: Option<Mailbox>,
+}
+
+fn render_message(set: &TemplateSet, parts: &Parts) -> Result<Rendered> {
+    let mut rendered = render::render(set, &parts.name, parts.locale.as_deref(), &parts.data)?;
+    if let Some(to) = &parts.to {
+        rendered.to = to.clone();
+    }
+    if let Some(cc) = &parts.cc {
+        rendered.cc = cc.clone();
+    }
+    if let Some(bcc) = &parts.bcc {
+        rendered.bcc = bcc.clone();
+    }
+    if let Some(reply_to) = &parts.reply_to {
+        rendered.reply_to = Some(reply_to.clone());
+    }
+    Ok(rendered)
+}

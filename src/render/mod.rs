@@ -1,0 +1,269 @@
+//! Rendering one template with data: schema check, front-matter fields, HTML body,
+//! inlined CSS, text part. The result is everything the message needs, nothing sent.
+
+pub(crate) mod schema;
+
+use std::path::Path;
+use std::str::FromStr;
+
+use lettre::message::{Mailbox, Mailboxes};
+use serde::ser::SerializeMap;
+use serde::Serialize;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::templates::front_matter::TextMode;
+use crate::templates::{Field, TemplateSet, Variant};
+
+/// A rendered template: headers and bodies, ready to become a message.
+///
+/// Addresses are already parsed; header values are checked for line breaks.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    pub(crate) template: String,
+    pub(crate) locale: Option<String>,
+    pub(crate) subject: String,
+    pub(crate) from: Option<Mailbox>,
+    pub(crate) reply_to: Option<Mailbox>,
+    pub(crate) to: Vec<Mailbox>,
+    pub(crate) cc: Vec<Mailbox>,
+    pub(crate) bcc: Vec<Mailbox>,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) html: String,
+    pub(crate) text: Option<String>,
+    pub(crate) tags: Vec<String>,
+}
+
+impl Rendered {
+    /// The template name, e.g. `account/password-reset`.
+    pub fn template(&self) -> &str {
+        &self.template
+    }
+    /// The locale of the variant used, if not the base template.
+    pub fn locale(&self) -> Option<&str> {
+        self.locale.as_deref()
+    }
+    /// The subject line.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+    /// The sender, as `Name <addr>`.
+    pub fn from(&self) -> Option<String> {
+        self.from.as_ref().map(Mailbox::to_string)
+    }
+    /// The reply-to address.
+    pub fn reply_to(&self) -> Option<String> {
+        self.reply_to.as_ref().map(Mailbox::to_string)
+    }
+    /// `To` recipients.
+    pub fn to(&self) -> Vec<String> {
+        self.to.iter().map(Mailbox::to_string).collect()
+    }
+    /// `Cc` recipients.
+    pub fn cc(&self) -> Vec<String> {
+        self.cc.iter().map(Mailbox::to_string).collect()
+    }
+    /// `Bcc` recipients (never written into the message headers).
+    pub fn bcc(&self) -> Vec<String> {
+        self.bcc.iter().map(Mailbox::to_string).collect()
+    }
+    /// Extra headers from front-matter, in order.
+    pub fn headers(&self) -> &[(String, String)] {
+        &self.headers
+    }
+    /// The final HTML, CSS inlined.
+    pub fn html(&self) -> &str {
+        &self.html
+    }
+    /// The plain-text part, unless the template has `text: false`.
+    pub fn text(&self) -> Option<&str> {
+        self.text.as_deref()
+    }
+    /// Tags from front-matter.
+    pub fn tags(&self) -> &[String] {
+        &self.tags
+    }
+}
+
+impl Serialize for Rendered {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        struct Headers<'a>(&'a [(String, String)]);
+        impl Serialize for Headers<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut map = s.serialize_map(Some(self.0.len()))?;
+                for (k, v) in self.0 {
+                    map.serialize_entry(k, v)?;
+                }
+                map.end()
+            }
+        }
+        let mut map = serializer.serialize_map(Some(12))?;
+        map.serialize_entry("template", &self.template)?;
+        map.serialize_entry("locale", &self.locale)?;
+        map.serialize_entry("subject", &self.subject)?;
+        map.serialize_entry("from", &self.from())?;
+        map.serialize_entry("to", &self.to())?;
+        map.serialize_entry("cc", &self.cc())?;
+        map.serialize_entry("bcc", &self.bcc())?;
+        map.serialize_entry("reply_to", &self.reply_to())?;
+        map.serialize_entry("headers", &Headers(&self.headers))?;
+        map.serialize_entry("html", &self.html)?;
+        map.serialize_entry("text", &self.text)?;
+        map.serialize_entry("tags", &self.tags)?;
+        map.end()
+    }
+}
+
+/// Renders `name` in `locale` with `data`, after checking `data` against its schema.
+pub(crate) fn render(
+    set: &TemplateSet,
+    name: &str,
+    locale: Option<&str>,
+    data: &serde_json::Value,
+) -> Result<Rendered> {
+    let variant = set.variant(name, locale)?;
+    let _span = tracing::debug_span!("render", template = name, locale = ?variant.locale).entered();
+    if let Some(schema) = &variant.schema {
+        schema.check(name, data)?;
+    }
+    let ctx = minijinja::Value::from_serialize(data);
+    let fields = &variant.fields;
+    let field = |f: &Field| render_field(set, variant, f, &ctx);
+    let subject = header_value(&variant.file, "subject", field(&fields.subject)?, fields.subject.line)?;
+    let one = |f: &Option<Field>| -> Result<Option<Mailbox>> {
+        let Some(f) = f else { return Ok(None) };
+        let value = field(f)?;
+        if value.trim().is_empty() {
+            return Ok(None);
+        }
+        parse_mailbox(&value).map(Some).map_err(|e| e.at(&variant.file, f.line, 1))
+    };
+    let many = |list: &[Field]| -> Result<Vec<Mailbox>> {
+        let mut out = Vec::new();
+        for f in list {
+            let value = field(f)?;
+            out.extend(parse_mailboxes(&value).map_err(|e| e.at(&variant.file, f.line, 1))?);
+        }
+        Ok(out)
+    };
+    let from = one(&fields.from)?;
+    let reply_to = one(&fields.reply_to)?;
+    let to = many(&fields.to)?;
+    let cc = many(&fields.cc)?;
+    let bcc = many(&fields.bcc)?;
+    let mut headers = Vec::with_capacity(fields.headers.len());
+    for (header, f) in &fields.headers {
+        let value = header_value(&variant.file, header, field(f)?, f.line)?;
+        headers.push((header.clone(), value));
+    }
+    let raw_html = render_body(set, &variant.html, &ctx)?;
+    let html = set.stylesheets.inline(&raw_html, &variant.file)?;
+    let text = match (variant.text_mode, &variant.text) {
+        (TextMode::Off, _) => None,
+        (TextMode::Auto, Some(text)) => Some(render_body(set, text, &ctx)?),
+        (TextMode::Auto, None) => Some(crate::text::from_html(&html)),
+    };
+    Ok(Rendered {
+        template: variant.name.clone(),
+        locale: variant.locale.clone(),
+        subject,
+        from,
+        reply_to,
+        to,
+        cc,
+        bcc,
+        headers,
+        html,
+        text,
+        tags: variant.tags.clone(),
+    })
+}
+
+fn render_field(
+    set: &TemplateSet,
+    variant: &Variant,
+    field: &Field,
+    ctx: &minijinja::Value,
+) -> Result<String> {
+    match &field.template {
+        None => Ok(field.text.clone()),
+        Some(name) => set
+            .env
+            .get_template(name)
+            .and_then(|t| t.render(ctx))
+            .map_err(|e| set.jinja_error(&e, ErrorKind::Render).or_at(&variant.file, field.line)),
+    }
+}
+
+fn render_body(set: &TemplateSet, name: &str, ctx: &minijinja::Value) -> Result<String> {
+    set.env
+        .get_template(name)
+        .and_then(|t| t.render(ctx))
+        .map_err(|e| set.jinja_error(&e, ErrorKind::Render))
+}
+
+/// Refuses a value that would break out of its header line.
+fn header_value(file: &Path, header: &str, value: String, line: usize) -> Result<String> {
+    if value.contains(['\r', '\n']) {
+        return Err(Error::new(
+            ErrorKind::Address,
+            format!("rendered `{header}` contains a line break, which would inject headers"),
+        )
+        .at(file, line, 1));
+    }
+    Ok(value)
+}
+
+/// One address, `Name <addr>` or bare.
+pub(crate) fn parse_mailbox(value: &str) -> Result<Mailbox> {
+    if value.contains(['\r', '\n']) {
+        return Err(Error::new(
+            ErrorKind::Address,
+            format!("address {value:?} contains a line break"),
+        ));
+    }
+    Mailbox::from_str(value.trim()).map_err(|e| {
+        Error::new(
+            ErrorKind::Address,
+            format!("`{}` is not a valid address: {e}", value.trim()),
+        )
+    })
+}
+
+/// A comma-separated list of addresses; empty yields none.
+pub(crate) fn parse_mailboxes(value: &str) -> Result<Vec<Mailbox>> {
+    if value.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    if value.contains(['\r', '\n']) {
+        return Err(Error::new(
+            ErrorKind::Address,
+            format!("address list {value:?} contains a line break"),
+        ));
+    }
+    Mailboxes::from_str(value.trim())
+        .map(|m| m.into_iter().collect())
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Address,
+                format!("`{}` is not a valid address list: {e}", value.trim()),
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_or_explain() {
+        assert_eq!(
+            parse_mailbox("Ada Lovelace <ada@example.test>").unwrap().to_string(),
+            "Ada Lovelace <ada@example.test>"
+        );
+        assert_eq!(parse_mailboxes("a@x.test, B <b@x.test>").unwrap().len(), 2);
+        assert!(parse_mailboxes("  ").unwrap().is_empty());
+        let err = parse_mailbox("not an address").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Address);
+        assert!(parse_mailbox("a@x.test\r\nBcc: evil@x.test").is_err());
+    }
+}

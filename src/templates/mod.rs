@@ -1,0 +1,486 @@
+//! The template set: every file under `templates/` and `schemas/`, loaded, checked and
+//! compiled once, then shared read-only by every render.
+//!
+//! Loading gathers every problem it finds rather than stopping at the first, so
+//! `missive check` and a hot reload can show them all.
+
+pub(crate) mod front_matter;
+mod walk;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use minijinja::{AutoEscape, Environment, UndefinedBehavior};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::inline::Stylesheets;
+use crate::render::schema::Schema;
+use front_matter::{FrontMatter, TextMode};
+
+/// Where a compiled minijinja template came from, to turn its errors into file:line.
+#[derive(Debug, Clone)]
+pub(crate) struct Source {
+    pub file: PathBuf,
+    /// Front-matter values are one-line templates standing at a fixed file line.
+    pub fixed_line: Option<usize>,
+    pub text: Arc<str>,
+}
+
+/// A front-matter value, compiled once at load time.
+#[derive(Debug, Clone)]
+pub(crate) struct Field {
+    /// The value as written.
+    pub text: String,
+    /// The minijinja template holding it; `None` when it has no template syntax.
+    pub template: Option<String>,
+    /// Its line in the file.
+    pub line: usize,
+}
+
+/// The front-matter of one variant, ready to render.
+#[derive(Debug, Clone)]
+pub(crate) struct Fields {
+    pub subject: Field,
+    pub from: Option<Field>,
+    pub reply_to: Option<Field>,
+    pub to: Vec<Field>,
+    pub cc: Vec<Field>,
+    pub bcc: Vec<Field>,
+    pub headers: Vec<(String, Field)>,
+}
+
+/// One sendable file: a template in one locale.
+#[derive(Debug)]
+pub(crate) struct Variant {
+    pub name: String,
+    pub locale: Option<String>,
+    /// The file, as a path under the configured templates folder.
+    pub file: PathBuf,
+    /// minijinja name of the HTML body.
+    pub html: String,
+    /// minijinja name of the `.txt` sibling.
+    pub text: Option<String>,
+    pub text_mode: TextMode,
+    pub fields: Fields,
+    pub schema: Option<Arc<Schema>>,
+    pub tags: Vec<String>,
+}
+
+/// A sendable name with its locale variants.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub base: Arc<Variant>,
+    /// Keyed by lower-cased locale tag.
+    pub locales: BTreeMap<String, Arc<Variant>>,
+}
+
+/// A loaded, compiled template set.
+pub(crate) struct TemplateSet {
+    pub templates_dir: PathBuf,
+    pub env: Environment<'static>,
+    pub entries: BTreeMap<String, Entry>,
+    pub stylesheets: Stylesheets,
+    pub sources: HashMap<String, Source>,
+}
+
+impl std::fmt::Debug for TemplateSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TemplateSet")
+            .field("templates_dir", &self.templates_dir)
+            .field("templates", &self.entries.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl TemplateSet {
+    /// Loads and compiles everything under `templates_dir` and `schemas_dir`.
+    ///
+    /// On failure the error lists every problem found ([`Error::problems`]).
+    pub fn load(templates_dir: &Path, schemas_dir: &Path) -> Result<TemplateSet> {
+        let _span = tracing::info_span!("load", templates = %templates_dir.display()).entered();
+        let mut errors = Vec::new();
+        let files = walk::walk(templates_dir, &mut errors)?;
+        let schema_files = if schemas_dir.is_dir() {
+            walk::walk(schemas_dir, &mut errors)?
+        } else {
+            Vec::new()
+        };
+        let mut builder = Builder::new(templates_dir);
+        let schemas = load_schemas(&schema_files, &mut errors);
+        builder.add_files(&files, &mut errors);
+        builder.add_sendables(&files, &schemas, schemas_dir, &mut errors);
+        builder.check_links(&mut errors);
+        if let Some(error) = Error::from_many(errors) {
+            tracing::warn!(problems = error.problems().count(), "template set has problems");
+            return Err(error);
+        }
+        let set = builder.finish();
+        tracing::info!(templates = set.entries.len(), "template set loaded");
+        Ok(set)
+    }
+
+    /// The variant of `name` for `locale`: `fr-CA`, then `fr`, then the base.
+    pub fn variant(&self, name: &str, locale: Option<&str>) -> Result<&Arc<Variant>> {
+        let entry = self.entries.get(name).ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "no template named `{name}` under {} (known: {})",
+                    self.templates_dir.display(),
+                    self.entries.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })?;
+        let Some(locale) = locale else {
+            return Ok(&entry.base);
+        };
+        let mut tag = locale.to_ascii_lowercase().replace('_', "-");
+        loop {
+            if let Some(variant) = entry.locales.get(&tag) {
+                return Ok(variant);
+            }
+            match tag.rfind('-') {
+                Some(cut) => tag.truncate(cut),
+                None => return Ok(&entry.base),
+            }
+        }
+    }
+
+    /// Every variant, base first then locales, in name order.
+    pub fn variants(&self) -> impl Iterator<Item = &Arc<Variant>> {
+        self.entries
+            .values()
+            .flat_map(|e| std::iter::once(&e.base).chain(e.locales.values()))
+    }
+
+    /// Turns a minijinja error into ours, with the file and line it happened at.
+    pub fn jinja_error(&self, err: &minijinja::Error, kind: ErrorKind) -> Error {
+        jinja_error(&self.sources, err, kind)
+    }
+}
+
+/// Maps a minijinja error onto the file and line it came from, naming the undefined
+/// variable where that is the problem.
+pub(crate) fn jinja_error(
+    sources: &HashMap<String, Source>,
+    err: &minijinja::Error,
+    kind: ErrorKind,
+) -> Error {
+    let source = err.name().and_then(|n| sources.get(n));
+    let mut message = match err.kind() {
+        minijinja::ErrorKind::UndefinedError => {
+            let expr = err
+                .range()
+                .zip(source)
+                .and_then(|(range, s)| s.text.get(range))
+                .map(|e| e.trim().to_string());
+            match expr {
+                Some(expr) if !expr.is_empty() => {
+                    format!("undefined value `{expr}` (test it with `{{% if %}}` or give it a `default`)")
+                }
+                _ => "undefined value".to_string(),
+            }
+        }
+        other => match err.detail() {
+            Some(detail) => format!("{other}: {detail}"),
+            None => other.to_string(),
+        },
+    };
+    if let (None, Some(name)) = (source, err.name()) {
+        message.push_str(&format!(" (in {name})"));
+    }
+    let mut error = Error::new(kind, message);
+    if let Some(source) = source {
+        let line = source.fixed_line.or(err.line()).unwrap_or(1);
+        error = error.at(&source.file, line, 1);
+    }
+    error
+}
+
+struct Builder {
+    templates_dir: PathBuf,
+    env: Environment<'static>,
+    sources: HashMap<String, Source>,
+    stylesheets: HashMap<String, Arc<str>>,
+    entries: BTreeMap<String, Entry>,
+}
+
+impl Builder {
+    fn new(templates_dir: &Path) -> Builder {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
+        env.set_auto_escape_callback(|name| {
+            if name.ends_with(".html") || name.ends_with(".htm") {
+                AutoEscape::Html
+            } else {
+                AutoEscape::None
+            }
+        });
+        // Everything the set may include was added up front; the loader only runs for
+        // names that are not there, to say why a path that leaves the folder fails.
+        env.set_loader(|name| {
+            if name.split('/').any(|part| part == "..") || name.starts_with('/') {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    format!("`{name}` is outside the templates folder and is never read"),
+                ))
+            } else {
+                Ok(None)
+            }
+        });
+        Builder {
+            templates_dir: templates_dir.to_path_buf(),
+            env,
+            sources: HashMap::new(),
+            stylesheets: HashMap::new(),
+            entries: BTreeMap::new(),
+        }
+    }
+
+    fn add(&mut self, name: String, text: String, file: &Path, fixed_line: Option<usize>) -> Result<()> {
+        let text: Arc<str> = Arc::from(text);
+        self.sources.insert(
+            name.clone(),
+            Source {
+                file: file.to_path_buf(),
+                fixed_line,
+                text: text.clone(),
+            },
+        );
+        self.env
+            .add_template_owned(name, text.to_string())
+            .map_err(|e| jinja_error(&self.sources, &e, ErrorKind::Template))
+    }
+
+    /// Layouts, partials, `.txt` bodies and stylesheets: everything but sendables.
+    fn add_files(&mut self, files: &[walk::File], errors: &mut Vec<Error>) {
+        for file in files {
+            let result = match file.kind() {
+                walk::Kind::Stylesheet => file.read().map(|css| {
+                    self.stylesheets.insert(file.rel.clone(), Arc::from(css));
+                }),
+                walk::Kind::Partial | walk::Kind::Text => file
+                    .read()
+                    .and_then(|text| self.add(file.rel.clone(), text, &file.path, None)),
+                walk::Kind::Sendable | walk::Kind::Other => Ok(()),
+            };
+            if let Err(e) = result {
+                errors.push(e);
+            }
+        }
+    }
+
+    fn add_sendables(
+        &mut self,
+        files: &[walk::File],
+        schemas: &HashMap<String, Arc<Schema>>,
+        schemas_dir: &Path,
+        errors: &mut Vec<Error>,
+    ) {
+        let mut locales = Vec::new();
+        for file in files.iter().filter(|f| f.kind() == walk::Kind::Sendable) {
+            match self.add_sendable(file, files, schemas, schemas_dir) {
+                Ok(variant) if variant.locale.is_some() => locales.push(variant),
+                Ok(variant) => {
+                    self.entries.insert(
+                        variant.name.clone(),
+                        Entry {
+                            base: Arc::new(variant),
+                            locales: BTreeMap::new(),
+                        },
+                    );
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        for file in files.iter().filter(|f| f.kind() == walk::Kind::Text) {
+            let stem = file.rel.trim_end_matches(".txt");
+            let has_html = files
+                .iter()
+                .any(|f| f.kind() == walk::Kind::Sendable && f.rel.trim_end_matches(".html") == stem);
+            if !has_html {
+                errors.push(
+                    Error::new(
+                        ErrorKind::Template,
+                        format!("`{}` has no `{stem}.html` beside it to be the text part of", file.rel),
+                    )
+                    .at(&file.path, 1, 1),
+                );
+            }
+        }
+        for variant in locales {
+            let key = variant.locale.clone().unwrap_or_default().to_ascii_lowercase();
+            match self.entries.get_mut(&variant.name) {
+                Some(entry) => {
+                    entry.locales.insert(key, Arc::new(variant));
+                }
+                None => errors.push(
+                    Error::new(
+                        ErrorKind::Template,
+                        format!(
+                            "locale variant of `{}` has no base template `{}.html`",
+                            variant.name, variant.name
+                        ),
+                    )
+                    .at(&variant.file, 1, 1),
+                ),
+            }
+        }
+    }
+
+    fn add_sendable(
+        &mut self,
+        file: &walk::File,
+        files: &[walk::File],
+        schemas: &HashMap<String, Arc<Schema>>,
+        schemas_dir: &Path,
+    ) -> Result<Variant> {
+        let source = file.read()?;
+        let split = front_matter::split(&file.path, &source)?;
+        let fm = front_matter::parse(&file.path, &split)?;
+        let stem = file.rel.trim_end_matches(".html");
+        let (name, locale) = walk::split_locale(stem);
+        // The comment stands in for the front-matter, so body lines stay file lines.
+        let body = format!("{{#{}#}}{}", "\n".repeat(split.lines), split.body);
+        self.add(file.rel.clone(), body, &file.path, None)?;
+        let text_name = format!("{stem}.txt");
+        let text = files
+            .iter()
+            .any(|f| f.rel == text_name)
+            .then_some(text_name);
+        let fields = self.compile_fields(&file.rel, &file.path, &fm)?;
+        let schema = resolve_schema(&fm, name, &file.path, schemas, schemas_dir)?;
+        Ok(Variant {
+            name: name.to_string(),
+            locale: locale.map(str::to_string),
+            file: file.path.clone(),
+            html: file.rel.clone(),
+            text,
+            text_mode: fm.text,
+            fields,
+            schema,
+            tags: fm.tags,
+        })
+    }
+
+    fn compile_fields(&mut self, html: &str, file: &Path, fm: &FrontMatter) -> Result<Fields> {
+        let list = |this: &mut Builder, key: &str, values: &[front_matter::Value]| {
+            values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| this.field(html, file, &format!("{key}[{i}]"), v))
+                .collect::<Result<Vec<_>>>()
+        };
+        let to = list(self, "to", &fm.to)?;
+        let cc = list(self, "cc", &fm.cc)?;
+        let bcc = list(self, "bcc", &fm.bcc)?;
+        let subject = self.field(html, file, "subject", &fm.subject)?;
+        let from = fm.from.as_ref().map(|v| self.field(html, file, "from", v)).transpose()?;
+        let reply_to = fm
+            .reply_to
+            .as_ref()
+            .map(|v| self.field(html, file, "reply_to", v))
+            .transpose()?;
+        let headers = fm
+            .headers
+            .iter()
+            .map(|(n, v)| Ok((n.clone(), self.field(html, file, &format!("headers.{n}"), v)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Fields {
+            subject,
+            from,
+            reply_to,
+            to,
+            cc,
+            bcc,
+            headers,
+        })
+    }
+
+    /// Compiles one front-matter value; values without template syntax stay plain.
+    fn field(&mut self, html: &str, file: &Path, key: &str, value: &front_matter::Value) -> Result<Field> {
+        let template = if value.source.contains("{{") || value.source.contains("{%") {
+            let name = format!("{html}#{key}");
+            self.add(name.clone(), value.source.clone(), file, Some(value.line))?;
+            Some(name)
+        } else {
+            None
+        };
+        Ok(Field {
+            text: value.source.clone(),
+            template,
+            line: value.line,
+        })
+    }
+
+    /// Literal `<link>`s to stylesheets the set lacks, in layouts as in sendables.
+    fn check_links(&self, errors: &mut Vec<Error>) {
+        let mut names: Vec<_> = self
+            .sources
+            .iter()
+            .filter(|(name, s)| s.fixed_line.is_none() && name.ends_with(".html"))
+            .collect();
+        names.sort_by(|a, b| a.0.cmp(b.0));
+        for (_, source) in names {
+            if let Err(e) = crate::inline::check_static_links(&source.text, &source.file, &self.stylesheets) {
+                errors.push(e);
+            }
+        }
+    }
+
+    fn finish(self) -> TemplateSet {
+        TemplateSet {
+            templates_dir: self.templates_dir,
+            env: self.env,
+            entries: self.entries,
+            stylesheets: Stylesheets::new(self.stylesheets),
+            sources: self.sources,
+        }
+    }
+}
+
+fn load_schemas(files: &[walk::File], errors: &mut Vec<Error>) -> HashMap<String, Arc<Schema>> {
+    let mut schemas = HashMap::new();
+    for file in files.iter().filter(|f| f.rel.ends_with(".json")) {
+        match file.read().and_then(|text| Schema::compile(&file.path, &text)) {
+            Ok(schema) => {
+                schemas.insert(file.rel.clone(), Arc::new(schema));
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    schemas
+}
+
+/// The schema a variant names, or by convention `schemas/<name>.schema.json`.
+fn resolve_schema(
+    fm: &FrontMatter,
+    name: &str,
+    file: &Path,
+    schemas: &HashMap<String, Arc<Schema>>,
+    schemas_dir: &Path,
+) -> Result<Option<Arc<Schema>>> {
+    let Some(value) = &fm.schema else {
+        return Ok(schemas.get(&format!("{name}.schema.json")).cloned());
+    };
+    let rel = value.source.trim_start_matches("./");
+    if rel.starts_with('/') || rel.split('/').any(|p| p == "..") {
+        return Err(Error::new(
+            ErrorKind::Template,
+            format!("schema `{}` must be a path under {}", value.source, schemas_dir.display()),
+        )
+        .at(file, value.line, 1));
+    }
+    schemas.get(rel).cloned().map(Some).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Template,
+            format!(
+                "schema `{}` not found under {}",
+                value.source,
+                schemas_dir.display()
+            ),
+        )
+        .at(file, value.line, 1)
+    })
+}

@@ -1,0 +1,281 @@
+//! Deriving the plain-text part from the final HTML.
+//!
+//! Mail clients that show text (and spam filters that compare the parts) expect what a
+//! reader would see: block structure as line breaks, links as `text (url)`, and none of
+//! the CSS, script or hidden preheader text.
+
+use std::cell::RefCell;
+
+use html5ever::tendril::StrTendril;
+use html5ever::tokenizer::states::RawKind;
+use html5ever::tokenizer::{
+    BufferQueue, Tag, TagKind, Token, TokenSink, TokenSinkResult, Tokenizer, TokenizerOpts,
+};
+
+/// The text a reader of `html` would see.
+pub(crate) fn from_html(html: &str) -> String {
+    let sink = Sink::default();
+    let tokenizer = Tokenizer::new(sink, TokenizerOpts::default());
+    let queue = BufferQueue::default();
+    queue.push_back(StrTendril::from_slice(html));
+    let _ = tokenizer.feed(&queue);
+    tokenizer.end();
+    let state = tokenizer.sink.state.into_inner();
+    state.finish()
+}
+
+#[derive(Default)]
+struct Sink {
+    state: RefCell<State>,
+}
+
+#[derive(Default)]
+struct State {
+    out: String,
+    /// Pending line breaks, emitted before the next visible text (at most 2).
+    breaks: usize,
+    /// Element name and nesting depth of a subtree that is not shown.
+    hidden: Option<(String, usize)>,
+    /// The href and the length of `out` when the link opened.
+    links: Vec<(Option<String>, usize)>,
+    /// List counters: `None` for `ul`, the next number for `ol`.
+    lists: Vec<Option<usize>>,
+    pending_space: bool,
+}
+
+const VOID: &[&str] = &[
+    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track",
+    "wbr",
+];
+
+impl State {
+    fn text(&mut self, text: &str) {
+        for (index, word) in text
+            .split(|c: char| c.is_whitespace() || c == '\u{a0}')
+            .enumerate()
+        {
+            if index > 0 {
+                self.pending_space = true;
+            }
+            if !word.is_empty() {
+                self.word(word);
+                self.pending_space = false;
+            }
+        }
+        if text.ends_with(|c: char| c.is_whitespace() || c == '\u{a0}') {
+            self.pending_space = true;
+        }
+    }
+
+    fn word(&mut self, word: &str) {
+        if self.breaks > 0 && !self.out.is_empty() {
+            for _ in 0..self.breaks {
+                self.out.push('\n');
+            }
+        } else if self.pending_space && !self.out.is_empty() && !self.out.ends_with('\n') {
+            self.out.push(' ');
+        }
+        self.breaks = 0;
+        self.out.push_str(word);
+    }
+
+    fn block(&mut self, lines: usize) {
+        self.breaks = self.breaks.max(lines);
+        self.pending_space = false;
+    }
+
+    fn start(&mut self, tag: &Tag) {
+        let name: &str = &tag.name;
+        let attr = |key: &str| {
+            tag.attrs
+                .iter()
+                .find(|a| &*a.name.local == key)
+                .map(|a| a.value.to_string())
+        };
+        if let Some((hidden, depth)) = &mut self.hidden {
+            if hidden == name && !VOID.contains(&name) {
+                *depth += 1;
+            }
+            return;
+        }
+        let style = attr("style").unwrap_or_default().replace(' ', "").to_lowercase();
+        let invisible = style.contains("display:none")
+            || matches!(name, "head" | "style" | "script" | "title" | "template")
+            || attr("hidden").is_some();
+        if invisible {
+            if !VOID.contains(&name) && !tag.self_closing {
+                self.hidden = Some((name.to_string(), 1));
+            }
+            return;
+        }
+        match name {
+            "br" => {
+                self.out.push('\n');
+                self.breaks = 0;
+                self.pending_space = false;
+            }
+            "p" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6" | "table" | "blockquote" | "ul"
+            | "ol" => self.block(2),
+            "div" | "tr" | "section" | "header" | "footer" | "article" | "center" | "dl"
+            | "dt" | "dd" => self.block(1),
+            "hr" => {
+                self.block(2);
+                self.word("----");
+                self.block(2);
+            }
+            "li" => {
+                self.block(1);
+                let marker = match self.lists.last_mut() {
+                    Some(Some(n)) => {
+                        *n += 1;
+                        format!("{}.", *n - 1)
+                    }
+                    _ => "-".to_string(),
+                };
+                self.word(&marker);
+                self.pending_space = true;
+            }
+            "td" | "th" => self.pending_space = true,
+            "a" => self.links.push((attr("href"), self.out.len())),
+            "img" => {
+                if let Some(alt) = attr("alt").filter(|a| !a.trim().is_empty()) {
+                    self.text(&alt);
+                }
+            }
+            _ => {}
+        }
+        if name == "ol" {
+            self.lists.push(Some(1));
+        } else if name == "ul" {
+            self.lists.push(None);
+        }
+    }
+
+    fn end(&mut self, name: &str) {
+        if let Some((hidden, depth)) = &mut self.hidden {
+            if hidden == name {
+                *depth -= 1;
+                if *depth == 0 {
+                    self.hidden = None;
+                }
+            }
+            return;
+        }
+        match name {
+            "p" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6" | "table" | "blockquote" => {
+                self.block(2)
+            }
+            "ul" | "ol" => {
+                self.lists.pop();
+                self.block(2);
+            }
+            "div" | "tr" | "li" | "section" | "header" | "footer" | "article" | "center"
+            | "dt" | "dd" => self.block(1),
+            "td" | "th" => self.pending_space = true,
+            "a" => self.close_link(),
+            _ => {}
+        }
+    }
+
+    fn close_link(&mut self) {
+        let Some((href, start)) = self.links.pop() else {
+            return;
+        };
+        let Some(href) = href.map(|h| h.trim().to_string()) else {
+            return;
+        };
+        if href.is_empty() || href.starts_with('#') || href.starts_with("javascript:") {
+            return;
+        }
+        let shown = self.out.get(start..).unwrap_or("").trim().to_string();
+        let bare = href.strip_prefix("mailto:").unwrap_or(&href);
+        if shown == href || shown == bare {
+            return;
+        }
+        if shown.is_empty() {
+            self.text(bare);
+        } else {
+            self.pending_space = true;
+            self.word(&format!("({bare})"));
+        }
+    }
+
+    fn finish(self) -> String {
+        let mut text = String::with_capacity(self.out.len() + 1);
+        let mut blank = 0;
+        for line in self.out.lines().map(str::trim_end) {
+            if line.trim().is_empty() {
+                blank += 1;
+                continue;
+            }
+            if !text.is_empty() {
+                text.push_str(if blank > 0 { "\n\n" } else { "\n" });
+            }
+            blank = 0;
+            text.push_str(line.trim_start());
+        }
+        text.push('\n');
+        text
+    }
+}
+
+impl TokenSink for Sink {
+    type Handle = ();
+
+    fn process_token(&self, token: Token, _line: u64) -> TokenSinkResult<()> {
+        let mut state = self.state.borrow_mut();
+        match token {
+            Token::TagToken(tag) => match tag.kind {
+                TagKind::StartTag => {
+                    state.start(&tag);
+                    // The tokenizer alone does not know which elements hold raw text.
+                    return match &*tag.name {
+                        "style" | "xmp" | "iframe" | "noembed" | "noframes" => {
+                            TokenSinkResult::RawData(RawKind::Rawtext)
+                        }
+                        "script" => TokenSinkResult::RawData(RawKind::ScriptData),
+                        "title" | "textarea" => TokenSinkResult::RawData(RawKind::Rcdata),
+                        _ => TokenSinkResult::Continue,
+                    };
+                }
+                TagKind::EndTag => state.end(&tag.name),
+            },
+            Token::CharacterTokens(text) if state.hidden.is_none() => state.text(&text),
+            _ => {}
+        }
+        TokenSinkResult::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::from_html;
+
+    #[test]
+    fn blocks_links_and_lists() {
+        let html = r#"<html><head><title>T</title><style>p{color:red}</style></head><body>
+            <div style="display: none">preheader text</div>
+            <h1>Welcome,   Ada!</h1>
+            <p>Click <a href="https://x.test/go">here</a> or visit <a href="https://x.test">https://x.test</a>.</p>
+            <ul><li>one</li><li>two</li></ul>
+            <ol><li>first</li><li>second</li></ol>
+            <table><tr><td>Widget</td><td>2</td><td>$4.00</td></tr><tr><td>Total</td><td></td><td>$8.00</td></tr></table>
+            <p>Line<br>break &amp; entity&nbsp;here</p>
+            <a href="https://x.test/logo"><img src="l.png" alt="Acme"></a>
+            <a href="mailto:help@x.test">help@x.test</a>
+            <script>alert(1)</script>
+        </body></html>"#;
+        assert_eq!(
+            from_html(html),
+            "Welcome, Ada!\n\nClick here (https://x.test/go) or visit https://x.test.\n\n\
+             - one\n- two\n\n1. first\n2. second\n\nWidget 2 $4.00\nTotal $8.00\n\n\
+             Line\nbreak & entity here\n\nAcme (https://x.test/logo) help@x.test\n"
+        );
+    }
+
+    #[test]
+    fn nested_hidden_elements_stay_hidden() {
+        let html = "<div style=\"display:none\"><div>a</div><div>b</div></div><p>shown</p>";
+        assert_eq!(from_html(html), "shown\n");
+    }
+}
