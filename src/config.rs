@@ -50,6 +50,8 @@ pub enum TransportConfig {
         #[serde(default = "default_outbox")]
         dir: PathBuf,
     },
+    /// An SMTP submission server.
+    Smtp(crate::transport::smtp::SmtpConfig),
 }
 
 fn default_outbox() -> PathBuf {
@@ -107,9 +109,7 @@ impl Config {
 
     fn from_yaml(text: &str, path: &Path) -> Result<Config> {
         let yaml_error = |e: serde_yaml::Error| {
-            let (line, column) = e
-                .location()
-                .map_or((1, 1), |l| (l.line(), l.column()));
+            let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
             let message = e.to_string();
             let message = message
                 .find(" at line ")
@@ -177,6 +177,18 @@ impl Config {
         join(&mut self.schemas);
         match &mut self.transport {
             TransportConfig::Outbox { dir } => join(dir),
+            TransportConfig::Smtp(smtp) => {
+                let mut paths = vec![&mut smtp.ca_file];
+                if let Some(oauth) = &mut smtp.auth.oauth {
+                    paths.push(&mut oauth.credentials_file);
+                    paths.push(&mut oauth.key_file);
+                }
+                for path in paths.into_iter().flatten() {
+                    if !path.starts_with("~") {
+                        join(path);
+                    }
+                }
+            }
         }
         self
     }
@@ -226,7 +238,8 @@ mod tests {
 
     #[test]
     fn secrets_are_refused_with_their_line() {
-        let err = parse("from: a@b.test\ntransport:\n  type: outbox\n  password: hunter2\n").unwrap_err();
+        let err =
+            parse("from: a@b.test\ntransport:\n  type: outbox\n  password: hunter2\n").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Config);
         assert_eq!(err.location().unwrap().line, 4);
         assert!(!err.to_string().contains("hunter2"));

@@ -7,7 +7,7 @@
 //!
 //! The pipeline, one module per stage: `templates` (loading, front-matter, the set) →
 //! `render` (minijinja, schema check) → `inline` (CSS) → `text` → `message` (MIME) →
-//! `transport` (outbox, memory).
+//! `transport` (outbox, memory, smtp), with `auth` beside it for OAuth2 tokens.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -26,6 +26,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
 mod check;
 mod config;
 mod error;
@@ -43,4 +44,5 @@ pub use error::{Error, ErrorKind, Location, Result, Violation};
 pub use mailer::{Mailer, MailerBuilder, Receipt, TemplateMessage};
 pub use message::Attachment;
 pub use render::Rendered;
-pub use transport::{Inbox, SentMessage};
+pub use transport::smtp::{AuthConfig, Mechanism, PoolConfig, RetryConfig, SmtpConfig, TlsMode};
+pub use transport::{Inbox, Rejected, SentMessage};

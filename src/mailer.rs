@@ -13,7 +13,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::message::{self, Attachment, Outgoing};
 use crate::render::{self, parse_mailbox, parse_mailboxes, Rendered};
 use crate::templates::TemplateSet;
-use crate::transport::{Inbox, Outbox, Transport};
+use crate::transport::{Inbox, Outbox, Smtp, Transport};
 
 /// Renders named templates and sends them. Cheap to clone; clones share everything.
 ///
@@ -65,6 +65,9 @@ pub struct Receipt {
     pub template: String,
     /// Envelope recipients the transport accepted.
     pub accepted: Vec<String>,
+    /// Recipients the server refused while others got the message, each with the
+    /// SMTP code (empty when everyone got it).
+    pub rejected: Vec<crate::transport::Rejected>,
     /// Delivery attempts made (1 when the first one succeeded).
     pub attempts: u32,
     /// The server's final reply, or where the message was put.
@@ -114,6 +117,7 @@ impl MailerBuilder {
     pub fn build(self) -> Result<Mailer> {
         let transport = match &self.config.transport {
             TransportConfig::Outbox { dir } => Transport::Outbox(Outbox::new(dir)),
+            TransportConfig::Smtp(smtp) => Transport::Smtp(Smtp::new(smtp)?),
         };
         self.build_with(transport)
     }
@@ -127,7 +131,10 @@ impl MailerBuilder {
 
     fn build_with(self, transport: Transport) -> Result<Mailer> {
         let from = parse_mailbox(&self.config.from).map_err(|e| {
-            Error::new(ErrorKind::Config, format!("default sender: {}", e.message()))
+            Error::new(
+                ErrorKind::Config,
+                format!("default sender: {}", e.message()),
+            )
         })?;
         let set = TemplateSet::load(&self.config.templates, &self.config.schemas)?;
         Ok(Mailer {
@@ -165,10 +172,7 @@ impl Mailer {
     /// When the template set does not load; the panic message lists every problem.
     pub fn for_tests(templates: impl AsRef<Path>) -> (Mailer, Inbox) {
         let templates = templates.as_ref();
-        let schemas = templates
-            .parent()
-            .unwrap_or(Path::new(""))
-            .join("schemas");
+        let schemas = templates.parent().unwrap_or(Path::new("")).join("schemas");
         match Mailer::builder()
             .templates(templates)
             .schemas(schemas)
@@ -364,6 +368,7 @@ impl TemplateMessage {
                     message_id: outgoing.message_id,
                     template: outgoing.rendered.template,
                     accepted: delivery.accepted,
+                    rejected: delivery.rejected,
                     attempts: delivery.attempts,
                     reply: delivery.reply,
                     tags: outgoing.rendered.tags,

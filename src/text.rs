@@ -98,7 +98,10 @@ impl State {
             }
             return;
         }
-        let style = attr("style").unwrap_or_default().replace(' ', "").to_lowercase();
+        let style = attr("style")
+            .unwrap_or_default()
+            .replace(' ', "")
+            .to_lowercase();
         let invisible = style.contains("display:none")
             || matches!(name, "head" | "style" | "script" | "title" | "template")
             || attr("hidden").is_some();
@@ -116,8 +119,8 @@ impl State {
             }
             "p" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6" | "table" | "blockquote" | "ul"
             | "ol" => self.block(2),
-            "div" | "tr" | "section" | "header" | "footer" | "article" | "center" | "dl"
-            | "dt" | "dd" => self.block(1),
+            "div" | "tr" | "section" | "header" | "footer" | "article" | "center" | "dl" | "dt"
+            | "dd" => self.block(1),
             "hr" => {
                 self.block(2);
                 self.word("----");
@@ -162,15 +165,13 @@ impl State {
             return;
         }
         match name {
-            "p" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6" | "table" | "blockquote" => {
-                self.block(2)
-            }
+            "p" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6" | "table" | "blockquote" => self.block(2),
             "ul" | "ol" => {
                 self.lists.pop();
                 self.block(2);
             }
-            "div" | "tr" | "li" | "section" | "header" | "footer" | "article" | "center"
-            | "dt" | "dd" => self.block(1),
+            "div" | "tr" | "li" | "section" | "header" | "footer" | "article" | "center" | "dt"
+            | "dd" => self.block(1),
             "td" | "th" => self.pending_space = true,
             "a" => self.close_link(),
             _ => {}

@@ -301,11 +301,7 @@ mod tests {
 
     #[test]
     fn splits_and_counts_lines() {
-        let s = split(
-            Path::new("t.html"),
-            "---\nsubject: Hi\n---\n<p>body</p>\n",
-        )
-        .unwrap();
+        let s = split(Path::new("t.html"), "---\nsubject: Hi\n---\n<p>body</p>\n").unwrap();
         assert_eq!(s.yaml, "subject: Hi\n");
         assert_eq!(s.body, "<p>body</p>\n");
         assert_eq!(s.lines, 3);
@@ -313,7 +309,11 @@ mod tests {
 
     #[test]
     fn tolerates_bom_and_crlf() {
-        let s = split(Path::new("t.html"), "\u{feff}---\r\nsubject: Hi\r\n---\r\nx").unwrap();
+        let s = split(
+            Path::new("t.html"),
+            "\u{feff}---\r\nsubject: Hi\r\n---\r\nx",
+        )
+        .unwrap();
         assert_eq!(s.body, "x");
     }
 
@@ -378,7 +378,9 @@ mod tests {
         let err = parse_str("---\nsubject: Hi\ntext: maybe\n---\n").unwrap_err();
         assert_eq!(err.location().unwrap().line, 3);
         assert_eq!(
-            parse_str("---\nsubject: Hi\ntext: auto\n---\n").unwrap().text,
+            parse_str("---\nsubject: Hi\ntext: auto\n---\n")
+                .unwrap()
+                .text,
             TextMode::Auto
         );
     }

@@ -77,6 +77,7 @@ impl Inbox {
         });
         Delivery {
             accepted: recipients,
+            rejected: Vec::new(),
             reply: "stored in memory".to_string(),
             attempts: 1,
         }

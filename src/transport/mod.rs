@@ -3,9 +3,11 @@
 
 mod memory;
 mod outbox;
+pub(crate) mod smtp;
 
 pub use memory::{Inbox, SentMessage};
 pub(crate) use outbox::Outbox;
+pub(crate) use smtp::Smtp;
 
 use crate::error::Result;
 use crate::message::Outgoing;
@@ -15,10 +17,23 @@ use crate::message::Outgoing;
 pub(crate) struct Delivery {
     /// Envelope recipients the transport accepted.
     pub accepted: Vec<String>,
+    /// Recipients refused for good, or still deferred when retries ran out.
+    pub rejected: Vec<Rejected>,
     /// The server's final reply, or where the message was put.
     pub reply: String,
     /// How many attempts delivery took.
     pub attempts: u32,
+}
+
+/// A recipient the server would not take, while others got the message.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Rejected {
+    /// The envelope address.
+    pub recipient: String,
+    /// The SMTP reply code, when the server gave one (`550`, `452`, ...).
+    pub code: Option<u16>,
+    /// The server's reply, or why delivery to it stopped.
+    pub reply: String,
 }
 
 /// The configured transport of a mailer.
@@ -26,6 +41,7 @@ pub(crate) struct Delivery {
 pub(crate) enum Transport {
     Outbox(Outbox),
     Memory(Inbox),
+    Smtp(Smtp),
 }
 
 impl Transport {
@@ -33,6 +49,7 @@ impl Transport {
         match self {
             Transport::Outbox(outbox) => outbox.send(message).await,
             Transport::Memory(inbox) => Ok(inbox.push(message)),
+            Transport::Smtp(smtp) => smtp.send(message).await,
         }
     }
 
@@ -40,6 +57,7 @@ impl Transport {
         match self {
             Transport::Outbox(_) => "outbox",
             Transport::Memory(_) => "memory",
+            Transport::Smtp(_) => "smtp",
         }
     }
 }

@@ -1,0 +1,44 @@
+//! OAuth2 access tokens for SMTP: where they come from, and one cache per mailer that
+//! renews them ahead of expiry.
+//!
+//! The pipeline's transport asks [`TokenCache::get`] for a token before it
+//! authenticates a connection, and [`TokenCache::reject`]s one the server refused.
+//! Everything provider-specific stays behind [`TokenSource`].
+
+mod cache;
+mod http;
+mod settings;
+mod sources;
+mod store;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+pub(crate) use cache::TokenCache;
+pub(crate) use http::is_loopback;
+pub use settings::{ClientAuth, Grant, OAuthConfig, Provider};
+pub(crate) use sources::build as build_source;
+pub use store::default_credentials_file;
+
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// An access token as the provider issued it.
+pub(crate) struct Issued {
+    pub access_token: SecretString,
+    /// `expires_in` of the token response, when the provider said.
+    pub expires_in: Option<Duration>,
+}
+
+/// Something that can mint a new access token: one grant against one provider.
+///
+/// Implementations do their own retrying of transient endpoint failures and return
+/// [`crate::ErrorKind::Auth`] for refusals; the [`TokenCache`] decides when to call.
+pub(crate) trait TokenSource: Send + Sync {
+    /// Asks the provider for a new access token.
+    fn fetch(&self) -> BoxFuture<'_, crate::Result<Issued>>;
+    /// Which credential this is, for logs and errors (never a secret).
+    fn describe(&self) -> String;
+}

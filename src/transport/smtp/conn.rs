@@ -1,0 +1,405 @@
+//! One SMTP connection: connect with the configured TLS, authenticate, run one mail
+//! transaction recipient by recipient.
+
+use std::fmt;
+use std::time::Duration;
+
+use base64::Engine as _;
+use lettre::address::Address;
+use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
+use lettre::transport::smtp::response::Response;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::error::{Error, ErrorKind};
+use crate::transport::smtp::settings::{Mechanism, TlsMode};
+
+/// Where a failure happened; a stale pooled connection shows itself at `Mail`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    Connect,
+    Auth,
+    Mail,
+    Rcpt,
+    Data,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::Connect => "connect",
+            Stage::Auth => "AUTH",
+            Stage::Mail => "MAIL FROM",
+            Stage::Rcpt => "RCPT TO",
+            Stage::Data => "DATA",
+        })
+    }
+}
+
+/// Why one step failed.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The server answered 4xx or 5xx.
+    Reply {
+        stage: Stage,
+        code: u16,
+        text: String,
+    },
+    /// No usable answer: refused, reset, closed, timed out.
+    Connection { stage: Stage, detail: String },
+    /// Nothing a retry can fix (configuration, credentials, refused token).
+    Fatal(Error),
+}
+
+impl Failure {
+    fn from_smtp(stage: Stage, e: lettre::transport::smtp::Error) -> Failure {
+        if let Some(code) = e.status() {
+            return Failure::Reply {
+                stage,
+                code: u16::from(code),
+                text: reply_text(&e),
+            };
+        }
+        if e.is_tls() {
+            return Failure::Fatal(Error::new(
+                ErrorKind::Config,
+                format!("TLS with the SMTP server failed: {e} (for a private CA, set `ca_file`)"),
+            ));
+        }
+        Failure::Connection {
+            stage,
+            detail: e.to_string(),
+        }
+    }
+
+    pub fn is_stale_connection(&self) -> bool {
+        match self {
+            Failure::Connection { stage, .. } => *stage == Stage::Mail,
+            Failure::Reply { stage, code, .. } => {
+                *stage == Stage::Mail && matches!(code, 421 | 530)
+            }
+            Failure::Fatal(_) => false,
+        }
+    }
+}
+
+/// The server's words in a lettre error, without lettre's "permanent error (550): " prefix.
+fn reply_text(e: &lettre::transport::smtp::Error) -> String {
+    let text = e.to_string();
+    match text.split_once("): ") {
+        Some((_, rest)) => rest.to_string(),
+        None => text,
+    }
+}
+
+/// A line sent as is. Used for SASL exchanges that lettre has no command for; lettre
+/// is built without its `tracing` feature, so it never logs what we write.
+struct Line<'a>(&'a str);
+
+impl fmt::Display for Line<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}\r\n", self.0)
+    }
+}
+
+/// How to reach the server.
+pub(crate) struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+    pub tls_parameters: Option<TlsParameters>,
+    pub hello: ClientId,
+    pub timeout: Duration,
+}
+
+impl Endpoint {
+    pub async fn connect(&self) -> Result<AsyncSmtpConnection, Failure> {
+        let implicit = match self.tls {
+            TlsMode::Implicit => self.tls_parameters.clone(),
+            _ => None,
+        };
+        let mut conn = self
+            .step(
+                Stage::Connect,
+                AsyncSmtpConnection::connect_tokio1(
+                    (self.host.as_str(), self.port),
+                    Some(self.timeout),
+                    &self.hello,
+                    implicit,
+                    None,
+                ),
+            )
+            .await?;
+        if self.tls == TlsMode::Starttls {
+            let Some(parameters) = self.tls_parameters.clone() else {
+                return Err(Failure::Fatal(Error::new(
+                    ErrorKind::Config,
+                    "STARTTLS without TLS parameters",
+                )));
+            };
+            if !conn.server_info().supports_feature(Extension::StartTls) {
+                conn.abort().await;
+                return Err(Failure::Fatal(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "{}:{} does not offer STARTTLS, which `tls: starttls` requires; \
+                         missive never falls back to plain text (use `tls: implicit` for port 465)",
+                        self.host, self.port
+                    ),
+                )));
+            }
+            self.step(Stage::Connect, conn.starttls(parameters, &self.hello))
+                .await?;
+        }
+        Ok(conn)
+    }
+
+    /// Runs one protocol step under the configured timeout.
+    pub async fn step<T>(
+        &self,
+        stage: Stage,
+        future: impl std::future::Future<Output = Result<T, lettre::transport::smtp::Error>>,
+    ) -> Result<T, Failure> {
+        match tokio::time::timeout(self.timeout, future).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(Failure::from_smtp(stage, e)),
+            Err(_) => Err(Failure::Connection {
+                stage,
+                detail: format!("no answer within {}s", self.timeout.as_secs()),
+            }),
+        }
+    }
+
+    /// Authenticates with an OAuth2 bearer token. `Ok(Some(..))` is the server's
+    /// refusal of the token (the caller renews it and tries once more).
+    pub async fn oauth(
+        &self,
+        conn: &mut AsyncSmtpConnection,
+        mechanism: Mechanism,
+        user: &str,
+        token: &SecretString,
+    ) -> Result<Option<Rejection>, Failure> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let (initial, dummy) = match mechanism {
+            Mechanism::Oauthbearer => {
+                let user = user.replace('=', "=3D").replace(',', "=2C");
+                (
+                    SecretString::from(b64.encode(format!(
+                        "n,a={user},\x01host={}\x01port={}\x01auth=Bearer {}\x01\x01",
+                        self.host,
+                        self.port,
+                        token.expose_secret()
+                    ))),
+                    // RFC 7628 3.2.3: a failed exchange is closed with a single %x01.
+                    "AQ==",
+                )
+            }
+            _ => (
+                SecretString::from(b64.encode(format!(
+                    "user={user}\x01auth=Bearer {}\x01\x01",
+                    token.expose_secret()
+                ))),
+                // Gmail's XOAUTH2 error challenge is answered with an empty line.
+                "",
+            ),
+        };
+        let command = SecretString::from(format!(
+            "AUTH {} {}",
+            mechanism.name(),
+            initial.expose_secret()
+        ));
+        let first = self
+            .step(Stage::Auth, conn.command(Line(command.expose_secret())))
+            .await;
+        match first {
+            Ok(response) if response.has_code(334) => {
+                let challenge = decode_challenge(&response);
+                match self.step(Stage::Auth, conn.command(Line(dummy))).await {
+                    Err(Failure::Reply { code, text, .. }) if code >= 500 => Ok(Some(Rejection {
+                        code,
+                        text,
+                        challenge,
+                    })),
+                    Err(other) => Err(other),
+                    Ok(response) => Err(Failure::Fatal(Error::new(
+                        ErrorKind::Auth,
+                        format!(
+                            "unexpected answer to the {} error challenge: {}",
+                            mechanism.name(),
+                            response.code()
+                        ),
+                    ))),
+                }
+            }
+            Ok(_) => Ok(None),
+            Err(Failure::Reply { code, text, .. }) if matches!(code, 530 | 534 | 535) => {
+                Ok(Some(Rejection {
+                    code,
+                    text,
+                    challenge: None,
+                }))
+            }
+            Err(Failure::Reply { code, text, .. }) if code >= 500 => Err(Failure::Fatal(
+                Error::new(
+                    ErrorKind::Auth,
+                    format!(
+                        "the server refused AUTH {} ({code} {text}); is the mechanism enabled \
+                         for this account?",
+                        mechanism.name()
+                    ),
+                )
+                .with_smtp_code(code),
+            )),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Authenticates with user name and password (PLAIN or LOGIN).
+    pub async fn password(
+        &self,
+        conn: &mut AsyncSmtpConnection,
+        mechanism: Mechanism,
+        user: &str,
+        password: &SecretString,
+    ) -> Result<(), Failure> {
+        use lettre::transport::smtp::authentication::{Credentials, Mechanism as M};
+        let mechanisms = match mechanism {
+            Mechanism::Login => [M::Login],
+            _ => [M::Plain],
+        };
+        let credentials = Credentials::new(user.to_string(), password.expose_secret().to_string());
+        match self
+            .step(Stage::Auth, conn.auth(&mechanisms, &credentials))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(Failure::Reply { code, text, .. }) if code >= 500 => Err(Failure::Fatal(
+                Error::new(
+                    ErrorKind::Auth,
+                    format!("the server refused the password of {user}: {code} {text}"),
+                )
+                .with_smtp_code(code),
+            )),
+            Err(Failure::Connection { detail, .. }) if detail.contains("mechanism") => {
+                Err(Failure::Fatal(Error::new(
+                    ErrorKind::Auth,
+                    format!("the server does not offer AUTH {}", mechanism.name()),
+                )))
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    /// One mail transaction to `recipients`: each refused recipient is reported on its
+    /// own, and the message goes to those accepted.
+    pub async fn transaction(
+        &self,
+        conn: &mut AsyncSmtpConnection,
+        from: Option<&Address>,
+        recipients: &[Address],
+        raw: &[u8],
+    ) -> Result<Transaction, Failure> {
+        let mut parameters = Vec::new();
+        let non_ascii_address = from
+            .into_iter()
+            .chain(recipients)
+            .any(|a| !a.to_string().is_ascii());
+        if non_ascii_address {
+            if !conn.server_info().supports_feature(Extension::SmtpUtfEight) {
+                return Err(Failure::Fatal(Error::new(
+                    ErrorKind::Address,
+                    "an address is not ASCII and the server does not support SMTPUTF8",
+                )));
+            }
+            parameters.push(MailParameter::SmtpUtfEight);
+        }
+        if !raw.is_ascii() && conn.server_info().supports_feature(Extension::EightBitMime) {
+            parameters.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+        }
+        self.step(
+            Stage::Mail,
+            conn.command(Mail::new(from.cloned(), parameters)),
+        )
+        .await?;
+        let mut outcome = Transaction::default();
+        for recipient in recipients {
+            match self
+                .step(
+                    Stage::Rcpt,
+                    conn.command(Rcpt::new(recipient.clone(), vec![])),
+                )
+                .await
+            {
+                Ok(_) => outcome.accepted.push(recipient.clone()),
+                Err(Failure::Reply { code, text, .. }) => outcome.refused.push(Refusal {
+                    recipient: recipient.clone(),
+                    code,
+                    text,
+                }),
+                Err(other) => return Err(other),
+            }
+        }
+        if outcome.accepted.is_empty() {
+            let _ = self.step(Stage::Rcpt, conn.command(Rset)).await;
+            return Ok(outcome);
+        }
+        self.step(Stage::Data, conn.command(Data)).await?;
+        let response: Response = self.step(Stage::Data, conn.message(raw)).await?;
+        outcome.reply = format!(
+            "{} {}",
+            response.code(),
+            response.message().collect::<Vec<_>>().join(" ")
+        );
+        Ok(outcome)
+    }
+}
+
+/// What one transaction did.
+#[derive(Debug, Default)]
+pub(crate) struct Transaction {
+    pub accepted: Vec<Address>,
+    pub refused: Vec<Refusal>,
+    pub reply: String,
+}
+
+/// A recipient the server refused at RCPT TO.
+#[derive(Debug, Clone)]
+pub(crate) struct Refusal {
+    pub recipient: Address,
+    pub code: u16,
+    pub text: String,
+}
+
+/// A server's refusal of an access token.
+#[derive(Debug)]
+pub(crate) struct Rejection {
+    pub code: u16,
+    pub text: String,
+    /// The decoded JSON of an XOAUTH2/OAUTHBEARER error challenge, e.g.
+    /// `{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}`.
+    pub challenge: Option<String>,
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.code, self.text)?;
+        if let Some(challenge) = &self.challenge {
+            write!(f, " (challenge: {challenge})")?;
+        }
+        Ok(())
+    }
+}
+
+/// The JSON status in a `334 <base64>` error challenge, as compact text.
+fn decode_challenge(response: &Response) -> Option<String> {
+    let encoded: String = response.message().collect::<Vec<_>>().join("");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(json) => Some(json.to_string()),
+        Err(_) => Some(text.chars().filter(|c| !c.is_control()).take(300).collect()),
+    }
+}

@@ -1,0 +1,479 @@
+//! Delivery over SMTP: a bounded connection pool, OAuth2 or password authentication,
+//! and the retry policy (4xx, network failures and timeouts retried with backoff and
+//! jitter; 5xx never).
+
+mod conn;
+mod settings;
+
+pub use settings::{AuthConfig, Mechanism, PoolConfig, RetryConfig, SmtpConfig, TlsMode};
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lettre::address::Address;
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
+use secrecy::SecretString;
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+use crate::auth::{self, TokenCache};
+use crate::error::{Error, ErrorKind, Result};
+use crate::message::Outgoing;
+use crate::transport::{Delivery, Rejected};
+use conn::{Endpoint, Failure, Refusal};
+
+/// The SMTP transport of a mailer. Clones share the pool and the token cache.
+#[derive(Clone)]
+pub(crate) struct Smtp {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Smtp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Smtp")
+            .field("host", &self.inner.endpoint.host)
+            .field("port", &self.inner.endpoint.port)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    endpoint: Endpoint,
+    auth: Auth,
+    retry: RetryConfig,
+    /// One permit per connection in use: lettre's own pool only caps idle connections.
+    permits: Semaphore,
+    idle: Mutex<Vec<Idle>>,
+    idle_timeout: Duration,
+}
+
+struct Idle {
+    conn: AsyncSmtpConnection,
+    since: Instant,
+}
+
+enum Auth {
+    None,
+    Password {
+        mechanism: Mechanism,
+        user: String,
+        env: String,
+    },
+    OAuth {
+        mechanism: Mechanism,
+        user: String,
+        tokens: TokenCache,
+    },
+}
+
+impl Smtp {
+    /// Checks the settings and prepares the pool; connects to nothing yet.
+    pub fn new(config: &SmtpConfig) -> Result<Smtp> {
+        let config_error = |m: String| Error::new(ErrorKind::Config, m);
+        if config.tls == TlsMode::None && !auth::is_loopback(&config.host) {
+            return Err(config_error(format!(
+                "`tls: none` sends mail and credentials in clear text, so it is allowed only \
+                 toward loopback, not {}",
+                config.host
+            )));
+        }
+        if config.pool.max_connections == 0 || config.retry.attempts == 0 {
+            return Err(config_error(
+                "`pool.max_connections` and `retry.attempts` must be at least 1".into(),
+            ));
+        }
+        let port = config.port.unwrap_or(match config.tls {
+            TlsMode::Starttls => 587,
+            TlsMode::Implicit => 465,
+            TlsMode::None => 25,
+        });
+        let tls_parameters = match config.tls {
+            TlsMode::None => None,
+            _ => Some(tls_parameters(config)?),
+        };
+        let hello = match &config.hello_name {
+            Some(name) => ClientId::Domain(name.clone()),
+            None => ClientId::default(),
+        };
+        let auth = build_auth(config)?;
+        Ok(Smtp {
+            inner: Arc::new(Inner {
+                endpoint: Endpoint {
+                    host: config.host.clone(),
+                    port,
+                    tls: config.tls,
+                    tls_parameters,
+                    hello,
+                    timeout: Duration::from_secs(config.timeout_secs.max(1)),
+                },
+                auth,
+                retry: config.retry.clone(),
+                permits: Semaphore::new(config.pool.max_connections),
+                idle: Mutex::new(Vec::new()),
+                idle_timeout: Duration::from_secs(config.pool.idle_timeout_secs),
+            }),
+        })
+    }
+
+    /// Delivers `message`, retrying transient failures within the retry policy.
+    pub async fn send(&self, message: &Outgoing) -> Result<Delivery> {
+        let retry = &self.inner.retry;
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(retry.deadline_secs);
+        let mut pending: Vec<Address> = message.envelope.to().to_vec();
+        let mut accepted: Vec<String> = Vec::new();
+        let mut rejected: Vec<Rejected> = Vec::new();
+        let mut reply = String::new();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let span = tracing::info_span!(
+                "smtp_attempt",
+                template = %message.rendered.template,
+                message_id = %message.message_id,
+                attempt,
+                server = %self.inner.endpoint.host,
+                outcome = tracing::field::Empty,
+            );
+            let result = self
+                .attempt(message.envelope.from(), &pending, &message.raw)
+                .instrument(span.clone())
+                .await;
+            let error = match result {
+                Ok(tx) => {
+                    accepted.extend(tx.accepted.iter().map(ToString::to_string));
+                    if !tx.reply.is_empty() {
+                        reply = tx.reply;
+                    }
+                    let (transient, permanent): (Vec<Refusal>, Vec<Refusal>) =
+                        tx.refused.into_iter().partition(|r| r.code < 500);
+                    rejected.extend(permanent.iter().map(rejection));
+                    pending = transient.iter().map(|r| r.recipient.clone()).collect();
+                    match transient.first() {
+                        None => {
+                            span.record("outcome", "delivered");
+                            break;
+                        }
+                        Some(first) => {
+                            span.record("outcome", "deferred");
+                            let error = Error::new(
+                                ErrorKind::Transient,
+                                format!(
+                                    "{} deferred {} recipient(s), first {}: {} {}",
+                                    self.inner.endpoint.host,
+                                    transient.len(),
+                                    first.recipient,
+                                    first.code,
+                                    first.text
+                                ),
+                            )
+                            .with_smtp_code(first.code);
+                            if attempt >= retry.attempts {
+                                rejected.extend(transient.iter().map(rejection));
+                                pending.clear();
+                            }
+                            error
+                        }
+                    }
+                }
+                Err(failure) => {
+                    let error = self.failure_error(failure);
+                    span.record(
+                        "outcome",
+                        match error.kind() {
+                            ErrorKind::Transient => "transient",
+                            ErrorKind::Permanent => "permanent",
+                            ErrorKind::Auth => "auth",
+                            _ => "failed",
+                        },
+                    );
+                    error
+                }
+            };
+            let backoff = retry.backoff(attempt);
+            let out_of_time = Instant::now() + backoff > deadline;
+            if pending.is_empty()
+                || !error.is_retryable()
+                || attempt >= retry.attempts
+                || out_of_time
+            {
+                rejected.extend(pending.drain(..).map(|recipient| Rejected {
+                    recipient: recipient.to_string(),
+                    code: error.smtp_code(),
+                    reply: error.message().to_string(),
+                }));
+                if accepted.is_empty() {
+                    return Err(final_error(error, &rejected, attempt));
+                }
+                break;
+            }
+            tracing::warn!(attempt, error = %error, backoff_ms = backoff.as_millis() as u64, "retrying");
+            tokio::time::sleep(backoff).await;
+        }
+        if accepted.is_empty() {
+            return Err(final_error(
+                Error::new(ErrorKind::Permanent, "no recipient was accepted"),
+                &rejected,
+                attempt,
+            ));
+        }
+        Ok(Delivery {
+            accepted,
+            rejected,
+            reply,
+            attempts: attempt,
+        })
+    }
+
+    fn failure_error(&self, failure: Failure) -> Error {
+        let host = &self.inner.endpoint.host;
+        match failure {
+            Failure::Reply { stage, code, text } => Error::new(
+                if code >= 500 {
+                    ErrorKind::Permanent
+                } else {
+                    ErrorKind::Transient
+                },
+                format!("{host} answered {code} {text} at {stage}"),
+            )
+            .with_smtp_code(code),
+            Failure::Connection { stage, detail } => Error::new(
+                ErrorKind::Transient,
+                format!("connection to {host} failed at {stage}: {detail}"),
+            ),
+            Failure::Fatal(error) => error,
+        }
+    }
+
+    /// One attempt: a pooled or new connection, and one transaction on it. A pooled
+    /// connection that the server closed meanwhile is replaced, which costs no attempt.
+    async fn attempt(
+        &self,
+        from: Option<&Address>,
+        recipients: &[Address],
+        raw: &[u8],
+    ) -> Result<conn::Transaction, Failure> {
+        let _permit = self.inner.permits.acquire().await.map_err(|_| {
+            Failure::Fatal(Error::new(
+                ErrorKind::Transient,
+                "the mailer is shutting down",
+            ))
+        })?;
+        let endpoint = &self.inner.endpoint;
+        if let Some(mut conn) = self.checkout() {
+            match endpoint.transaction(&mut conn, from, recipients, raw).await {
+                Ok(tx) => {
+                    self.checkin(conn);
+                    return Ok(tx);
+                }
+                Err(failure) if failure.is_stale_connection() => {
+                    tracing::debug!(?failure, "pooled connection was stale; opening a new one");
+                    conn.abort().await;
+                }
+                Err(failure) => {
+                    conn.abort().await;
+                    return Err(failure);
+                }
+            }
+        }
+        let mut conn = self.open().await?;
+        match endpoint.transaction(&mut conn, from, recipients, raw).await {
+            Ok(tx) => {
+                self.checkin(conn);
+                Ok(tx)
+            }
+            Err(failure) => {
+                conn.abort().await;
+                Err(failure)
+            }
+        }
+    }
+
+    fn checkout(&self) -> Option<AsyncSmtpConnection> {
+        let mut idle = self.inner.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(entry) = idle.pop() {
+            if entry.since.elapsed() < self.inner.idle_timeout && !entry.conn.has_broken() {
+                return Some(entry.conn);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, conn: AsyncSmtpConnection) {
+        if conn.has_broken() {
+            return;
+        }
+        let mut idle = self.inner.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.push(Idle {
+            conn,
+            since: Instant::now(),
+        });
+    }
+
+    /// A new connection, authenticated. A refused access token is dropped, renewed and
+    /// tried once more on a new connection; a second refusal is the caller's error.
+    async fn open(&self) -> Result<AsyncSmtpConnection, Failure> {
+        let endpoint = &self.inner.endpoint;
+        let mut conn = endpoint.connect().await?;
+        match &self.inner.auth {
+            Auth::None => Ok(conn),
+            Auth::Password {
+                mechanism,
+                user,
+                env,
+            } => {
+                let password = match std::env::var(env) {
+                    Ok(value) if !value.is_empty() => SecretString::from(value),
+                    _ => {
+                        conn.abort().await;
+                        return Err(Failure::Fatal(Error::new(
+                            ErrorKind::Config,
+                            format!("environment variable {env} (the SMTP password) is not set"),
+                        )));
+                    }
+                };
+                endpoint
+                    .password(&mut conn, *mechanism, user, &password)
+                    .await?;
+                Ok(conn)
+            }
+            Auth::OAuth {
+                mechanism,
+                user,
+                tokens,
+            } => {
+                let token = tokens.get().await.map_err(Failure::Fatal)?;
+                let Some(first) = endpoint
+                    .oauth(&mut conn, *mechanism, user, token.secret())
+                    .await?
+                else {
+                    return Ok(conn);
+                };
+                tracing::warn!(rejection = %first, "the server refused the access token; renewing it");
+                conn.abort().await;
+                tokens.reject(&token);
+                let token = tokens.get().await.map_err(Failure::Fatal)?;
+                let mut conn = endpoint.connect().await?;
+                match endpoint
+                    .oauth(&mut conn, *mechanism, user, token.secret())
+                    .await?
+                {
+                    None => Ok(conn),
+                    Some(second) => {
+                        conn.abort().await;
+                        tokens.reject(&token);
+                        Err(Failure::Fatal(
+                            Error::new(
+                                ErrorKind::Auth,
+                                format!(
+                                    "{} refused a freshly renewed access token for {user} \
+                                     ({}): {second}; check that SMTP AUTH is enabled for the \
+                                     mailbox and that the token's scopes allow sending",
+                                    endpoint.host,
+                                    tokens.describe()
+                                ),
+                            )
+                            .with_smtp_code(second.code),
+                        ))
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn rejection(refusal: &Refusal) -> Rejected {
+    Rejected {
+        recipient: refusal.recipient.to_string(),
+        code: Some(refusal.code),
+        reply: format!("{} {}", refusal.code, refusal.text),
+    }
+}
+
+/// The error of a send that reached nobody.
+fn final_error(error: Error, rejected: &[Rejected], attempts: u32) -> Error {
+    let error = match rejected.first() {
+        Some(first) if rejected.iter().all(|r| r.code.is_some_and(|c| c >= 500)) => {
+            let list: Vec<String> = rejected
+                .iter()
+                .map(|r| format!("{}: {}", r.recipient, r.reply))
+                .collect();
+            let error = Error::new(
+                ErrorKind::Permanent,
+                format!("every recipient was refused: {}", list.join("; ")),
+            );
+            match first.code {
+                Some(code) => error.with_smtp_code(code),
+                None => error,
+            }
+        }
+        _ => error,
+    };
+    error.note(format!(
+        "after {attempts} attempt{}",
+        if attempts == 1 { "" } else { "s" }
+    ))
+}
+
+fn tls_parameters(config: &SmtpConfig) -> Result<TlsParameters> {
+    let name = config
+        .tls_name
+        .clone()
+        .unwrap_or_else(|| config.host.clone());
+    let mut builder = TlsParameters::builder(name);
+    if let Some(path) = &config.ca_file {
+        let pem = std::fs::read(path).map_err(|e| Error::io(path, "read CA file", e))?;
+        let cert = Certificate::from_pem(&pem).map_err(|e| {
+            Error::new(
+                ErrorKind::Config,
+                format!("CA file is not a PEM certificate: {e}"),
+            )
+            .at(path, 1, 1)
+        })?;
+        builder = builder.add_root_certificate(cert);
+    }
+    builder
+        .build_rustls()
+        .map_err(|e| Error::new(ErrorKind::Config, format!("TLS setup failed: {e}")))
+}
+
+fn build_auth(config: &SmtpConfig) -> Result<Auth> {
+    let auth = &config.auth;
+    let need_user = || {
+        auth.user.clone().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Config,
+                format!("`auth.user` is required for {}", auth.mechanism.name()),
+            )
+        })
+    };
+    Ok(match auth.mechanism {
+        Mechanism::None => Auth::None,
+        Mechanism::Plain | Mechanism::Login => Auth::Password {
+            mechanism: auth.mechanism,
+            user: need_user()?,
+            env: auth.password_env.clone().ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Config,
+                    "`auth.password_env` must name the environment variable holding the password",
+                )
+            })?,
+        },
+        Mechanism::Xoauth2 | Mechanism::Oauthbearer => {
+            let oauth = auth.oauth.as_ref().ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!("`auth.oauth` is required for {}", auth.mechanism.name()),
+                )
+            })?;
+            let user = need_user()?;
+            let source = auth::build_source(oauth, Some(&user), config.ca_file.as_deref())?;
+            Auth::OAuth {
+                mechanism: auth.mechanism,
+                user,
+                tokens: TokenCache::new(source, Duration::from_secs(oauth.renew_before_secs)),
+            }
+        }
+    })
+}
