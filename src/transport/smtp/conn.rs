@@ -139,7 +139,7 @@ impl Endpoint {
                 )));
             };
             if !conn.server_info().supports_feature(Extension::StartTls) {
-                conn.abort().await;
+                self.close(conn).await;
                 return Err(Failure::Fatal(Error::new(
                     ErrorKind::Config,
                     format!(
@@ -153,6 +153,13 @@ impl Endpoint {
                 .await?;
         }
         Ok(conn)
+    }
+
+    /// Ends a connection with QUIT, without waiting long for a server that stopped
+    /// answering.
+    pub async fn close(&self, mut conn: AsyncSmtpConnection) {
+        let wait = self.timeout.min(Duration::from_millis(500));
+        let _ = tokio::time::timeout(wait, conn.abort()).await;
     }
 
     /// Runs one protocol step under the configured timeout.

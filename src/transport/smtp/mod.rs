@@ -198,14 +198,15 @@ impl Smtp {
                 || attempt >= retry.attempts
                 || out_of_time
             {
+                if accepted.is_empty() {
+                    return Err(final_error(error, &rejected, attempt));
+                }
+                // Some got it: the rest are reported with the receipt, not as an error.
                 rejected.extend(pending.drain(..).map(|recipient| Rejected {
                     recipient: recipient.to_string(),
                     code: error.smtp_code(),
                     reply: error.message().to_string(),
                 }));
-                if accepted.is_empty() {
-                    return Err(final_error(error, &rejected, attempt));
-                }
                 break;
             }
             tracing::warn!(attempt, error = %error, backoff_ms = backoff.as_millis() as u64, "retrying");
@@ -269,10 +270,10 @@ impl Smtp {
                 }
                 Err(failure) if failure.is_stale_connection() => {
                     tracing::debug!(?failure, "pooled connection was stale; opening a new one");
-                    conn.abort().await;
+                    endpoint.close(conn).await;
                 }
                 Err(failure) => {
-                    conn.abort().await;
+                    endpoint.close(conn).await;
                     return Err(failure);
                 }
             }
@@ -284,7 +285,7 @@ impl Smtp {
                 Ok(tx)
             }
             Err(failure) => {
-                conn.abort().await;
+                endpoint.close(conn).await;
                 Err(failure)
             }
         }
@@ -315,9 +316,8 @@ impl Smtp {
     /// tried once more on a new connection; a second refusal is the caller's error.
     async fn open(&self) -> Result<AsyncSmtpConnection, Failure> {
         let endpoint = &self.inner.endpoint;
-        let mut conn = endpoint.connect().await?;
         match &self.inner.auth {
-            Auth::None => Ok(conn),
+            Auth::None => endpoint.connect().await,
             Auth::Password {
                 mechanism,
                 user,
@@ -326,16 +326,17 @@ impl Smtp {
                 let password = match std::env::var(env) {
                     Ok(value) if !value.is_empty() => SecretString::from(value),
                     _ => {
-                        conn.abort().await;
                         return Err(Failure::Fatal(Error::new(
                             ErrorKind::Config,
                             format!("environment variable {env} (the SMTP password) is not set"),
-                        )));
+                        )))
                     }
                 };
-                endpoint
-                    .password(&mut conn, *mechanism, user, &password)
-                    .await?;
+                let mut conn = endpoint.connect().await?;
+                if let Err(failure) = endpoint.password(&mut conn, *mechanism, user, &password).await {
+                    endpoint.close(conn).await;
+                    return Err(failure);
+                }
                 Ok(conn)
             }
             Auth::OAuth {
@@ -343,41 +344,47 @@ impl Smtp {
                 user,
                 tokens,
             } => {
+                // The token first: no connection is opened for credentials that are dead.
                 let token = tokens.get().await.map_err(Failure::Fatal)?;
-                let Some(first) = endpoint
-                    .oauth(&mut conn, *mechanism, user, token.secret())
-                    .await?
-                else {
-                    return Ok(conn);
+                let mut conn = endpoint.connect().await?;
+                let first = match endpoint.oauth(&mut conn, *mechanism, user, token.secret()).await {
+                    Ok(None) => return Ok(conn),
+                    Ok(Some(rejection)) => rejection,
+                    Err(failure) => {
+                        endpoint.close(conn).await;
+                        return Err(failure);
+                    }
                 };
+                // lettre cannot change the credentials of a connection it built, and a
+                // server may close after a failed AUTH: renew, then start over.
                 tracing::warn!(rejection = %first, "the server refused the access token; renewing it");
-                conn.abort().await;
+                endpoint.close(conn).await;
                 tokens.reject(&token);
                 let token = tokens.get().await.map_err(Failure::Fatal)?;
                 let mut conn = endpoint.connect().await?;
-                match endpoint
-                    .oauth(&mut conn, *mechanism, user, token.secret())
-                    .await?
-                {
-                    None => Ok(conn),
-                    Some(second) => {
-                        conn.abort().await;
-                        tokens.reject(&token);
-                        Err(Failure::Fatal(
-                            Error::new(
-                                ErrorKind::Auth,
-                                format!(
-                                    "{} refused a freshly renewed access token for {user} \
-                                     ({}): {second}; check that SMTP AUTH is enabled for the \
-                                     mailbox and that the token's scopes allow sending",
-                                    endpoint.host,
-                                    tokens.describe()
-                                ),
-                            )
-                            .with_smtp_code(second.code),
-                        ))
+                let second = match endpoint.oauth(&mut conn, *mechanism, user, token.secret()).await {
+                    Ok(None) => return Ok(conn),
+                    Ok(Some(rejection)) => rejection,
+                    Err(failure) => {
+                        endpoint.close(conn).await;
+                        return Err(failure);
                     }
-                }
+                };
+                endpoint.close(conn).await;
+                tokens.reject(&token);
+                Err(Failure::Fatal(
+                    Error::new(
+                        ErrorKind::Auth,
+                        format!(
+                            "{} refused a freshly renewed access token for {user} ({}): {second}; \
+                             check that SMTP AUTH is enabled for the mailbox and that the token's \
+                             scopes allow sending",
+                            endpoint.host,
+                            tokens.describe()
+                        ),
+                    )
+                    .with_smtp_code(second.code),
+                ))
             }
         }
     }

@@ -1,0 +1,283 @@
+//! SMTP delivery against the scripted fake server: pool bounds, stale connections,
+//! TLS policy, password auth and the retry policy (issue 3, points 1, 2 and 8).
+
+mod support;
+
+use std::collections::HashMap;
+
+use missive::{ErrorKind, Mailer};
+use support::smtp::{Action, FakeSmtp, Options, Stage};
+
+fn transport(port: u16, extra: &str) -> String {
+    format!(
+        "  type: smtp\n  host: 127.0.0.1\n  port: {port}\n  tls: none\n  timeout_secs: 1\n  \
+         retry: {{ attempts: 3, initial_backoff_ms: 10, max_backoff_ms: 40, deadline_secs: 60 }}\n{extra}"
+    )
+}
+
+async fn smtp_mailer(port: u16, extra: &str) -> (Mailer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = support::config_file(dir.path(), &transport(port, extra));
+    let mailer = Mailer::from_config(&path).await.expect("mailer builds");
+    (mailer, dir)
+}
+
+async fn send_welcome(mailer: &Mailer, to: &[&str]) -> missive::Result<missive::Receipt> {
+    let data = mailer.example("welcome", 0)?;
+    let mut message = mailer.template("welcome").data(&data);
+    for address in to {
+        message = message.to(*address);
+    }
+    message.send().await
+}
+
+#[tokio::test]
+async fn delivers_the_rendered_message_intact() {
+    let server = FakeSmtp::start(Options::default()).await;
+    let (mailer, _dir) = smtp_mailer(server.port, "").await;
+    let receipt = send_welcome(&mailer, &["ada@example.test"]).await.unwrap();
+    assert_eq!(receipt.attempts, 1);
+    assert_eq!(receipt.accepted, ["ada@example.test"]);
+    assert!(receipt.rejected.is_empty());
+    assert!(receipt.reply.starts_with("250"), "{}", receipt.reply);
+    let received = server.received();
+    assert_eq!(received.len(), 1);
+    let data = &received[0].data;
+    assert_eq!(received[0].from, "noreply@acme.test");
+    assert_eq!(received[0].to, ["ada@example.test"]);
+    let rendered = mailer
+        .render("welcome", &mailer.example("welcome", 0).unwrap())
+        .unwrap();
+    assert!(data.contains(&format!("Subject: {}", rendered.subject())), "subject");
+    assert!(data.contains(&format!("Message-ID: {}", receipt.message_id)));
+    assert!(data.contains("multipart/alternative"));
+    assert!(data.contains("text/plain") && data.contains("text/html"));
+}
+
+#[tokio::test]
+async fn concurrent_sends_never_exceed_the_pool_size() {
+    let server = FakeSmtp::start(Options::default()).await;
+    let (mailer, _dir) = smtp_mailer(server.port, "  pool: { max_connections: 2 }\n").await;
+    let sends: Vec<_> = (0..12)
+        .map(|i| {
+            let mailer = mailer.clone();
+            tokio::spawn(async move {
+                send_welcome(&mailer, &[&format!("user{i}@example.test")]).await
+            })
+        })
+        .collect();
+    for send in sends {
+        assert_eq!(send.await.unwrap().unwrap().attempts, 1);
+    }
+    assert_eq!(server.received().len(), 12);
+    assert!(server.max_concurrent() <= 2, "saw {} connections at once", server.max_concurrent());
+    assert!(server.connections() <= 2, "connections are reused: {}", server.connections());
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_server_closed_does_not_fail_a_send() {
+    let server = FakeSmtp::start(Options {
+        close_after_message: true,
+        ..Options::default()
+    })
+    .await;
+    let (mailer, _dir) = smtp_mailer(server.port, "").await;
+    for _ in 0..3 {
+        let receipt = send_welcome(&mailer, &["ada@example.test"]).await.unwrap();
+        assert_eq!(receipt.attempts, 1, "a stale connection costs no attempt");
+    }
+    assert_eq!(server.received().len(), 3);
+    assert_eq!(server.connections(), 3);
+}
+
+#[tokio::test]
+async fn starttls_is_required_never_opportunistic() {
+    let server = FakeSmtp::start(Options::default()).await;
+    let (mailer, _dir) = smtp_mailer(server.port, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = transport(server.port, "").replace("tls: none", "tls: starttls");
+    let mailer_tls = Mailer::from_config(support::config_file(dir.path(), &yaml))
+        .await
+        .unwrap();
+    let err = send_welcome(&mailer_tls, &["ada@example.test"]).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.message().contains("STARTTLS"), "{err}");
+    assert!(server.received().is_empty());
+    assert_eq!(server.mail_commands(), 0, "nothing sent in clear text");
+    drop(mailer);
+}
+
+#[tokio::test]
+async fn plain_text_only_toward_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = transport(25, "").replace("127.0.0.1", "smtp.example.com");
+    let err = Mailer::from_config(support::config_file(dir.path(), &yaml))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.message().contains("loopback"), "{err}");
+}
+
+#[tokio::test]
+async fn transient_replies_at_any_stage_are_retried() {
+    let cases = [
+        (Stage::Greeting, "421 4.3.2 service not available"),
+        (Stage::Mail, "450 4.2.0 mailbox busy"),
+        (Stage::Mail, "451 4.3.0 local error"),
+        (Stage::Data, "451 4.3.0 try again"),
+        (Stage::EndOfData, "452 4.3.1 insufficient storage"),
+    ];
+    for (stage, reply) in cases {
+        let server = FakeSmtp::start(Options::default()).await;
+        server.fault(stage, Action::Reply(reply.into()));
+        let (mailer, _dir) = smtp_mailer(server.port, "").await;
+        let receipt = send_welcome(&mailer, &["ada@example.test"])
+            .await
+            .unwrap_or_else(|e| panic!("{stage:?} {reply}: {e}"));
+        assert_eq!(receipt.attempts, 2, "{stage:?} {reply}");
+        assert_eq!(server.received().len(), 1, "{stage:?} {reply}");
+    }
+}
+
+#[tokio::test]
+async fn a_deferred_recipient_is_retried_alone() {
+    let server = FakeSmtp::start(Options::default()).await;
+    server.fault(Stage::Rcpt, Action::Reply("452 4.5.3 too many recipients".into()));
+    let (mailer, _dir) = smtp_mailer(server.port, "").await;
+    let receipt = send_welcome(&mailer, &["a@example.test", "b@example.test"])
+        .await
+        .unwrap();
+    assert_eq!(receipt.attempts, 2);
+    let received = server.received();
+    assert_eq!(received.len(), 2);
+    assert_eq!(received[0].to, ["b@example.test"]);
+    assert_eq!(received[1].to, ["a@example.test"]);
+    assert_eq!(support::smtp::addresses(&receipt.accepted).len(), 2);
+}
+
+#[tokio::test]
+async fn permanent_replies_are_not_retried() {
+    for (stage, reply, code) in [
+        (Stage::Mail, "550 5.7.1 sender rejected", 550),
+        (Stage::EndOfData, "554 5.6.0 message refused", 554),
+    ] {
+        let server = FakeSmtp::start(Options::default()).await;
+        server.fault(stage, Action::Reply(reply.into()));
+        let (mailer, _dir) = smtp_mailer(server.port, "").await;
+        let err = send_welcome(&mailer, &["ada@example.test"]).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+        assert_eq!(err.smtp_code(), Some(code));
+        assert!(err.to_string().contains("after 1 attempt"), "{err}");
+        assert_eq!(server.mail_commands(), 1);
+        assert!(server.received().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn one_bad_recipient_fails_only_itself() {
+    let server = FakeSmtp::start(Options::default()).await;
+    server.refuse_recipient("nobody@example.test", "550 5.1.1 <nobody@example.test>: user unknown");
+    let (mailer, _dir) = smtp_mailer(server.port, "").await;
+    let receipt = send_welcome(
+        &mailer,
+        &["a@example.test", "nobody@example.test", "c@example.test"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(receipt.accepted, ["a@example.test", "c@example.test"]);
+    assert_eq!(receipt.rejected.len(), 1);
+    assert_eq!(receipt.rejected[0].recipient, "nobody@example.test");
+    assert_eq!(receipt.rejected[0].code, Some(550));
+    assert!(receipt.rejected[0].reply.contains("user unknown"));
+    assert_eq!(receipt.attempts, 1);
+    let received = server.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].to, ["a@example.test", "c@example.test"]);
+
+    let err = send_welcome(&mailer, &["nobody@example.test"]).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent);
+    assert_eq!(err.smtp_code(), Some(550));
+    assert!(err.message().contains("nobody@example.test"), "{err}");
+}
+
+#[tokio::test]
+async fn a_connection_dropped_mid_data_is_retried() {
+    let server = FakeSmtp::start(Options::default()).await;
+    server.fault(Stage::MidData, Action::Drop);
+    let (mailer, _dir) = smtp_mailer(server.port, "").await;
+    let receipt = send_welcome(&mailer, &["ada@example.test"]).await.unwrap();
+    assert_eq!(receipt.attempts, 2);
+    assert_eq!(server.received().len(), 1);
+}
+
+#[tokio::test]
+async fn a_stalled_server_times_out_and_is_retried() {
+    let server = FakeSmtp::start(Options::default()).await;
+    server.fault(Stage::Mail, Action::Stall);
+    let (mailer, _dir) = smtp_mailer(server.port, "").await;
+    let receipt = send_welcome(&mailer, &["ada@example.test"]).await.unwrap();
+    assert_eq!(receipt.attempts, 2);
+    assert_eq!(server.received().len(), 1);
+    assert_eq!(server.connections(), 2);
+}
+
+#[tokio::test]
+async fn retries_stop_at_the_configured_attempts() {
+    let server = FakeSmtp::start(Options::default()).await;
+    server.always(Stage::Mail, Action::Reply("451 4.3.0 try later".into()));
+    let (mailer, _dir) = smtp_mailer(server.port, "").await;
+    let err = send_welcome(&mailer, &["ada@example.test"]).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Transient);
+    assert!(err.is_retryable());
+    assert_eq!(err.smtp_code(), Some(451));
+    assert!(err.to_string().contains("after 3 attempts"), "{err}");
+    assert_eq!(server.mail_commands(), 3);
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_transient() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let (mailer, _dir) = smtp_mailer(port, "").await;
+    let err = send_welcome(&mailer, &["ada@example.test"]).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Transient);
+    assert!(err.to_string().contains("after 3 attempts"), "{err}");
+}
+
+#[tokio::test]
+async fn plain_and_login_take_the_password_from_the_environment() {
+    std::env::set_var("MISSIVE_TEST_SMTP_PASSWORD", "correct horse");
+    let server = FakeSmtp::start(Options {
+        passwords: HashMap::from([("sender@acme.test".into(), "correct horse".into())]),
+        require_auth: true,
+        ..Options::default()
+    })
+    .await;
+    for mechanism in ["plain", "login"] {
+        let auth = format!(
+            "  auth: {{ mechanism: {mechanism}, user: sender@acme.test, password_env: MISSIVE_TEST_SMTP_PASSWORD }}\n"
+        );
+        let (mailer, _dir) = smtp_mailer(server.port, &auth).await;
+        send_welcome(&mailer, &["ada@example.test"]).await.unwrap();
+    }
+    let auths = server.auths();
+    assert_eq!(auths.len(), 2);
+    assert!(auths.iter().all(|a| a.accepted));
+    assert_eq!(auths[0].mechanism, "PLAIN");
+    assert_eq!(auths[1].mechanism, "LOGIN");
+
+    let auth = "  auth: { mechanism: plain, user: sender@acme.test, password_env: MISSIVE_TEST_UNSET_VARIABLE }\n";
+    let (mailer, _dir) = smtp_mailer(server.port, auth).await;
+    let err = send_welcome(&mailer, &["ada@example.test"]).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.message().contains("MISSIVE_TEST_UNSET_VARIABLE"), "{err}");
+
+    let auth = "  auth: { mechanism: plain, user: someone@acme.test, password_env: MISSIVE_TEST_SMTP_PASSWORD }\n";
+    let (mailer, _dir) = smtp_mailer(server.port, auth).await;
+    let err = send_welcome(&mailer, &["ada@example.test"]).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+    assert_eq!(err.smtp_code(), Some(535));
+    assert!(!err.to_string().contains("correct horse"));
+}

@@ -1,0 +1,465 @@
+//! A scripted SMTP server on 127.0.0.1 for tests: it speaks enough ESMTP for missive,
+//! authenticates XOAUTH2 / OAUTHBEARER / PLAIN / LOGIN, and can be told to answer any
+//! stage with any reply, drop the connection, or stall.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// Where in a session a fault applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Greeting,
+    Auth,
+    Mail,
+    Rcpt,
+    /// The reply to the DATA command.
+    Data,
+    /// While the message body is being received.
+    MidData,
+    /// The reply after the final dot.
+    EndOfData,
+}
+
+/// What to do at a stage.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Answer with this line, e.g. `451 4.3.0 try again later`.
+    Reply(String),
+    /// Close the connection without a word.
+    Drop,
+    /// Say nothing, keep the connection open.
+    Stall,
+}
+
+/// How the server refuses an OAuth2 token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectStyle {
+    /// `334 <base64 JSON>`, expects an empty line (or `AQ==` for OAUTHBEARER), then `535 5.7.8`.
+    Gmail,
+    /// A bare `535 5.7.3 Authentication unsuccessful`.
+    Microsoft,
+}
+
+pub type Validator = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// One message as the server received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub from: String,
+    pub to: Vec<String>,
+    pub data: String,
+}
+
+/// One AUTH exchange.
+#[derive(Debug, Clone)]
+pub struct AuthSeen {
+    pub mechanism: String,
+    pub user: String,
+    pub secret: String,
+    pub accepted: bool,
+    /// What the client answered to an error challenge, if one was sent.
+    pub challenge_answer: Option<String>,
+}
+
+#[derive(Default)]
+struct State {
+    faults: VecDeque<(Stage, Action)>,
+    always: Vec<(Stage, Action)>,
+    rcpt_replies: HashMap<String, String>,
+    received: Vec<Received>,
+    auths: Vec<AuthSeen>,
+    mail_commands: usize,
+    connections: usize,
+    active: usize,
+    max_active: usize,
+}
+
+/// Settings fixed when the server starts.
+#[derive(Clone)]
+pub struct Options {
+    pub starttls: bool,
+    pub reject_style: RejectStyle,
+    /// Which bearer tokens are good; every token when `None`.
+    pub validator: Option<Validator>,
+    /// `user` → password for PLAIN and LOGIN.
+    pub passwords: HashMap<String, String>,
+    pub require_auth: bool,
+    /// Close the connection after each message, as a server's idle timeout would.
+    pub close_after_message: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            starttls: false,
+            reject_style: RejectStyle::Gmail,
+            validator: None,
+            passwords: HashMap::new(),
+            require_auth: false,
+            close_after_message: false,
+        }
+    }
+}
+
+/// A running fake server; dropping it does not stop it (tests are short-lived).
+#[derive(Clone)]
+pub struct FakeSmtp {
+    pub port: u16,
+    state: Arc<Mutex<State>>,
+}
+
+impl FakeSmtp {
+    pub async fn start(options: Options) -> FakeSmtp {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = state.clone();
+        tokio::spawn(async move {
+            let options = Arc::new(options);
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let state = shared.clone();
+                let options = options.clone();
+                tokio::spawn(async move {
+                    {
+                        let mut s = state.lock().unwrap();
+                        s.connections += 1;
+                        s.active += 1;
+                        s.max_active = s.max_active.max(s.active);
+                    }
+                    let _ = session(socket, &state, &options).await;
+                    state.lock().unwrap().active -= 1;
+                });
+            }
+        });
+        FakeSmtp { port, state }
+    }
+
+    /// The next time `stage` comes (on any connection), do `action`.
+    pub fn fault(&self, stage: Stage, action: Action) {
+        self.state.lock().unwrap().faults.push_back((stage, action));
+    }
+
+    /// Every time `stage` comes, do `action`.
+    pub fn always(&self, stage: Stage, action: Action) {
+        self.state.lock().unwrap().always.push((stage, action));
+    }
+
+    /// Answer `RCPT TO:<address>` with `reply` every time.
+    pub fn refuse_recipient(&self, address: &str, reply: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .rcpt_replies
+            .insert(address.to_ascii_lowercase(), reply.to_string());
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().received.clone()
+    }
+    pub fn auths(&self) -> Vec<AuthSeen> {
+        self.state.lock().unwrap().auths.clone()
+    }
+    pub fn connections(&self) -> usize {
+        self.state.lock().unwrap().connections
+    }
+    pub fn max_concurrent(&self) -> usize {
+        self.state.lock().unwrap().max_active
+    }
+    pub fn mail_commands(&self) -> usize {
+        self.state.lock().unwrap().mail_commands
+    }
+}
+
+fn take_fault(state: &Mutex<State>, stage: Stage) -> Option<Action> {
+    let mut s = state.lock().unwrap();
+    if let Some(i) = s.faults.iter().position(|(st, _)| *st == stage) {
+        return s.faults.remove(i).map(|(_, a)| a);
+    }
+    s.always
+        .iter()
+        .find(|(st, _)| *st == stage)
+        .map(|(_, a)| a.clone())
+}
+
+enum Flow {
+    Continue,
+    Close,
+}
+
+struct Conn {
+    reader: BufReader<TcpStream>,
+}
+
+impl Conn {
+    async fn send(&mut self, line: &str) -> std::io::Result<()> {
+        self.reader
+            .get_mut()
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await
+    }
+    async fn line(&mut self) -> std::io::Result<Option<String>> {
+        let mut buf = String::new();
+        if self.reader.read_line(&mut buf).await? == 0 {
+            return Ok(None);
+        }
+        Ok(Some(buf.trim_end_matches(['\r', '\n']).to_string()))
+    }
+    /// Applies a fault; `Some(flow)` when it replaced the normal answer.
+    async fn apply(&mut self, action: Option<Action>) -> std::io::Result<Option<Flow>> {
+        match action {
+            None => Ok(None),
+            Some(Action::Reply(line)) => {
+                self.send(&line).await?;
+                Ok(Some(if line.starts_with("421") {
+                    Flow::Close
+                } else {
+                    Flow::Continue
+                }))
+            }
+            Some(Action::Drop) => Ok(Some(Flow::Close)),
+            Some(Action::Stall) => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(Some(Flow::Close))
+            }
+        }
+    }
+}
+
+async fn session(socket: TcpStream, state: &Mutex<State>, options: &Options) -> std::io::Result<()> {
+    let mut conn = Conn {
+        reader: BufReader::new(socket),
+    };
+    if let Some(flow) = conn.apply(take_fault(state, Stage::Greeting)).await? {
+        if matches!(flow, Flow::Close) {
+            return Ok(());
+        }
+    }
+    conn.send("220 fake.test ESMTP ready").await?;
+    let mut authed = false;
+    let mut from = String::new();
+    let mut to: Vec<String> = Vec::new();
+    while let Some(line) = conn.line().await? {
+        let upper = line.to_ascii_uppercase();
+        let flow = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+            conn.send("250-fake.test").await?;
+            if options.starttls {
+                conn.send("250-STARTTLS").await?;
+            }
+            conn.send("250-AUTH XOAUTH2 OAUTHBEARER PLAIN LOGIN").await?;
+            conn.send("250-8BITMIME").await?;
+            conn.send("250 SMTPUTF8").await?;
+            Flow::Continue
+        } else if upper.starts_with("AUTH ") {
+            if let Some(flow) = conn.apply(take_fault(state, Stage::Auth)).await? {
+                flow
+            } else {
+                authed = auth(&mut conn, &line, state, options).await?;
+                Flow::Continue
+            }
+        } else if upper.starts_with("MAIL FROM:") {
+            state.lock().unwrap().mail_commands += 1;
+            if let Some(flow) = conn.apply(take_fault(state, Stage::Mail)).await? {
+                flow
+            } else if options.require_auth && !authed {
+                conn.send("530 5.7.0 Authentication required").await?;
+                Flow::Continue
+            } else {
+                from = between_brackets(&line);
+                to.clear();
+                conn.send("250 2.1.0 OK").await?;
+                Flow::Continue
+            }
+        } else if upper.starts_with("RCPT TO:") {
+            let address = between_brackets(&line);
+            let refusal = state
+                .lock()
+                .unwrap()
+                .rcpt_replies
+                .get(&address.to_ascii_lowercase())
+                .cloned();
+            if let Some(flow) = conn.apply(take_fault(state, Stage::Rcpt)).await? {
+                flow
+            } else if let Some(reply) = refusal {
+                conn.send(&reply).await?;
+                Flow::Continue
+            } else {
+                to.push(address);
+                conn.send("250 2.1.5 OK").await?;
+                Flow::Continue
+            }
+        } else if upper == "DATA" {
+            if let Some(flow) = conn.apply(take_fault(state, Stage::Data)).await? {
+                flow
+            } else {
+                conn.send("354 go ahead").await?;
+                let mid = take_fault(state, Stage::MidData);
+                let mut data = String::new();
+                let mut lines = 0;
+                let mut dropped = false;
+                while let Some(body_line) = conn.line().await? {
+                    if body_line == "." {
+                        break;
+                    }
+                    lines += 1;
+                    if lines == 5 && mid.is_some() {
+                        dropped = true;
+                        break;
+                    }
+                    data.push_str(body_line.strip_prefix('.').unwrap_or(&body_line));
+                    data.push_str("\r\n");
+                }
+                if dropped {
+                    conn.apply(mid).await?;
+                    return Ok(());
+                }
+                if let Some(flow) = conn.apply(take_fault(state, Stage::EndOfData)).await? {
+                    flow
+                } else {
+                    let n = {
+                        let mut s = state.lock().unwrap();
+                        s.received.push(Received {
+                            from: from.clone(),
+                            to: to.clone(),
+                            data,
+                        });
+                        s.received.len()
+                    };
+                    conn.send(&format!("250 2.0.0 OK queued as {n}")).await?;
+                    if options.close_after_message {
+                        Flow::Close
+                    } else {
+                        Flow::Continue
+                    }
+                }
+            }
+        } else if upper == "RSET" || upper == "NOOP" {
+            conn.send("250 2.0.0 OK").await?;
+            Flow::Continue
+        } else if upper == "QUIT" {
+            conn.send("221 2.0.0 bye").await?;
+            Flow::Close
+        } else {
+            conn.send("502 5.5.2 unknown command").await?;
+            Flow::Continue
+        };
+        if matches!(flow, Flow::Close) {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+fn between_brackets(line: &str) -> String {
+    let start = line.find('<').map_or(0, |i| i + 1);
+    let end = line[start..].find('>').map_or(line.len(), |i| start + i);
+    line[start..end].to_string()
+}
+
+fn decode(b64: &str) -> String {
+    String::from_utf8_lossy(&B64.decode(b64.trim()).unwrap_or_default()).into_owned()
+}
+
+async fn auth(conn: &mut Conn, line: &str, state: &Mutex<State>, options: &Options) -> std::io::Result<bool> {
+    let mut parts = line.splitn(3, ' ');
+    parts.next();
+    let mechanism = parts.next().unwrap_or_default().to_ascii_uppercase();
+    let initial = parts.next().map(str::to_string);
+    let (user, secret) = match mechanism.as_str() {
+        "XOAUTH2" => {
+            let text = decode(initial.as_deref().unwrap_or_default());
+            let user = text
+                .split('\x01')
+                .find_map(|f| f.strip_prefix("user="))
+                .unwrap_or_default()
+                .to_string();
+            let token = text
+                .split('\x01')
+                .find_map(|f| f.strip_prefix("auth=Bearer "))
+                .unwrap_or_default()
+                .to_string();
+            (user, token)
+        }
+        "OAUTHBEARER" => {
+            let text = decode(initial.as_deref().unwrap_or_default());
+            let user = text
+                .split(',')
+                .find_map(|f| f.strip_prefix("a="))
+                .unwrap_or_default()
+                .replace("=2C", ",")
+                .replace("=3D", "=");
+            let token = text
+                .split('\x01')
+                .find_map(|f| f.strip_prefix("auth=Bearer "))
+                .unwrap_or_default()
+                .to_string();
+            (user, token)
+        }
+        "PLAIN" => {
+            let text = decode(initial.as_deref().unwrap_or_default());
+            let mut fields = text.split('\0').skip(1);
+            (
+                fields.next().unwrap_or_default().to_string(),
+                fields.next().unwrap_or_default().to_string(),
+            )
+        }
+        "LOGIN" => {
+            conn.send("334 VXNlcm5hbWU6").await?;
+            let user = decode(&conn.line().await?.unwrap_or_default());
+            conn.send("334 UGFzc3dvcmQ6").await?;
+            let password = decode(&conn.line().await?.unwrap_or_default());
+            (user, password)
+        }
+        _ => {
+            conn.send("504 5.7.4 unrecognized authentication type").await?;
+            return Ok(false);
+        }
+    };
+    let oauth = mechanism == "XOAUTH2" || mechanism == "OAUTHBEARER";
+    let good = if oauth {
+        options.validator.as_ref().is_none_or(|v| v(&secret))
+    } else {
+        options.passwords.get(&user) == Some(&secret)
+    };
+    let mut seen = AuthSeen {
+        mechanism: mechanism.clone(),
+        user,
+        secret,
+        accepted: good,
+        challenge_answer: None,
+    };
+    if good {
+        conn.send("235 2.7.0 Accepted").await?;
+    } else if oauth && options.reject_style == RejectStyle::Gmail {
+        let json = if mechanism == "XOAUTH2" {
+            r#"{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}"#
+        } else {
+            r#"{"status":"invalid_token","scope":"https://mail.google.com/"}"#
+        };
+        conn.send(&format!("334 {}", B64.encode(json))).await?;
+        seen.challenge_answer = Some(conn.line().await?.unwrap_or_default());
+        conn.send("535-5.7.8 Username and Password not accepted. For more information, go to")
+            .await?;
+        conn.send("535 5.7.8  https://support.google.com/mail/?p=BadCredentials").await?;
+    } else if oauth {
+        conn.send("535 5.7.3 Authentication unsuccessful").await?;
+    } else {
+        conn.send("535 5.7.8 Error: authentication failed").await?;
+    }
+    state.lock().unwrap().auths.push(seen);
+    Ok(good)
+}
+
+/// The set of addresses as a lowercase set, for assertions.
+pub fn addresses(list: &[String]) -> HashSet<String> {
+    list.iter().map(|a| a.to_ascii_lowercase()).collect()
+}
