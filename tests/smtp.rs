@@ -48,7 +48,10 @@ async fn delivers_the_rendered_message_intact() {
     let rendered = mailer
         .render("welcome", &mailer.example("welcome", 0).unwrap())
         .unwrap();
-    assert!(data.contains(&format!("Subject: {}", rendered.subject())), "subject");
+    assert!(
+        data.contains(&format!("Subject: {}", rendered.subject())),
+        "subject"
+    );
     assert!(data.contains(&format!("Message-ID: {}", receipt.message_id)));
     assert!(data.contains("multipart/alternative"));
     assert!(data.contains("text/plain") && data.contains("text/html"));
@@ -61,17 +64,25 @@ async fn concurrent_sends_never_exceed_the_pool_size() {
     let sends: Vec<_> = (0..12)
         .map(|i| {
             let mailer = mailer.clone();
-            tokio::spawn(async move {
-                send_welcome(&mailer, &[&format!("user{i}@example.test")]).await
-            })
+            tokio::spawn(
+                async move { send_welcome(&mailer, &[&format!("user{i}@example.test")]).await },
+            )
         })
         .collect();
     for send in sends {
         assert_eq!(send.await.unwrap().unwrap().attempts, 1);
     }
     assert_eq!(server.received().len(), 12);
-    assert!(server.max_concurrent() <= 2, "saw {} connections at once", server.max_concurrent());
-    assert!(server.connections() <= 2, "connections are reused: {}", server.connections());
+    assert!(
+        server.max_concurrent() <= 2,
+        "saw {} connections at once",
+        server.max_concurrent()
+    );
+    assert!(
+        server.connections() <= 2,
+        "connections are reused: {}",
+        server.connections()
+    );
 }
 
 #[tokio::test]
@@ -99,7 +110,9 @@ async fn starttls_is_required_never_opportunistic() {
     let mailer_tls = Mailer::from_config(support::config_file(dir.path(), &yaml))
         .await
         .unwrap();
-    let err = send_welcome(&mailer_tls, &["ada@example.test"]).await.unwrap_err();
+    let err = send_welcome(&mailer_tls, &["ada@example.test"])
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
     assert!(err.message().contains("STARTTLS"), "{err}");
     assert!(server.received().is_empty());
@@ -142,7 +155,10 @@ async fn transient_replies_at_any_stage_are_retried() {
 #[tokio::test]
 async fn a_deferred_recipient_is_retried_alone() {
     let server = FakeSmtp::start(Options::default()).await;
-    server.fault(Stage::Rcpt, Action::Reply("452 4.5.3 too many recipients".into()));
+    server.fault(
+        Stage::Rcpt,
+        Action::Reply("452 4.5.3 too many recipients".into()),
+    );
     let (mailer, _dir) = smtp_mailer(server.port, "").await;
     let receipt = send_welcome(&mailer, &["a@example.test", "b@example.test"])
         .await
@@ -164,7 +180,9 @@ async fn permanent_replies_are_not_retried() {
         let server = FakeSmtp::start(Options::default()).await;
         server.fault(stage, Action::Reply(reply.into()));
         let (mailer, _dir) = smtp_mailer(server.port, "").await;
-        let err = send_welcome(&mailer, &["ada@example.test"]).await.unwrap_err();
+        let err = send_welcome(&mailer, &["ada@example.test"])
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
         assert_eq!(err.smtp_code(), Some(code));
         assert!(err.to_string().contains("after 1 attempt"), "{err}");
@@ -176,7 +194,10 @@ async fn permanent_replies_are_not_retried() {
 #[tokio::test]
 async fn one_bad_recipient_fails_only_itself() {
     let server = FakeSmtp::start(Options::default()).await;
-    server.refuse_recipient("nobody@example.test", "550 5.1.1 <nobody@example.test>: user unknown");
+    server.refuse_recipient(
+        "nobody@example.test",
+        "550 5.1.1 <nobody@example.test>: user unknown",
+    );
     let (mailer, _dir) = smtp_mailer(server.port, "").await;
     let receipt = send_welcome(
         &mailer,
@@ -194,7 +215,9 @@ async fn one_bad_recipient_fails_only_itself() {
     assert_eq!(received.len(), 1);
     assert_eq!(received[0].to, ["a@example.test", "c@example.test"]);
 
-    let err = send_welcome(&mailer, &["nobody@example.test"]).await.unwrap_err();
+    let err = send_welcome(&mailer, &["nobody@example.test"])
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Permanent);
     assert_eq!(err.smtp_code(), Some(550));
     assert!(err.message().contains("nobody@example.test"), "{err}");
@@ -226,7 +249,9 @@ async fn retries_stop_at_the_configured_attempts() {
     let server = FakeSmtp::start(Options::default()).await;
     server.always(Stage::Mail, Action::Reply("451 4.3.0 try later".into()));
     let (mailer, _dir) = smtp_mailer(server.port, "").await;
-    let err = send_welcome(&mailer, &["ada@example.test"]).await.unwrap_err();
+    let err = send_welcome(&mailer, &["ada@example.test"])
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Transient);
     assert!(err.is_retryable());
     assert_eq!(err.smtp_code(), Some(451));
@@ -241,7 +266,9 @@ async fn a_refused_connection_is_transient() {
         listener.local_addr().unwrap().port()
     };
     let (mailer, _dir) = smtp_mailer(port, "").await;
-    let err = send_welcome(&mailer, &["ada@example.test"]).await.unwrap_err();
+    let err = send_welcome(&mailer, &["ada@example.test"])
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Transient);
     assert!(err.to_string().contains("after 3 attempts"), "{err}");
 }
@@ -270,13 +297,20 @@ async fn plain_and_login_take_the_password_from_the_environment() {
 
     let auth = "  auth: { mechanism: plain, user: sender@acme.test, password_env: MISSIVE_TEST_UNSET_VARIABLE }\n";
     let (mailer, _dir) = smtp_mailer(server.port, auth).await;
-    let err = send_welcome(&mailer, &["ada@example.test"]).await.unwrap_err();
+    let err = send_welcome(&mailer, &["ada@example.test"])
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
-    assert!(err.message().contains("MISSIVE_TEST_UNSET_VARIABLE"), "{err}");
+    assert!(
+        err.message().contains("MISSIVE_TEST_UNSET_VARIABLE"),
+        "{err}"
+    );
 
     let auth = "  auth: { mechanism: plain, user: someone@acme.test, password_env: MISSIVE_TEST_SMTP_PASSWORD }\n";
     let (mailer, _dir) = smtp_mailer(server.port, auth).await;
-    let err = send_welcome(&mailer, &["ada@example.test"]).await.unwrap_err();
+    let err = send_welcome(&mailer, &["ada@example.test"])
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
     assert_eq!(err.smtp_code(), Some(535));
     assert!(!err.to_string().contains("correct horse"));

@@ -46,5 +46,8 @@ pub fn set_mode(path: &Path, mode: u32) {
 
 pub fn stored_refresh_token(path: &Path) -> String {
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    json["refresh_token"].as_str().unwrap_or_default().to_string()
+    json["refresh_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }

@@ -235,7 +235,11 @@ impl Conn {
     }
 }
 
-async fn session(socket: TcpStream, state: &Mutex<State>, options: &Options) -> std::io::Result<()> {
+async fn session(
+    socket: TcpStream,
+    state: &Mutex<State>,
+    options: &Options,
+) -> std::io::Result<()> {
     let mut conn = Conn {
         reader: BufReader::new(socket),
     };
@@ -255,7 +259,8 @@ async fn session(socket: TcpStream, state: &Mutex<State>, options: &Options) -> 
             if options.starttls {
                 conn.send("250-STARTTLS").await?;
             }
-            conn.send("250-AUTH XOAUTH2 OAUTHBEARER PLAIN LOGIN").await?;
+            conn.send("250-AUTH XOAUTH2 OAUTHBEARER PLAIN LOGIN")
+                .await?;
             conn.send("250-8BITMIME").await?;
             conn.send("250 SMTPUTF8").await?;
             Flow::Continue
@@ -369,7 +374,12 @@ fn decode(b64: &str) -> String {
     String::from_utf8_lossy(&B64.decode(b64.trim()).unwrap_or_default()).into_owned()
 }
 
-async fn auth(conn: &mut Conn, line: &str, state: &Mutex<State>, options: &Options) -> std::io::Result<bool> {
+async fn auth(
+    conn: &mut Conn,
+    line: &str,
+    state: &Mutex<State>,
+    options: &Options,
+) -> std::io::Result<bool> {
     let mut parts = line.splitn(3, ' ');
     parts.next();
     let mechanism = parts.next().unwrap_or_default().to_ascii_uppercase();
@@ -420,7 +430,8 @@ async fn auth(conn: &mut Conn, line: &str, state: &Mutex<State>, options: &Optio
             (user, password)
         }
         _ => {
-            conn.send("504 5.7.4 unrecognized authentication type").await?;
+            conn.send("504 5.7.4 unrecognized authentication type")
+                .await?;
             return Ok(false);
         }
     };
@@ -449,7 +460,8 @@ async fn auth(conn: &mut Conn, line: &str, state: &Mutex<State>, options: &Optio
         seen.challenge_answer = Some(conn.line().await?.unwrap_or_default());
         conn.send("535-5.7.8 Username and Password not accepted. For more information, go to")
             .await?;
-        conn.send("535 5.7.8  https://support.google.com/mail/?p=BadCredentials").await?;
+        conn.send("535 5.7.8  https://support.google.com/mail/?p=BadCredentials")
+            .await?;
     } else if oauth {
         conn.send("535 5.7.3 Authentication unsuccessful").await?;
     } else {

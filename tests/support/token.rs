@@ -63,7 +63,10 @@ impl FakeTokenEndpoint {
     /// Starts a server issuing access tokens valid for `ttl`.
     pub async fn start(ttl: Duration, rotate: bool) -> FakeTokenEndpoint {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://127.0.0.1:{}/token", listener.local_addr().unwrap().port());
+        let url = format!(
+            "http://127.0.0.1:{}/token",
+            listener.local_addr().unwrap().port()
+        );
         let state = Arc::new(Mutex::new(State {
             ttl,
             rotate,
@@ -155,17 +158,27 @@ async fn serve(socket: tokio::net::TcpStream, state: Arc<Mutex<State>>) -> std::
             k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
         })
     };
-    let length: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let length: usize = header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let mut body = vec![0; length];
     reader.read_exact(&mut body).await?;
-    let form: HashMap<String, String> = oauth2::url::form_urlencoded::parse(&body).into_owned().collect();
+    let form: HashMap<String, String> = oauth2::url::form_urlencoded::parse(&body)
+        .into_owned()
+        .collect();
     let basic = header("authorization").and_then(|v| v.strip_prefix("Basic ").map(str::to_string));
+    state.lock().unwrap().requests.push(Request {
+        grant_type: form.get("grant_type").cloned().unwrap_or_default(),
+        form: form.clone(),
+        basic_auth: basic.is_some(),
+    });
     let fault = state.lock().unwrap().faults.pop_front();
     let (status, json) = match fault {
         Some(Fault::Status500) => (500, r#"<html>internal error</html>"#.to_string()),
         Some(Fault::InvalidGrant) => (
             400,
-            r#"{"error":"invalid_grant","error_description":"Token has been expired or revoked."}"#.to_string(),
+            r#"{"error":"invalid_grant","error_description":"Token has been expired or revoked."}"#
+                .to_string(),
         ),
         Some(Fault::Slow(delay)) => {
             tokio::time::sleep(delay).await;
@@ -173,11 +186,6 @@ async fn serve(socket: tokio::net::TcpStream, state: Arc<Mutex<State>>) -> std::
         }
         None => answer(&state, &form, basic.as_deref()),
     };
-    state.lock().unwrap().requests.push(Request {
-        grant_type: form.get("grant_type").cloned().unwrap_or_default(),
-        form: form.clone(),
-        basic_auth: basic.is_some(),
-    });
     let reason = if status == 200 { "OK" } else { "Error" };
     let response = format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{json}",
@@ -212,9 +220,16 @@ fn client_ok(form: &HashMap<String, String>, basic: Option<&str>) -> bool {
     id == CLIENT_ID && secret == CLIENT_SECRET
 }
 
-fn answer(state: &Mutex<State>, form: &HashMap<String, String>, basic: Option<&str>) -> (u16, String) {
+fn answer(
+    state: &Mutex<State>,
+    form: &HashMap<String, String>,
+    basic: Option<&str>,
+) -> (u16, String) {
     let mut s = state.lock().unwrap();
-    let grant = form.get("grant_type").map(String::as_str).unwrap_or_default();
+    let grant = form
+        .get("grant_type")
+        .map(String::as_str)
+        .unwrap_or_default();
     let family = match grant {
         "refresh_token" => {
             if !client_ok(form, basic) {

@@ -128,6 +128,7 @@ impl Smtp {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let mut final_failure = false;
             let span = tracing::info_span!(
                 "smtp_attempt",
                 template = %message.rendered.template,
@@ -178,6 +179,10 @@ impl Smtp {
                     }
                 }
                 Err(failure) => {
+                    // Token endpoint failures were retried by the token source already.
+                    if matches!(failure, Failure::Fatal(_)) {
+                        final_failure = true;
+                    }
                     let error = self.failure_error(failure);
                     span.record(
                         "outcome",
@@ -194,6 +199,7 @@ impl Smtp {
             let backoff = retry.backoff(attempt);
             let out_of_time = Instant::now() + backoff > deadline;
             if pending.is_empty()
+                || final_failure
                 || !error.is_retryable()
                 || attempt >= retry.attempts
                 || out_of_time
@@ -333,7 +339,10 @@ impl Smtp {
                     }
                 };
                 let mut conn = endpoint.connect().await?;
-                if let Err(failure) = endpoint.password(&mut conn, *mechanism, user, &password).await {
+                if let Err(failure) = endpoint
+                    .password(&mut conn, *mechanism, user, &password)
+                    .await
+                {
                     endpoint.close(conn).await;
                     return Err(failure);
                 }
@@ -347,7 +356,10 @@ impl Smtp {
                 // The token first: no connection is opened for credentials that are dead.
                 let token = tokens.get().await.map_err(Failure::Fatal)?;
                 let mut conn = endpoint.connect().await?;
-                let first = match endpoint.oauth(&mut conn, *mechanism, user, token.secret()).await {
+                let first = match endpoint
+                    .oauth(&mut conn, *mechanism, user, token.secret())
+                    .await
+                {
                     Ok(None) => return Ok(conn),
                     Ok(Some(rejection)) => rejection,
                     Err(failure) => {
@@ -362,7 +374,10 @@ impl Smtp {
                 tokens.reject(&token);
                 let token = tokens.get().await.map_err(Failure::Fatal)?;
                 let mut conn = endpoint.connect().await?;
-                let second = match endpoint.oauth(&mut conn, *mechanism, user, token.secret()).await {
+                let second = match endpoint
+                    .oauth(&mut conn, *mechanism, user, token.secret())
+                    .await
+                {
                     Ok(None) => return Ok(conn),
                     Ok(Some(rejection)) => rejection,
                     Err(failure) => {
