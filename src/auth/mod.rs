@@ -7,6 +7,7 @@
 
 mod cache;
 mod http;
+mod login;
 mod settings;
 mod sources;
 mod store;
@@ -19,6 +20,7 @@ use secrecy::SecretString;
 
 pub(crate) use cache::TokenCache;
 pub(crate) use http::is_loopback;
+pub use login::{login, status, CredentialStatus, LoginOptions};
 pub use settings::{ClientAuth, Grant, OAuthConfig, Provider};
 pub(crate) use sources::build as build_source;
 pub use store::default_credentials_file;

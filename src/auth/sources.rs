@@ -35,7 +35,6 @@ pub(crate) type TokenClient =
 /// Endpoints, scopes and grant of a provider preset, with the config's overrides.
 #[derive(Debug, Clone)]
 pub(crate) struct Resolved {
-    pub provider: Provider,
     pub grant: Grant,
     pub token_url: Option<String>,
     pub auth_url: Option<String>,
@@ -86,7 +85,6 @@ pub(crate) fn resolve(config: &OAuthConfig) -> Result<Resolved> {
         ));
     }
     let resolved = Resolved {
-        provider: config.provider,
         grant,
         token_url: config.token_url.clone().or(token),
         auth_url: config.auth_url.clone().or(auth),

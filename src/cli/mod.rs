@@ -1,5 +1,6 @@
 //! Command-line parsing and the verbs. Everything here goes through the public library API.
 
+mod auth;
 mod init;
 
 use std::io::{Read, Write};
@@ -54,6 +55,9 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         to: Vec<String>,
     },
+    /// Sign in to an OAuth2 provider for SMTP sending, or show the stored credential.
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
     /// Write a starter template set and config into DIR (default: the current folder).
     Init {
         /// Where to write.
@@ -95,10 +99,40 @@ pub fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = tracing::subscriber::set_global_default(subscriber(filter, std::io::stderr));
+}
+
+/// Libraries that log protocol traffic at DEBUG and TRACE: lettre writes every SMTP
+/// line, the base64 `AUTH XOAUTH2` one (a bearer token) included, and the HTTP stack
+/// can show token requests. Below INFO they never reach missive's output, whatever
+/// `RUST_LOG` asks for.
+const WIRE_TARGETS: &[&str] = &["lettre", "reqwest", "hyper", "hyper_util", "h2", "rustls"];
+
+fn is_wire_detail(meta: &tracing::Metadata<'_>) -> bool {
+    *meta.level() > tracing::Level::INFO
+        && WIRE_TARGETS.iter().any(|t| {
+            meta.target()
+                .strip_prefix(t)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+        })
+}
+
+fn subscriber<W>(
+    filter: tracing_subscriber::EnvFilter,
+    writer: W,
+) -> impl tracing::Subscriber + Send + Sync
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    use tracing_subscriber::filter::FilterExt;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::Layer;
+    let safe = tracing_subscriber::filter::filter_fn(|meta| !is_wire_detail(meta));
+    tracing_subscriber::registry().with(
+        tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .with_filter(filter.and(safe)),
+    )
 }
 
 /// Prints an error and every related problem, one per line.
@@ -136,6 +170,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             format,
         } => render(config, &name, &input, format),
         Command::Send { name, input, to } => send(config, &name, &input, &to).await,
+        Command::Auth(command) => auth::run(&config, command).await,
         Command::Init { dir, force } => {
             init::run(&dir.unwrap_or_else(|| PathBuf::from(".")), force)?;
             Ok(ExitCode::SUCCESS)
@@ -275,5 +310,62 @@ fn read_data(path: &Path) -> Result<serde_json::Value> {
                 e.column(),
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn wire_logs_never_pass_even_at_trace() {
+        for directives in [
+            "trace",
+            "lettre=trace,trace",
+            "[smtp_attempt]=trace,lettre=debug",
+        ] {
+            let buffer = Buffer::default();
+            let make = {
+                let buffer = buffer.clone();
+                move || buffer.clone()
+            };
+            let filter = tracing_subscriber::EnvFilter::new(directives);
+            tracing::subscriber::with_default(subscriber(filter, make), || {
+                let span = tracing::info_span!("smtp_attempt", attempt = 1);
+                let _entered = span.enter();
+                tracing::debug!(
+                    target: "lettre::transport::smtp::client::async_connection",
+                    "Wrote: AUTH XOAUTH2 dXNlcj1hQGIBYXV0aD1CZWFyZXIgc2VjcmV0AQE="
+                );
+                tracing::trace!(target: "hyper_util::client", "POST /token refresh_token=rt-secret");
+                tracing::info!(target: "lettre", "connection encrypted");
+                tracing::debug!(target: "missive::transport", "retrying");
+            });
+            let out = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+            assert!(!out.contains("XOAUTH2"), "{directives}: {out}");
+            assert!(!out.contains("rt-secret"), "{directives}: {out}");
+            assert!(
+                out.contains("connection encrypted"),
+                "{directives}: INFO still passes"
+            );
+            assert!(
+                out.contains("retrying"),
+                "{directives}: missive's own debug passes"
+            );
+        }
     }
 }

@@ -1,0 +1,188 @@
+//! `missive auth google|microsoft|generic` signs in once and stores a refresh token;
+//! `missive auth status` says what is configured, without secrets.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use missive::auth::{self, LoginOptions, OAuthConfig, Provider};
+use missive::{Config, Result, TransportConfig};
+
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Sign in with a Google account (Gmail or Google Workspace user).
+    Google(LoginArgs),
+    /// Sign in with a Microsoft 365 / Outlook account.
+    Microsoft(LoginArgs),
+    /// Sign in with any OAuth2 provider (give --auth-url and --token-url).
+    Generic(LoginArgs),
+    /// Show which credential the config uses and when its access token expires.
+    Status,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LoginArgs {
+    /// OAuth2 client id (default: the config's `client_id`).
+    #[arg(long, value_name = "ID")]
+    client_id: Option<String>,
+    /// Environment variable holding the client secret, when the client has one.
+    #[arg(long, value_name = "VAR")]
+    client_secret_env: Option<String>,
+    /// The mailbox that will send (default: the config's `auth.user`).
+    #[arg(long, value_name = "EMAIL")]
+    user: Option<String>,
+    /// Microsoft tenant id or domain (default: the config's, else `common`).
+    #[arg(long, value_name = "TENANT")]
+    tenant: Option<String>,
+    /// Scope to ask for instead of the preset's (repeatable).
+    #[arg(long = "scope", value_name = "SCOPE")]
+    scopes: Vec<String>,
+    /// Authorization endpoint (generic provider).
+    #[arg(long, value_name = "URL")]
+    auth_url: Option<String>,
+    /// Token endpoint (generic provider).
+    #[arg(long, value_name = "URL")]
+    token_url: Option<String>,
+    /// Device authorization endpoint (generic provider, with --device).
+    #[arg(long, value_name = "URL")]
+    device_url: Option<String>,
+    /// Where to store the refresh token (default: the config's, else
+    /// ~/.config/missive/credentials.json).
+    #[arg(long, value_name = "FILE")]
+    credentials: Option<PathBuf>,
+    /// Use the device-code flow (for machines without a browser).
+    #[arg(long)]
+    device: bool,
+}
+
+/// The SMTP transport's `auth.oauth` and `auth.user`, when the config has them.
+fn configured(config: &Config) -> (Option<OAuthConfig>, Option<String>, Option<PathBuf>) {
+    match &config.transport {
+        TransportConfig::Smtp(smtp) => (
+            smtp.auth.oauth.clone(),
+            smtp.auth.user.clone(),
+            smtp.ca_file.clone(),
+        ),
+        _ => (None, None, None),
+    }
+}
+
+pub async fn run(config: &Config, command: AuthCommand) -> Result<ExitCode> {
+    let (provider, args) = match command {
+        AuthCommand::Status => return status(config),
+        AuthCommand::Google(args) => (Provider::Google, args),
+        AuthCommand::Microsoft(args) => (Provider::Microsoft, args),
+        AuthCommand::Generic(args) => (Provider::Generic, args),
+    };
+    let (oauth, user, ca_file) = configured(config);
+    // The config's settings apply when they are for the same provider.
+    let mut oauth = oauth
+        .filter(|o| o.provider == provider)
+        .unwrap_or_else(|| OAuthConfig::new(provider));
+    oauth.client_id = args.client_id.or(oauth.client_id);
+    oauth.client_secret_env = args.client_secret_env.or(oauth.client_secret_env);
+    oauth.tenant = args.tenant.or(oauth.tenant);
+    oauth.auth_url = args.auth_url.or(oauth.auth_url);
+    oauth.token_url = args.token_url.or(oauth.token_url);
+    oauth.device_url = args.device_url.or(oauth.device_url);
+    oauth.credentials_file = args.credentials.or(oauth.credentials_file);
+    if !args.scopes.is_empty() {
+        oauth.scopes = Some(args.scopes);
+    }
+    let options = LoginOptions {
+        oauth,
+        user: args.user.or(user),
+        device: args.device,
+        ca_file,
+    };
+    let path = auth::login(&options, |what| eprintln!("{what}")).await?;
+    println!(
+        "signed in; refresh token stored in {} (mode 0600)",
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(config: &Config) -> Result<ExitCode> {
+    let (Some(oauth), user, _) = configured(config) else {
+        println!("no OAuth2 credential configured: the transport is not SMTP with `auth.oauth`");
+        return Ok(ExitCode::FAILURE);
+    };
+    let status = auth::status(&oauth, user.as_deref())?;
+    println!("credential: {}", status.credential);
+    if let Some(user) = &status.user {
+        println!("user:       {user}");
+    }
+    if let Some(client_id) = &status.client_id {
+        println!("client id:  {client_id}");
+    }
+    if let Some(updated) = status.updated_at.filter(|t| *t > 0) {
+        println!("saved:      {}", format_time(updated));
+    }
+    let now = now();
+    match status.access_token_expires_at {
+        Some(at) if at > now => println!(
+            "access token: expires {} (in {} min)",
+            format_time(at),
+            (at - now) / 60
+        ),
+        Some(at) => println!(
+            "access token: expired {}; the next send renews it",
+            format_time(at)
+        ),
+        None => println!("access token: none issued yet; the first send gets one"),
+    }
+    match &status.problem {
+        Some(problem) => {
+            println!("problem:    {problem}");
+            Ok(ExitCode::FAILURE)
+        }
+        None => {
+            println!("ready:      {}", if status.ready { "yes" } else { "no" });
+            Ok(if status.ready {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC` (the civil-from-days algorithm).
+fn format_time(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_shown_in_utc() {
+        assert_eq!(format_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_time(1_700_000_000), "2023-11-14 22:13:20 UTC");
+        assert_eq!(format_time(951_782_400), "2000-02-29 00:00:00 UTC");
+    }
+}
