@@ -48,6 +48,8 @@ struct State {
     used: HashSet<String>,
     revoked_families: HashSet<usize>,
     counter: usize,
+    /// Authorization codes the fake "browser" obtained, each usable once.
+    codes: HashSet<String>,
     /// PEM public key that JWT bearer assertions must be signed with.
     jwt_public_key: Option<Vec<u8>>,
     jwt_claims: Vec<serde_json::Value>,
@@ -95,6 +97,11 @@ impl FakeTokenEndpoint {
         let token = format!("rt-{family}-0");
         s.refresh.insert(token.clone(), family);
         token
+    }
+
+    /// Makes `code` a valid authorization code, once.
+    pub fn add_code(&self, code: &str) {
+        self.state.lock().unwrap().codes.insert(code.to_string());
     }
 
     pub fn fault(&self, fault: Fault) {
@@ -249,6 +256,19 @@ fn answer(
             }
             family
         }
+        "authorization_code" => {
+            let code = form.get("code").cloned().unwrap_or_default();
+            if !s.codes.remove(&code) {
+                return error("invalid_grant", "unknown authorization code");
+            }
+            if form.get("code_verifier").is_none_or(|v| v.len() < 43) {
+                return error("invalid_request", "PKCE code_verifier missing");
+            }
+            s.counter += 1;
+            let family = s.counter;
+            s.refresh.insert(format!("rt-{family}-0"), family);
+            family
+        }
         "client_credentials" => {
             if !client_ok(form, basic) {
                 return error("invalid_client", "bad client credentials");
@@ -287,6 +307,9 @@ fn answer(
         "token_type": "Bearer",
         "expires_in": ttl.as_secs(),
     });
+    if grant == "authorization_code" {
+        json["refresh_token"] = format!("rt-{family}-0").into();
+    }
     if grant == "refresh_token" && s.rotate {
         let presented = form.get("refresh_token").cloned().unwrap_or_default();
         s.used.insert(presented);

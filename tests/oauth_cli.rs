@@ -1,0 +1,195 @@
+//! The `missive` command with OAuth2: `auth` sign-in with PKCE and a loopback
+//! redirect, `auth status`, and logs that never show a secret even at TRACE.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::smtp::{FakeSmtp, Options};
+use support::token::{FakeTokenEndpoint, CLIENT_ID, CLIENT_SECRET};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+fn missive() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_missive"));
+    command
+        .env_remove("RUST_LOG")
+        .env_remove("MISSIVE_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+fn config(dir: &std::path::Path, smtp_port: u16, token_url: &str) -> std::path::PathBuf {
+    let yaml = format!(
+        "  type: smtp\n  host: 127.0.0.1\n  port: {smtp_port}\n  tls: none\n  auth:\n    \
+         mechanism: xoauth2\n    user: sender@acme.test\n    oauth:\n      provider: generic\n      \
+         token_url: {token_url}\n      auth_url: {}\n      client_id: {CLIENT_ID}\n      \
+         client_secret_env: MISSIVE_TEST_SECRET\n      scopes: [smtp, offline_access]\n      \
+         credentials_file: {}\n",
+        token_url.replace("/token", "/authorize"),
+        dir.join("credentials.json").display()
+    );
+    support::config_file(dir, &yaml)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_logs_of_a_send_hold_no_secret() {
+    let tokens = FakeTokenEndpoint::start(Duration::from_secs(3600), true).await;
+    let smtp = FakeSmtp::start(Options {
+        validator: Some(tokens.validator()),
+        ..Options::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), smtp.port, &tokens.url);
+    let refresh = tokens.mint_refresh_token();
+    support::credentials_file(dir.path(), &refresh);
+    let output = missive()
+        .args(["--config"])
+        .arg(&config)
+        .args(["send", "welcome", "--to", "ada@example.test"])
+        .env("RUST_LOG", "trace")
+        .env("MISSIVE_TEST_SECRET", CLIENT_SECRET)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(smtp.received().len(), 1);
+    let access = &smtp.auths()[0].secret;
+    let rotated = support::stored_refresh_token(&dir.path().join("credentials.json"));
+    assert!(
+        stderr.contains("token_renewal"),
+        "trace output is on: {stderr}"
+    );
+    for secret in [
+        access.as_str(),
+        &refresh,
+        &rotated,
+        CLIENT_SECRET,
+        "XOAUTH2 ",
+    ] {
+        assert!(!stderr.contains(secret), "`{secret}` leaked:\n{stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_signs_in_with_pkce_on_a_loopback_redirect_and_status_tells_no_secret() {
+    let tokens = FakeTokenEndpoint::start(Duration::from_secs(3600), false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), 25, &tokens.url);
+    let mut child = missive()
+        .arg("--config")
+        .arg(&config)
+        .args(["auth", "generic"])
+        .env("MISSIVE_TEST_SECRET", CLIENT_SECRET)
+        .spawn()
+        .unwrap();
+    let url = authorize_url(&mut child).await;
+    let query = |name: &str| {
+        url.query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    assert_eq!(query("code_challenge_method"), "S256");
+    assert_eq!(query("scope"), "smtp offline_access");
+    assert_eq!(query("client_id"), CLIENT_ID);
+    let redirect = query("redirect_uri");
+    assert!(redirect.starts_with("http://127.0.0.1:"), "{redirect}");
+    // Play the browser: the provider redirects back with a code and the state.
+    tokens.add_code("code-123");
+    let back = format!("{redirect}?code=code-123&state={}", query("state"));
+    http_get(&back).await;
+    let output = child.wait_with_output().await.unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let requests = tokens.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].grant_type, "authorization_code");
+    let path = dir.path().join("credentials.json");
+    assert!(support::stored_refresh_token(&path).starts_with("rt-"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    let status = missive()
+        .arg("--config")
+        .arg(&config)
+        .args(["auth", "status"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{stdout}");
+    assert!(stdout.contains("credentials.json"), "{stdout}");
+    assert!(stdout.contains("access token: expires"), "{stdout}");
+    assert!(
+        !stdout.contains("rt-") && !stdout.contains(CLIENT_SECRET),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_with_the_wrong_state_is_refused() {
+    let tokens = FakeTokenEndpoint::start(Duration::from_secs(3600), false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), 25, &tokens.url);
+    let mut child = missive()
+        .arg("--config")
+        .arg(&config)
+        .args(["auth", "generic"])
+        .env("MISSIVE_TEST_SECRET", CLIENT_SECRET)
+        .spawn()
+        .unwrap();
+    let url = authorize_url(&mut child).await;
+    let redirect = url
+        .query_pairs()
+        .find(|(k, _)| k == "redirect_uri")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    tokens.add_code("code-123");
+    http_get(&format!("{redirect}?code=code-123&state=forged")).await;
+    let output = child.wait_with_output().await.unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("state"));
+    assert!(tokens.requests().is_empty(), "the code was not exchanged");
+    assert!(!dir.path().join("credentials.json").exists());
+}
+
+/// Reads the sign-in URL the command prints on stderr.
+async fn authorize_url(child: &mut tokio::process::Child) -> oauth2::url::Url {
+    let stderr = child.stderr.as_mut().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        if let Some(start) = line.find("http://") {
+            return oauth2::url::Url::parse(line[start..].trim()).unwrap();
+        }
+    }
+    panic!("no URL printed");
+}
+
+async fn http_get(url: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let parsed = oauth2::url::Url::parse(url).unwrap();
+    let mut socket =
+        tokio::net::TcpStream::connect((parsed.host_str().unwrap(), parsed.port().unwrap()))
+            .await
+            .unwrap();
+    let target = format!("{}?{}", parsed.path(), parsed.query().unwrap_or_default());
+    socket
+        .write_all(format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = socket.read_to_end(&mut response).await;
+}
