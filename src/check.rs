@@ -88,7 +88,9 @@ fn check_set(set: &TemplateSet, from: &Mailbox, report: &mut Report) {
             let result = render::render(set, &variant.name, variant.locale.as_deref(), example)
                 .and_then(|rendered| message::build(rendered, &[], Some(from)));
             if let Err(e) = result {
-                report.problems.push(e.note(format!("with example {index} of {}", schema.file.display())));
+                report
+                    .problems
+                    .push(e.note(format!("with example {index} of {}", schema.file.display())));
             }
         }
     }

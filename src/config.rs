@@ -107,9 +107,7 @@ impl Config {
 
     fn from_yaml(text: &str, path: &Path) -> Result<Config> {
         let yaml_error = |e: serde_yaml::Error| {
-            let (line, column) = e
-                .location()
-                .map_or((1, 1), |l| (l.line(), l.column()));
+            let (line, column) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
             let message = e.to_string();
             let message = message
                 .find(" at line ")
@@ -226,7 +224,8 @@ mod tests {
 
     #[test]
     fn secrets_are_refused_with_their_line() {
-        let err = parse("from: a@b.test\ntransport:\n  type: outbox\n  password: hunter2\n").unwrap_err();
+        let err =
+            parse("from: a@b.test\ntransport:\n  type: outbox\n  password: hunter2\n").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Config);
         assert_eq!(err.location().unwrap().line, 4);
         assert!(!err.to_string().contains("hunter2"));

@@ -194,9 +194,12 @@ impl Error {
     }
 
     pub(crate) fn io(path: &Path, what: &str, err: std::io::Error) -> Error {
-        Error::new(ErrorKind::Io, format!("cannot {what} {}: {err}", path.display()))
-            .at(path, 1, 1)
-            .with_source(err)
+        Error::new(
+            ErrorKind::Io,
+            format!("cannot {what} {}: {err}", path.display()),
+        )
+        .at(path, 1, 1)
+        .with_source(err)
     }
 
     /// What kind of failure this is.

@@ -98,7 +98,9 @@ impl Stylesheets {
                 }
                 TagName::Style => {
                     let close = find_ci(after, "</style").unwrap_or(after.len());
-                    let close_end = after[close..].find('>').map_or(after.len(), |i| close + i + 1);
+                    let close_end = after[close..]
+                        .find('>')
+                        .map_or(after.len(), |i| close + i + 1);
                     if tag.attr("data-css-inline").as_deref() == Some("ignore") {
                         kept_blocks.push(rest[tag.start..tag.end + close_end].to_string());
                     } else {
@@ -107,9 +109,10 @@ impl Stylesheets {
                     rest = &after[close_end..];
                 }
                 TagName::Link => {
-                    let is_sheet = tag
-                        .attr("rel")
-                        .is_some_and(|r| r.split_whitespace().any(|w| w.eq_ignore_ascii_case("stylesheet")));
+                    let is_sheet = tag.attr("rel").is_some_and(|r| {
+                        r.split_whitespace()
+                            .any(|w| w.eq_ignore_ascii_case("stylesheet"))
+                    });
                     match tag.attr("href").filter(|_| is_sheet) {
                         Some(href) if !is_remote(&href) => {
                             let sheet = self.resolve(&href).map_err(|e| e.or_at(file, 1))?;
@@ -147,7 +150,10 @@ struct Gathered {
 }
 
 fn push_css(css: &mut String, sheet: &str, media: Option<&str>) {
-    match media.map(str::trim).filter(|m| !m.is_empty() && *m != "all") {
+    match media
+        .map(str::trim)
+        .filter(|m| !m.is_empty() && *m != "all")
+    {
         Some(media) => {
             css.push_str(&format!("@media {media} {{\n{sheet}\n}}\n"));
         }
@@ -159,9 +165,13 @@ fn push_css(css: &mut String, sheet: &str, media: Option<&str>) {
 }
 
 fn is_remote(href: &str) -> bool {
-    href.starts_with("//") || href.split_once(':').is_some_and(|(scheme, _)| {
-        !scheme.is_empty() && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
-    })
+    href.starts_with("//")
+        || href.split_once(':').is_some_and(|(scheme, _)| {
+            !scheme.is_empty()
+                && scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
+        })
 }
 
 /// A `<link href>` as a path under the templates folder, which is its root.
@@ -249,8 +259,8 @@ fn next_tag(html: &str) -> Option<TagMatch<'_>> {
     let mut from = 0;
     while let Some(i) = html[from..].find('<').map(|i| i + from) {
         let tail = &html[i..];
-        if tail.starts_with("<!--") {
-            let end = tail[4..].find("-->").map_or(html.len(), |e| i + 4 + e + 3);
+        if let Some(comment) = tail.strip_prefix("<!--") {
+            let end = comment.find("-->").map_or(html.len(), |e| i + 4 + e + 3);
             return Some(TagMatch {
                 name: TagName::Comment,
                 start: i,
@@ -269,7 +279,9 @@ fn next_tag(html: &str) -> Option<TagMatch<'_>> {
             let boundary = bytes.get(i + len).copied();
             if matches!(boundary, Some(b' ' | b'\t' | b'\n' | b'\r' | b'>' | b'/')) {
                 let end = tag_end(&html[i..]).map_or(html.len(), |e| i + e);
-                let attrs = html[i + len..end].trim_end_matches('>').trim_end_matches('/');
+                let attrs = html[i + len..end]
+                    .trim_end_matches('>')
+                    .trim_end_matches('/');
                 return Some(TagMatch {
                     name,
                     start: i,
@@ -528,7 +540,10 @@ mod tests {
             "@charset \"utf-8\";\n/* c */ p, a:hover { color: red }\n@media (max-width: 600px) { p { color: blue } }\n\
              @font-face { font-family: X; src: url('x;{.woff') }\ntd:first-child { padding: 0 }\na::after { content: '}' }",
         );
-        assert_eq!(split.inline, "p{ color: red }\ntd:first-child{ padding: 0 }\n");
+        assert_eq!(
+            split.inline,
+            "p{ color: red }\ntd:first-child{ padding: 0 }\n"
+        );
         assert_eq!(
             split.keep,
             "a:hover{ color: red }\n@media (max-width: 600px) { p { color: blue } }\n\
@@ -543,7 +558,10 @@ mod tests {
             &s,
             r#"<html><head><link rel="stylesheet" href="styles/a.css"><style>p { color: blue }</style></head><body><p>x</p></body></html>"#,
         );
-        assert!(html.contains(r#"<p style="color: blue;margin: 0">"#), "{html}");
+        assert!(
+            html.contains(r#"<p style="color: blue;margin: 0;">"#),
+            "{html}"
+        );
         assert!(!html.contains("<link"), "{html}");
     }
 
@@ -567,9 +585,15 @@ mod tests {
         );
         let head = &html[..html.find("</head>").unwrap()];
         assert!(head.contains("a:hover{ color: blue }"), "{html}");
-        assert!(head.contains("@media (prefers-color-scheme: dark)"), "{html}");
+        assert!(
+            head.contains("@media (prefers-color-scheme: dark)"),
+            "{html}"
+        );
         assert!(head.contains("@font-face"), "{html}");
-        assert!(html.contains(r#"<a href="https://x.test" style="color: red">"#), "{html}");
+        assert!(
+            html.contains(r#"<a href="https://x.test" style="color: red;">"#),
+            "{html}"
+        );
     }
 
     #[test]
@@ -591,30 +615,58 @@ mod tests {
             &s,
             r#"<html><head><link rel="stylesheet" href="https://fonts.example.com/css"><!--[if mso]><style>td{font-family:Arial}</style><![endif]--></head><body><p>x</p></body></html>"#,
         );
-        assert!(html.contains(r#"<link href="https://fonts.example.com/css" rel="stylesheet">"#) || html.contains(r#"<link rel="stylesheet" href="https://fonts.example.com/css">"#), "{html}");
-        assert!(html.contains("<!--[if mso]><style>td{font-family:Arial}</style><![endif]-->"), "{html}");
+        assert!(
+            html.contains(r#"<link href="https://fonts.example.com/css" rel="stylesheet">"#)
+                || html.contains(r#"<link rel="stylesheet" href="https://fonts.example.com/css">"#),
+            "{html}"
+        );
+        assert!(
+            html.contains("<!--[if mso]><style>td{font-family:Arial}</style><![endif]-->"),
+            "{html}"
+        );
     }
 
     #[test]
     fn missing_and_escaping_links_are_errors() {
         let s = sheets(&[]);
         let err = s
-            .inline(r#"<link rel="stylesheet" href="nope.css">"#, Path::new("t.html"))
+            .inline(
+                r#"<link rel="stylesheet" href="nope.css">"#,
+                Path::new("t.html"),
+            )
             .unwrap_err();
-        assert!(err.message().contains("not in the templates folder"), "{err}");
+        assert!(
+            err.message().contains("not in the templates folder"),
+            "{err}"
+        );
         assert_eq!(err.location().unwrap().file, Path::new("t.html"));
         let err = s
-            .inline(r#"<link rel="stylesheet" href="../secret.css">"#, Path::new("t.html"))
+            .inline(
+                r#"<link rel="stylesheet" href="../secret.css">"#,
+                Path::new("t.html"),
+            )
             .unwrap_err();
-        assert!(err.message().contains("outside the templates folder"), "{err}");
+        assert!(
+            err.message().contains("outside the templates folder"),
+            "{err}"
+        );
     }
 
     #[test]
     fn static_links_are_checked_with_their_line() {
         let files = HashMap::from([("a.css".to_string(), Arc::from("p{}"))]);
-        assert!(check_static_links("<link rel=\"stylesheet\" href=\"a.css\">", Path::new("t"), &files).is_ok());
-        let err = check_static_links("x\n\n<link rel=\"stylesheet\" href=\"b.css\">", Path::new("t"), &files)
-            .unwrap_err();
+        assert!(check_static_links(
+            "<link rel=\"stylesheet\" href=\"a.css\">",
+            Path::new("t"),
+            &files
+        )
+        .is_ok());
+        let err = check_static_links(
+            "x\n\n<link rel=\"stylesheet\" href=\"b.css\">",
+            Path::new("t"),
+            &files,
+        )
+        .unwrap_err();
         assert_eq!(err.location().unwrap().line, 3);
     }
 }

@@ -161,7 +161,10 @@ pub(crate) fn build(
     }
     for (name, value) in &rendered.headers {
         let name = HeaderName::new_from_ascii(name.clone()).map_err(|_| {
-            Error::new(ErrorKind::Template, format!("`{name}` is not a valid header name"))
+            Error::new(
+                ErrorKind::Template,
+                format!("`{name}` is not a valid header name"),
+            )
         })?;
         builder = builder.raw_header(HeaderValue::new(name, value.clone()));
     }
@@ -174,7 +177,9 @@ pub(crate) fn build(
         Body::Multi(
             inline
                 .iter()
-                .fold(MultiPart::related().singlepart(html), |m, a| m.singlepart(a.part())),
+                .fold(MultiPart::related().singlepart(html), |m, a| {
+                    m.singlepart(a.part())
+                }),
         )
     };
     let body = match &rendered.text {
@@ -189,7 +194,9 @@ pub(crate) fn build(
         Body::Multi(
             attached
                 .iter()
-                .fold(body.add_to(MultiPart::mixed().build()), |m, a| m.singlepart(a.part())),
+                .fold(body.add_to(MultiPart::mixed().build()), |m, a| {
+                    m.singlepart(a.part())
+                }),
         )
     };
     let message = match body {

@@ -59,7 +59,6 @@ impl State {
             }
             if !word.is_empty() {
                 self.word(word);
-                self.pending_space = false;
             }
         }
         if text.ends_with(|c: char| c.is_whitespace() || c == '\u{a0}') {
@@ -76,6 +75,7 @@ impl State {
             self.out.push(' ');
         }
         self.breaks = 0;
+        self.pending_space = false;
         self.out.push_str(word);
     }
 
@@ -98,7 +98,10 @@ impl State {
             }
             return;
         }
-        let style = attr("style").unwrap_or_default().replace(' ', "").to_lowercase();
+        let style = attr("style")
+            .unwrap_or_default()
+            .replace(' ', "")
+            .to_lowercase();
         let invisible = style.contains("display:none")
             || matches!(name, "head" | "style" | "script" | "title" | "template")
             || attr("hidden").is_some();
@@ -116,8 +119,8 @@ impl State {
             }
             "p" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6" | "table" | "blockquote" | "ul"
             | "ol" => self.block(2),
-            "div" | "tr" | "section" | "header" | "footer" | "article" | "center" | "dl"
-            | "dt" | "dd" => self.block(1),
+            "div" | "tr" | "section" | "header" | "footer" | "article" | "center" | "dl" | "dt"
+            | "dd" => self.block(1),
             "hr" => {
                 self.block(2);
                 self.word("----");
@@ -162,15 +165,13 @@ impl State {
             return;
         }
         match name {
-            "p" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6" | "table" | "blockquote" => {
-                self.block(2)
-            }
+            "p" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6" | "table" | "blockquote" => self.block(2),
             "ul" | "ol" => {
                 self.lists.pop();
                 self.block(2);
             }
-            "div" | "tr" | "li" | "section" | "header" | "footer" | "article" | "center"
-            | "dt" | "dd" => self.block(1),
+            "div" | "tr" | "li" | "section" | "header" | "footer" | "article" | "center" | "dt"
+            | "dd" => self.block(1),
             "td" | "th" => self.pending_space = true,
             "a" => self.close_link(),
             _ => {}
@@ -256,7 +257,7 @@ mod tests {
         let html = r#"<html><head><title>T</title><style>p{color:red}</style></head><body>
             <div style="display: none">preheader text</div>
             <h1>Welcome,   Ada!</h1>
-            <p>Click <a href="https://x.test/go">here</a> or visit <a href="https://x.test">https://x.test</a>.</p>
+            <p>Click <a href="https://x.test/go">here</a>. Or visit <a href="https://x.test">https://x.test</a>.</p>
             <ul><li>one</li><li>two</li></ul>
             <ol><li>first</li><li>second</li></ol>
             <table><tr><td>Widget</td><td>2</td><td>$4.00</td></tr><tr><td>Total</td><td></td><td>$8.00</td></tr></table>
@@ -267,7 +268,7 @@ mod tests {
         </body></html>"#;
         assert_eq!(
             from_html(html),
-            "Welcome, Ada!\n\nClick here (https://x.test/go) or visit https://x.test.\n\n\
+            "Welcome, Ada!\n\nClick here (https://x.test/go). Or visit https://x.test.\n\n\
              - one\n- two\n\n1. first\n2. second\n\nWidget 2 $4.00\nTotal $8.00\n\n\
              Line\nbreak & entity here\n\nAcme (https://x.test/logo) help@x.test\n"
         );

@@ -128,14 +128,21 @@ pub(crate) fn render(
     let ctx = minijinja::Value::from_serialize(data);
     let fields = &variant.fields;
     let field = |f: &Field| render_field(set, variant, f, &ctx);
-    let subject = header_value(&variant.file, "subject", field(&fields.subject)?, fields.subject.line)?;
+    let subject = header_value(
+        &variant.file,
+        "subject",
+        field(&fields.subject)?,
+        fields.subject.line,
+    )?;
     let one = |f: &Option<Field>| -> Result<Option<Mailbox>> {
         let Some(f) = f else { return Ok(None) };
         let value = field(f)?;
         if value.trim().is_empty() {
             return Ok(None);
         }
-        parse_mailbox(&value).map(Some).map_err(|e| e.at(&variant.file, f.line, 1))
+        parse_mailbox(&value)
+            .map(Some)
+            .map_err(|e| e.at(&variant.file, f.line, 1))
     };
     let many = |list: &[Field]| -> Result<Vec<Mailbox>> {
         let mut out = Vec::new();
@@ -190,7 +197,10 @@ fn render_field(
             .env
             .get_template(name)
             .and_then(|t| t.render(ctx))
-            .map_err(|e| set.jinja_error(&e, ErrorKind::Render).or_at(&variant.file, field.line)),
+            .map_err(|e| {
+                set.jinja_error(&e, ErrorKind::Render)
+                    .or_at(&variant.file, field.line)
+            }),
     }
 }
 
@@ -257,7 +267,9 @@ mod tests {
     #[test]
     fn addresses_parse_or_explain() {
         assert_eq!(
-            parse_mailbox("Ada Lovelace <ada@example.test>").unwrap().to_string(),
+            parse_mailbox("Ada Lovelace <ada@example.test>")
+                .unwrap()
+                .to_string(),
             "Ada Lovelace <ada@example.test>"
         );
         assert_eq!(parse_mailboxes("a@x.test, B <b@x.test>").unwrap().len(), 2);

@@ -25,8 +25,11 @@ impl Schema {
     /// Parses and compiles `text`, read from `file`.
     pub fn compile(file: &Path, text: &str) -> Result<Schema> {
         let value: Value = serde_json::from_str(text).map_err(|e| {
-            Error::new(ErrorKind::Template, format!("invalid JSON: {e}"))
-                .at(file, e.line(), e.column())
+            Error::new(ErrorKind::Template, format!("invalid JSON: {e}")).at(
+                file,
+                e.line(),
+                e.column(),
+            )
         })?;
         let validator = jsonschema::options()
             .should_validate_formats(true)
@@ -130,7 +133,11 @@ mod tests {
             .check("t", &json!({"user": {"email": "nope"}}))
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::InvalidData);
-        let pointers: Vec<_> = err.violations().iter().map(|v| v.pointer.as_str()).collect();
+        let pointers: Vec<_> = err
+            .violations()
+            .iter()
+            .map(|v| v.pointer.as_str())
+            .collect();
         assert!(pointers.contains(&"/user/email"), "{pointers:?}");
         assert!(pointers.contains(&"/user"), "{pointers:?}");
         assert_eq!(pointers.len(), 2);
@@ -138,7 +145,8 @@ mod tests {
 
     #[test]
     fn broken_json_and_schema_name_the_line() {
-        let err = Schema::compile(Path::new("s.json"), "{\n  \"type\": \"object\",\n}").unwrap_err();
+        let err =
+            Schema::compile(Path::new("s.json"), "{\n  \"type\": \"object\",\n}").unwrap_err();
         assert_eq!(err.location().unwrap().line, 3);
         let err = Schema::compile(
             Path::new("s.json"),

@@ -52,9 +52,7 @@ pub(crate) fn split<'a>(file: &Path, source: &'a str) -> Result<Split<'a>> {
     }
     let yaml_start = first.len();
     let mut offset = yaml_start;
-    let mut count = 1;
-    for line in lines {
-        count += 1;
+    for (count, line) in (2..).zip(lines) {
         if line.trim_end() == "---" {
             return Ok(Split {
                 yaml: &source[yaml_start..offset],
@@ -301,11 +299,7 @@ mod tests {
 
     #[test]
     fn splits_and_counts_lines() {
-        let s = split(
-            Path::new("t.html"),
-            "---\nsubject: Hi\n---\n<p>body</p>\n",
-        )
-        .unwrap();
+        let s = split(Path::new("t.html"), "---\nsubject: Hi\n---\n<p>body</p>\n").unwrap();
         assert_eq!(s.yaml, "subject: Hi\n");
         assert_eq!(s.body, "<p>body</p>\n");
         assert_eq!(s.lines, 3);
@@ -313,7 +307,11 @@ mod tests {
 
     #[test]
     fn tolerates_bom_and_crlf() {
-        let s = split(Path::new("t.html"), "\u{feff}---\r\nsubject: Hi\r\n---\r\nx").unwrap();
+        let s = split(
+            Path::new("t.html"),
+            "\u{feff}---\r\nsubject: Hi\r\n---\r\nx",
+        )
+        .unwrap();
         assert_eq!(s.body, "x");
     }
 
@@ -378,7 +376,9 @@ mod tests {
         let err = parse_str("---\nsubject: Hi\ntext: maybe\n---\n").unwrap_err();
         assert_eq!(err.location().unwrap().line, 3);
         assert_eq!(
-            parse_str("---\nsubject: Hi\ntext: auto\n---\n").unwrap().text,
+            parse_str("---\nsubject: Hi\ntext: auto\n---\n")
+                .unwrap()
+                .text,
             TextMode::Auto
         );
     }

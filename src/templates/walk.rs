@@ -212,7 +212,12 @@ mod tests {
 
     #[test]
     fn editor_files_are_skipped() {
-        for name in [".welcome.html.swp", "welcome.html~", "#welcome.html#", "4913"] {
+        for name in [
+            ".welcome.html.swp",
+            "welcome.html~",
+            "#welcome.html#",
+            "4913",
+        ] {
             assert!(is_editor_litter(name), "{name}");
         }
         assert!(!is_editor_litter("welcome.html"));
@@ -225,9 +230,13 @@ mod tests {
         std::fs::write(outside.path().join("secret.html"), "x").unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("ok.html"), "x").unwrap();
-        std::os::unix::fs::symlink(outside.path().join("secret.html"), dir.path().join("leak.html"))
+        std::os::unix::fs::symlink(
+            outside.path().join("secret.html"),
+            dir.path().join("leak.html"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(dir.path().join("ok.html"), dir.path().join("alias.html"))
             .unwrap();
-        std::os::unix::fs::symlink(dir.path().join("ok.html"), dir.path().join("alias.html")).unwrap();
         let mut errors = Vec::new();
         let files = walk(dir.path(), &mut errors).unwrap();
         let names: Vec<_> = files.iter().map(|f| f.rel.as_str()).collect();

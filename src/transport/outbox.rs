@@ -29,7 +29,9 @@ impl Outbox {
             .to_string();
         let path = tokio::task::spawn_blocking(move || write_atomically(&dir, &id, &raw))
             .await
-            .map_err(|e| Error::new(crate::ErrorKind::Io, format!("outbox writer failed: {e}")))??;
+            .map_err(|e| {
+                Error::new(crate::ErrorKind::Io, format!("outbox writer failed: {e}"))
+            })??;
         Ok(Delivery {
             accepted: message.recipients(),
             reply: format!("written to {}", path.display()),
@@ -70,8 +72,14 @@ mod tests {
     #[test]
     fn writes_whole_files_only() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write_atomically(&dir.path().join("out"), "abc", b"Subject: x\r\n\r\nhi").unwrap();
-        assert!(path.file_name().unwrap().to_str().unwrap().ends_with("-abc.eml"));
+        let path =
+            write_atomically(&dir.path().join("out"), "abc", b"Subject: x\r\n\r\nhi").unwrap();
+        assert!(path
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .ends_with("-abc.eml"));
         assert_eq!(std::fs::read(&path).unwrap(), b"Subject: x\r\n\r\nhi");
         let names: Vec<_> = std::fs::read_dir(dir.path().join("out")).unwrap().collect();
         assert_eq!(names.len(), 1, "no temporary file left behind");
