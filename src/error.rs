@@ -156,7 +156,6 @@ impl Error {
         self
     }
 
-    #[allow(dead_code)] // set by the SMTP transport
     pub(crate) fn with_smtp_code(mut self, code: u16) -> Error {
         self.inner.smtp_code = Some(code);
         self

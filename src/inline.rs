@@ -16,6 +16,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::html::{self, Scanner, Token};
 
 /// How many distinct gathered stylesheets the split cache keeps; templates that print
 /// data into `<style>` would otherwise grow it without bound.
@@ -87,44 +88,40 @@ impl Stylesheets {
         let mut out = String::with_capacity(html.len());
         let mut css = String::new();
         let mut kept_blocks = Vec::new();
-        let mut rest = html;
-        while let Some(tag) = next_tag(rest) {
-            out.push_str(&rest[..tag.start]);
-            let after = &rest[tag.end..];
-            match tag.name {
-                TagName::Comment => {
-                    out.push_str(&rest[tag.start..tag.end]);
-                    rest = after;
-                }
-                TagName::Style => {
-                    let close = find_ci(after, "</style").unwrap_or(after.len());
-                    let close_end = after[close..]
-                        .find('>')
-                        .map_or(after.len(), |i| close + i + 1);
-                    if tag.attr("data-css-inline").as_deref() == Some("ignore") {
-                        kept_blocks.push(rest[tag.start..tag.end + close_end].to_string());
-                    } else {
-                        push_css(&mut css, &after[..close], tag.attr("media").as_deref());
+        let mut copied = 0;
+        let mut tokens = Scanner::new(html);
+        while let Some((token, range)) = tokens.next() {
+            let Token::Start { name, attrs, .. } = token else {
+                continue;
+            };
+            if name.eq_ignore_ascii_case("style") {
+                let mut end = range.end;
+                let mut content = "";
+                for (token, r) in tokens.by_ref() {
+                    end = r.end;
+                    match token {
+                        Token::Text(text) => content = text,
+                        _ => break,
                     }
-                    rest = &after[close_end..];
                 }
-                TagName::Link => {
-                    let is_sheet = tag.attr("rel").is_some_and(|r| {
-                        r.split_whitespace()
-                            .any(|w| w.eq_ignore_ascii_case("stylesheet"))
-                    });
-                    match tag.attr("href").filter(|_| is_sheet) {
-                        Some(href) if !is_remote(&href) => {
-                            let sheet = self.resolve(&href).map_err(|e| e.or_at(file, 1))?;
-                            push_css(&mut css, sheet, tag.attr("media").as_deref());
-                        }
-                        _ => out.push_str(&rest[tag.start..tag.end]),
-                    }
-                    rest = after;
+                out.push_str(&html[copied..range.start]);
+                copied = end;
+                if html::attr(attrs, "data-css-inline").as_deref() == Some("ignore") {
+                    kept_blocks.push(html[range.start..end].to_string());
+                } else {
+                    push_css(&mut css, content, html::attr(attrs, "media").as_deref());
                 }
+            } else if name.eq_ignore_ascii_case("link") {
+                let Some(href) = stylesheet_href(attrs).filter(|h| !is_remote(h)) else {
+                    continue;
+                };
+                let sheet = self.resolve(&href).map_err(|e| e.or_at(file, 1))?;
+                push_css(&mut css, sheet, html::attr(attrs, "media").as_deref());
+                out.push_str(&html[copied..range.start]);
+                copied = range.end;
             }
         }
-        out.push_str(rest);
+        out.push_str(&html[copied..]);
         Ok(Gathered {
             html: out,
             css,
@@ -194,162 +191,53 @@ pub(crate) fn check_static_links(
     file: &Path,
     files: &HashMap<String, Arc<str>>,
 ) -> Result<()> {
-    let mut rest = source;
-    let mut consumed = 0;
-    while let Some(tag) = next_tag(rest) {
-        let line = source[..consumed + tag.start].matches('\n').count() + 1;
-        if tag.name == TagName::Link {
-            let is_sheet = tag.attr("rel").is_some_and(|r| r.contains("stylesheet"));
-            if let Some(href) = tag.attr("href").filter(|h| is_sheet && !is_remote(h)) {
-                if !href.contains("{{") && !href.contains("{%") {
-                    let rel = local_path(&href).map_err(|e| e.at(file, line, 1))?;
-                    if !files.contains_key(rel) {
-                        return Err(Error::new(
-                            ErrorKind::Template,
-                            format!("stylesheet `{href}` is not in the templates folder"),
-                        )
-                        .at(file, line, 1));
-                    }
-                }
-            }
+    for (token, range) in Scanner::new(source) {
+        let Token::Start { name, attrs, .. } = token else {
+            continue;
+        };
+        if !name.eq_ignore_ascii_case("link") {
+            continue;
         }
-        consumed += tag.end;
-        rest = &rest[tag.end..];
+        let Some(href) = stylesheet_href(attrs).filter(|h| !is_remote(h)) else {
+            continue;
+        };
+        if href.contains("{{") || href.contains("{%") {
+            continue;
+        }
+        let line = source[..range.start].matches('\n').count() + 1;
+        let rel = local_path(&href).map_err(|e| e.at(file, line, 1))?;
+        if !files.contains_key(rel) {
+            return Err(Error::new(
+                ErrorKind::Template,
+                format!("stylesheet `{href}` is not in the templates folder"),
+            )
+            .at(file, line, 1));
+        }
     }
     Ok(())
+}
+
+/// The `href` of a `<link>` that is a stylesheet.
+fn stylesheet_href(attrs: &str) -> Option<String> {
+    let rel = html::attr(attrs, "rel")?;
+    if !rel
+        .split_ascii_whitespace()
+        .any(|w| w.eq_ignore_ascii_case("stylesheet"))
+    {
+        return None;
+    }
+    html::attr(attrs, "href").map(|h| h.trim().to_string())
 }
 
 fn insert_into_head(mut html: String, head: &str) -> String {
     if head.is_empty() {
         return html;
     }
-    match find_ci(&html, "</head") {
+    match html::find_ci(&html, "</head") {
         Some(at) => html.insert_str(at, head),
         None => html.insert_str(0, head),
     }
     html
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TagName {
-    Style,
-    Link,
-    Comment,
-}
-
-struct TagMatch<'a> {
-    name: TagName,
-    start: usize,
-    end: usize,
-    attrs: &'a str,
-}
-
-impl TagMatch<'_> {
-    fn attr(&self, name: &str) -> Option<String> {
-        attributes(self.attrs)
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.to_string())
-    }
-}
-
-/// The next `<style>`, `<link>` or comment (comments hold Outlook's conditional CSS,
-/// which must pass through untouched).
-fn next_tag(html: &str) -> Option<TagMatch<'_>> {
-    let bytes = html.as_bytes();
-    let mut from = 0;
-    while let Some(i) = html[from..].find('<').map(|i| i + from) {
-        let tail = &html[i..];
-        if tail.starts_with("<!--") {
-            let end = tail[4..].find("-->").map_or(html.len(), |e| i + 4 + e + 3);
-            return Some(TagMatch {
-                name: TagName::Comment,
-                start: i,
-                end,
-                attrs: "",
-            });
-        }
-        let name = if starts_with_ci(&tail[1..], "style") {
-            Some((TagName::Style, 6))
-        } else if starts_with_ci(&tail[1..], "link") {
-            Some((TagName::Link, 5))
-        } else {
-            None
-        };
-        if let Some((name, len)) = name {
-            let boundary = bytes.get(i + len).copied();
-            if matches!(boundary, Some(b' ' | b'\t' | b'\n' | b'\r' | b'>' | b'/')) {
-                let end = tag_end(&html[i..]).map_or(html.len(), |e| i + e);
-                let attrs = html[i + len..end]
-                    .trim_end_matches('>')
-                    .trim_end_matches('/');
-                return Some(TagMatch {
-                    name,
-                    start: i,
-                    end,
-                    attrs,
-                });
-            }
-        }
-        from = i + 1;
-    }
-    None
-}
-
-/// Index just past the `>` closing the tag at the start of `tag`, minding quotes.
-fn tag_end(tag: &str) -> Option<usize> {
-    let mut quote = None;
-    for (i, c) in tag.char_indices() {
-        match (quote, c) {
-            (None, '"' | '\'') => quote = Some(c),
-            (Some(q), c) if c == q => quote = None,
-            (None, '>') => return Some(i + 1),
-            _ => {}
-        }
-    }
-    None
-}
-
-/// `name="value"` pairs of a tag's attribute text (values unquoted, not unescaped:
-/// hrefs and `media` are what matter here and need no entity decoding).
-fn attributes(mut s: &str) -> impl Iterator<Item = (&str, &str)> {
-    std::iter::from_fn(move || {
-        s = s.trim_start();
-        if s.is_empty() {
-            return None;
-        }
-        let name_end = s
-            .find(|c: char| c == '=' || c.is_whitespace())
-            .unwrap_or(s.len());
-        let name = &s[..name_end];
-        s = s[name_end..].trim_start();
-        if !s.starts_with('=') {
-            return Some((name, ""));
-        }
-        s = s[1..].trim_start();
-        let value;
-        if let Some(q) = s.chars().next().filter(|c| *c == '"' || *c == '\'') {
-            let close = s[1..].find(q).map_or(s.len(), |e| e + 1);
-            value = &s[1..close];
-            s = s.get(close + 1..).unwrap_or("");
-        } else {
-            let end = s.find(char::is_whitespace).unwrap_or(s.len());
-            value = &s[..end];
-            s = &s[end..];
-        }
-        Some((name, value))
-    })
-}
-
-fn starts_with_ci(s: &str, prefix: &str) -> bool {
-    s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
-}
-
-fn find_ci(haystack: &str, needle: &str) -> Option<usize> {
-    let n = needle.as_bytes();
-    haystack
-        .as_bytes()
-        .windows(n.len())
-        .position(|w| w.eq_ignore_ascii_case(n))
 }
 
 /// Pseudo-classes and -elements that describe states or generated content no `style=""`
@@ -386,7 +274,7 @@ fn split_rules(css: &str) -> Split {
         if rest.starts_with('@') {
             let end = at_rule_end(rest);
             let rule = &rest[..end];
-            if !starts_with_ci(rule, "@charset") {
+            if !html::starts_with_ci(rule, "@charset") {
                 split.keep.push_str(rule.trim());
                 split.keep.push('\n');
             }
@@ -559,7 +447,7 @@ mod tests {
             r#"<html><head><link rel="stylesheet" href="styles/a.css"><style>p { color: blue }</style></head><body><p>x</p></body></html>"#,
         );
         assert!(
-            html.contains(r#"<p style="color: blue;margin: 0">"#),
+            html.contains(r#"<p style="color: blue;margin: 0;">"#),
             "{html}"
         );
         assert!(!html.contains("<link"), "{html}");
@@ -591,7 +479,7 @@ mod tests {
         );
         assert!(head.contains("@font-face"), "{html}");
         assert!(
-            html.contains(r#"<a href="https://x.test" style="color: red">"#),
+            html.contains(r#"<a href="https://x.test" style="color: red;">"#),
             "{html}"
         );
     }

@@ -30,6 +30,7 @@ pub mod auth;
 mod check;
 mod config;
 mod error;
+mod html;
 mod inline;
 mod mailer;
 mod message;

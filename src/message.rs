@@ -170,7 +170,7 @@ pub(crate) fn build(
     }
     let (inline, attached): (Vec<_>, Vec<_>) =
         attachments.iter().partition(|a| a.content_id.is_some());
-    let html = SinglePart::html(rendered.html.clone());
+    let html = SinglePart::html(crlf(&rendered.html));
     let html = if inline.is_empty() {
         Body::Single(html)
     } else {
@@ -184,7 +184,7 @@ pub(crate) fn build(
     };
     let body = match &rendered.text {
         Some(text) => Body::Multi(
-            html.add_to(MultiPart::alternative().singlepart(SinglePart::plain(text.clone()))),
+            html.add_to(MultiPart::alternative().singlepart(SinglePart::plain(crlf(text)))),
         ),
         None => html,
     };
@@ -217,6 +217,22 @@ pub(crate) fn build(
     })
 }
 
+/// `text` with CRLF line ends, as MIME wants them. lettre converts too, but by inserting
+/// one `\r` at a time into the string, which moves the rest of it for every line.
+fn crlf(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + text.len() / 16);
+    for line in text.split_inclusive('\n') {
+        match line.strip_suffix('\n') {
+            Some(body) if !body.ends_with('\r') => {
+                out.push_str(body);
+                out.push_str("\r\n");
+            }
+            _ => out.push_str(line),
+        }
+    }
+    out
+}
+
 enum Body {
     Single(SinglePart),
     Multi(MultiPart),
@@ -228,5 +244,16 @@ impl Body {
             Body::Single(part) => parent.singlepart(part),
             Body::Multi(parts) => parent.multipart(parts),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::crlf;
+
+    #[test]
+    fn line_ends_become_crlf_once() {
+        assert_eq!(crlf("a\nb\r\nc\n"), "a\r\nb\r\nc\r\n");
+        assert_eq!(crlf("é\n\n"), "é\r\n\r\n");
     }
 }

@@ -4,29 +4,26 @@
 //! reader would see: block structure as line breaks, links as `text (url)`, and none of
 //! the CSS, script or hidden preheader text.
 
-use std::cell::RefCell;
-
-use html5ever::tendril::StrTendril;
-use html5ever::tokenizer::states::RawKind;
-use html5ever::tokenizer::{
-    BufferQueue, Tag, TagKind, Token, TokenSink, TokenSinkResult, Tokenizer, TokenizerOpts,
-};
+use crate::html::{self, Scanner, Token};
 
 /// The text a reader of `html` would see.
 pub(crate) fn from_html(html: &str) -> String {
-    let sink = Sink::default();
-    let tokenizer = Tokenizer::new(sink, TokenizerOpts::default());
-    let queue = BufferQueue::default();
-    queue.push_back(StrTendril::from_slice(html));
-    let _ = tokenizer.feed(&queue);
-    tokenizer.end();
-    let state = tokenizer.sink.state.into_inner();
+    let mut state = State::default();
+    for (token, _) in Scanner::new(html) {
+        match token {
+            Token::Start {
+                name,
+                attrs,
+                self_closing,
+            } => state.start(&name.to_ascii_lowercase(), attrs, self_closing),
+            Token::End { name } => state.end(&name.to_ascii_lowercase()),
+            Token::Text(text) if state.hidden.is_none() => {
+                state.text(&html::decode_entities(text));
+            }
+            _ => {}
+        }
+    }
     state.finish()
-}
-
-#[derive(Default)]
-struct Sink {
-    state: RefCell<State>,
 }
 
 #[derive(Default)]
@@ -59,7 +56,6 @@ impl State {
             }
             if !word.is_empty() {
                 self.word(word);
-                self.pending_space = false;
             }
         }
         if text.ends_with(|c: char| c.is_whitespace() || c == '\u{a0}') {
@@ -76,6 +72,7 @@ impl State {
             self.out.push(' ');
         }
         self.breaks = 0;
+        self.pending_space = false;
         self.out.push_str(word);
     }
 
@@ -84,14 +81,8 @@ impl State {
         self.pending_space = false;
     }
 
-    fn start(&mut self, tag: &Tag) {
-        let name: &str = &tag.name;
-        let attr = |key: &str| {
-            tag.attrs
-                .iter()
-                .find(|a| &*a.name.local == key)
-                .map(|a| a.value.to_string())
-        };
+    fn start(&mut self, name: &str, attrs: &str, self_closing: bool) {
+        let attr = |key: &str| html::attr(attrs, key).map(|v| v.into_owned());
         if let Some((hidden, depth)) = &mut self.hidden {
             if hidden == name && !VOID.contains(&name) {
                 *depth += 1;
@@ -106,7 +97,7 @@ impl State {
             || matches!(name, "head" | "style" | "script" | "title" | "template")
             || attr("hidden").is_some();
         if invisible {
-            if !VOID.contains(&name) && !tag.self_closing {
+            if !VOID.contains(&name) && !self_closing {
                 self.hidden = Some((name.to_string(), 1));
             }
             return;
@@ -220,34 +211,6 @@ impl State {
     }
 }
 
-impl TokenSink for Sink {
-    type Handle = ();
-
-    fn process_token(&self, token: Token, _line: u64) -> TokenSinkResult<()> {
-        let mut state = self.state.borrow_mut();
-        match token {
-            Token::TagToken(tag) => match tag.kind {
-                TagKind::StartTag => {
-                    state.start(&tag);
-                    // The tokenizer alone does not know which elements hold raw text.
-                    return match &*tag.name {
-                        "style" | "xmp" | "iframe" | "noembed" | "noframes" => {
-                            TokenSinkResult::RawData(RawKind::Rawtext)
-                        }
-                        "script" => TokenSinkResult::RawData(RawKind::ScriptData),
-                        "title" | "textarea" => TokenSinkResult::RawData(RawKind::Rcdata),
-                        _ => TokenSinkResult::Continue,
-                    };
-                }
-                TagKind::EndTag => state.end(&tag.name),
-            },
-            Token::CharacterTokens(text) if state.hidden.is_none() => state.text(&text),
-            _ => {}
-        }
-        TokenSinkResult::Continue
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::from_html;
@@ -257,7 +220,7 @@ mod tests {
         let html = r#"<html><head><title>T</title><style>p{color:red}</style></head><body>
             <div style="display: none">preheader text</div>
             <h1>Welcome,   Ada!</h1>
-            <p>Click <a href="https://x.test/go">here</a> or visit <a href="https://x.test">https://x.test</a>.</p>
+            <p>Click <a href="https://x.test/go">here</a>. Or visit <a href="https://x.test">https://x.test</a>.</p>
             <ul><li>one</li><li>two</li></ul>
             <ol><li>first</li><li>second</li></ol>
             <table><tr><td>Widget</td><td>2</td><td>$4.00</td></tr><tr><td>Total</td><td></td><td>$8.00</td></tr></table>
@@ -268,7 +231,7 @@ mod tests {
         </body></html>"#;
         assert_eq!(
             from_html(html),
-            "Welcome, Ada!\n\nClick here (https://x.test/go) or visit https://x.test.\n\n\
+            "Welcome, Ada!\n\nClick here (https://x.test/go). Or visit https://x.test.\n\n\
              - one\n- two\n\n1. first\n2. second\n\nWidget 2 $4.00\nTotal $8.00\n\n\
              Line\nbreak & entity here\n\nAcme (https://x.test/logo) help@x.test\n"
         );

@@ -52,9 +52,7 @@ pub(crate) fn split<'a>(file: &Path, source: &'a str) -> Result<Split<'a>> {
     }
     let yaml_start = first.len();
     let mut offset = yaml_start;
-    let mut count = 1;
-    for line in lines {
-        count += 1;
+    for (count, line) in (2..).zip(lines) {
         if line.trim_end() == "---" {
             return Ok(Split {
                 yaml: &source[yaml_start..offset],

@@ -1,0 +1,382 @@
+//! A small, fast HTML scanner: tags, text and comments in document order, with byte
+//! offsets, and entity decoding.
+//!
+//! It builds no tree and applies none of the HTML5 insertion rules; the stages that use
+//! it (gathering CSS, deriving the text part) only need the token stream of documents
+//! missive itself rendered, and a full parser per message costs several times more.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+/// One piece of a document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Token<'a> {
+    /// `<name attrs>`; `attrs` is the raw text between the name and `>`.
+    Start {
+        name: &'a str,
+        attrs: &'a str,
+        self_closing: bool,
+    },
+    /// `</name>`.
+    End { name: &'a str },
+    /// Text, entities not yet decoded (raw text of `<style>`/`<script>` included).
+    Text(&'a str),
+    /// `<!-- … -->`, with the markers.
+    Comment(&'a str),
+    /// `<!DOCTYPE …>` and other `<!…>`/`<?…>` declarations.
+    Declaration(&'a str),
+}
+
+/// Elements whose content is raw text up to their end tag.
+const RAW_TEXT: &[&str] = &[
+    "style", "script", "title", "textarea", "xmp", "iframe", "noembed", "noframes",
+];
+
+/// Iterates over the tokens of `html`, each with its byte range.
+pub(crate) struct Scanner<'a> {
+    html: &'a str,
+    pos: usize,
+    raw_until: Option<&'static str>,
+}
+
+impl<'a> Scanner<'a> {
+    pub fn new(html: &'a str) -> Scanner<'a> {
+        Scanner {
+            html,
+            pos: 0,
+            raw_until: None,
+        }
+    }
+}
+
+impl<'a> Iterator for Scanner<'a> {
+    type Item = (Token<'a>, Range<usize>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let html = self.html;
+        let start = self.pos;
+        if start >= html.len() {
+            return None;
+        }
+        if let Some(name) = self.raw_until.take() {
+            let end = find_end_tag(&html[start..], name).map_or(html.len(), |e| start + e);
+            self.pos = end;
+            if end > start {
+                return Some((Token::Text(&html[start..end]), start..end));
+            }
+            return self.next();
+        }
+        let rest = &html[start..];
+        if !rest.starts_with('<') || !starts_markup(rest) {
+            // `<` is ASCII, so any byte position of one is a character boundary.
+            let end = rest
+                .bytes()
+                .skip(1)
+                .position(|b| b == b'<')
+                .map_or(html.len(), |i| start + 1 + i);
+            let end = next_markup(html, start, end);
+            self.pos = end;
+            return Some((Token::Text(&html[start..end]), start..end));
+        }
+        if let Some(body) = rest.strip_prefix("<!--") {
+            let end = body.find("-->").map_or(html.len(), |e| start + 4 + e + 3);
+            self.pos = end;
+            return Some((Token::Comment(&html[start..end]), start..end));
+        }
+        if rest.starts_with("<!") || rest.starts_with("<?") {
+            let end = rest.find('>').map_or(html.len(), |e| start + e + 1);
+            self.pos = end;
+            return Some((Token::Declaration(&html[start..end]), start..end));
+        }
+        let end = tag_end(rest).map_or(html.len(), |e| start + e);
+        self.pos = end;
+        let inner = html[start + 1..end].trim_end_matches('>');
+        if let Some(closing) = inner.strip_prefix('/') {
+            let name = closing
+                .split(|c: char| c.is_ascii_whitespace() || c == '/')
+                .next()
+                .unwrap_or("");
+            return Some((Token::End { name }, start..end));
+        }
+        let name_end = inner
+            .find(|c: char| c.is_ascii_whitespace() || c == '/')
+            .unwrap_or(inner.len());
+        let name = &inner[..name_end];
+        let self_closing = inner.ends_with('/');
+        let attrs = inner[name_end..].trim_end_matches('/');
+        if let Some(raw) = RAW_TEXT.iter().find(|r| r.eq_ignore_ascii_case(name)) {
+            self.raw_until = Some(raw);
+        }
+        Some((
+            Token::Start {
+                name,
+                attrs,
+                self_closing,
+            },
+            start..end,
+        ))
+    }
+}
+
+/// Whether `<` at the start of `s` opens markup rather than being a literal `<`.
+fn starts_markup(s: &str) -> bool {
+    matches!(s.as_bytes().get(1), Some(b) if b.is_ascii_alphabetic() || matches!(b, b'/' | b'!' | b'?'))
+}
+
+/// Extends a text run over literal `<` characters that open no markup.
+fn next_markup(html: &str, from: usize, mut end: usize) -> usize {
+    while end < html.len() && !starts_markup(&html[end..]) {
+        end = html[end + 1..]
+            .find('<')
+            .map_or(html.len(), |i| end + 1 + i);
+    }
+    let mut end = end.max(from + 1);
+    while !html.is_char_boundary(end) {
+        end += 1;
+    }
+    end
+}
+
+fn find_end_tag(s: &str, name: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = s[from..].find("</").map(|i| i + from) {
+        if starts_with_ci(&s[i + 2..], name) {
+            return Some(i);
+        }
+        from = i + 2;
+    }
+    None
+}
+
+/// Index just past the `>` closing the tag at the start of `tag`, minding quotes.
+pub(crate) fn tag_end(tag: &str) -> Option<usize> {
+    let mut quote = None;
+    for (i, b) in tag.bytes().enumerate() {
+        match (quote, b) {
+            (None, b'"' | b'\'') if i > 0 && tag.as_bytes()[i - 1] == b'=' => quote = Some(b),
+            (Some(q), b) if b == q => quote = None,
+            (None, b'>') => return Some(i + 1),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// `name="value"` pairs of a tag's attribute text; values raw (entities not decoded).
+pub(crate) fn attributes(mut s: &str) -> impl Iterator<Item = (&str, &str)> {
+    std::iter::from_fn(move || {
+        s = s.trim_start_matches(|c: char| c.is_ascii_whitespace() || c == '/');
+        if s.is_empty() {
+            return None;
+        }
+        let name_end = s
+            .find(|c: char| c == '=' || c.is_ascii_whitespace())
+            .unwrap_or(s.len());
+        let name = &s[..name_end];
+        s = s[name_end..].trim_start();
+        let Some(after_eq) = s.strip_prefix('=') else {
+            return Some((name, ""));
+        };
+        s = after_eq.trim_start();
+        let value;
+        match s.as_bytes().first() {
+            Some(&q @ (b'"' | b'\'')) => {
+                let close = s[1..].find(q as char).map_or(s.len(), |e| e + 1);
+                value = &s[1..close];
+                s = s.get(close + 1..).unwrap_or("");
+            }
+            _ => {
+                let end = s.find(|c: char| c.is_ascii_whitespace()).unwrap_or(s.len());
+                value = &s[..end];
+                s = &s[end..];
+            }
+        }
+        Some((name, value))
+    })
+}
+
+/// The decoded value of attribute `name`, if present.
+pub(crate) fn attr<'a>(attrs: &'a str, name: &str) -> Option<Cow<'a, str>> {
+    attributes(attrs)
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| decode_entities(v))
+}
+
+pub(crate) fn starts_with_ci(s: &str, prefix: &str) -> bool {
+    s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
+pub(crate) fn find_ci(haystack: &str, needle: &str) -> Option<usize> {
+    let n = needle.as_bytes();
+    haystack
+        .as_bytes()
+        .windows(n.len())
+        .position(|w| w.eq_ignore_ascii_case(n))
+}
+
+/// Replaces character references (`&amp;`, `&#8217;`, `&#x2f;`, `&nbsp;`) with the
+/// characters they stand for; unknown ones stay as written, as browsers keep them.
+pub(crate) fn decode_entities(text: &str) -> Cow<'_, str> {
+    if !text.contains('&') {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        rest = &rest[amp..];
+        match decode_one(rest) {
+            Some((decoded, used)) => {
+                out.push_str(&decoded);
+                rest = &rest[used..];
+            }
+            None => {
+                out.push('&');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
+}
+
+/// Decodes the reference at the start of `s` (which starts with `&`): the text and the
+/// bytes it took.
+fn decode_one(s: &str) -> Option<(String, usize)> {
+    let body = &s[1..];
+    if let Some(num) = body.strip_prefix('#') {
+        let (digits, radix, skip) = match num.strip_prefix(['x', 'X']) {
+            Some(hex) => (hex, 16, 3),
+            None => (num, 10, 2),
+        };
+        let len = digits
+            .bytes()
+            .take_while(|b| b.is_ascii_digit() || (radix == 16 && b.is_ascii_hexdigit()))
+            .count();
+        if len == 0 {
+            return None;
+        }
+        let code = u32::from_str_radix(&digits[..len], radix).unwrap_or(0xFFFD);
+        let c = char::from_u32(code)
+            .filter(|c| *c != '\0')
+            .unwrap_or('\u{FFFD}');
+        let semicolon = usize::from(digits[len..].starts_with(';'));
+        return Some((c.to_string(), skip + len + semicolon));
+    }
+    let len = body
+        .bytes()
+        .take(32)
+        .take_while(u8::is_ascii_alphanumeric)
+        .count();
+    if len == 0 {
+        return None;
+    }
+    let with_semicolon = body[len..].starts_with(';');
+    let key = if with_semicolon {
+        &body[..=len]
+    } else {
+        &body[..len]
+    };
+    let (a, b) = html5ever::data::NAMED_ENTITIES.get(key).copied()?;
+    if a == 0 {
+        return None;
+    }
+    let mut decoded: String = char::from_u32(a).into_iter().collect();
+    if b != 0 {
+        decoded.extend(char::from_u32(b));
+    }
+    Some((decoded, 1 + key.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(html: &str) -> Vec<Token<'_>> {
+        Scanner::new(html).map(|(t, _)| t).collect()
+    }
+
+    #[test]
+    fn scans_tags_text_comments_and_raw_text() {
+        let html = "<!DOCTYPE html><p class=\"a>b\" id=x>Hi &amp; <b>bye</b></p><!-- c --><style>p > a { x: '<' }</style><br/>1 < 2";
+        assert_eq!(
+            tokens(html),
+            [
+                Token::Declaration("<!DOCTYPE html>"),
+                Token::Start {
+                    name: "p",
+                    attrs: " class=\"a>b\" id=x",
+                    self_closing: false
+                },
+                Token::Text("Hi &amp; "),
+                Token::Start {
+                    name: "b",
+                    attrs: "",
+                    self_closing: false
+                },
+                Token::Text("bye"),
+                Token::End { name: "b" },
+                Token::End { name: "p" },
+                Token::Comment("<!-- c -->"),
+                Token::Start {
+                    name: "style",
+                    attrs: "",
+                    self_closing: false
+                },
+                Token::Text("p > a { x: '<' }"),
+                Token::End { name: "style" },
+                Token::Start {
+                    name: "br",
+                    attrs: "",
+                    self_closing: true
+                },
+                Token::Text("1 < 2"),
+            ]
+        );
+        let ranges: Vec<_> = Scanner::new(html).map(|(_, r)| r).collect();
+        assert_eq!(ranges.first(), Some(&(0..15)));
+        assert_eq!(ranges.last().map(|r| r.end), Some(html.len()));
+    }
+
+    #[test]
+    fn never_panics_and_covers_every_byte() {
+        let doc = "▲<p>é</p>&é;<a href='▲>'>ü</a><!--▲<-->é<▲<style>▲</st▲yle>–<br/>&#x▲;&▲";
+        for end in (0..=doc.len()).filter(|i| doc.is_char_boundary(*i)) {
+            let prefix = &doc[..end];
+            let mut covered = 0;
+            for (token, range) in Scanner::new(prefix) {
+                assert_eq!(range.start, covered, "{prefix:?}: {token:?}");
+                covered = range.end;
+                if let Token::Text(text) = token {
+                    let _ = decode_entities(text);
+                }
+            }
+            assert_eq!(covered, prefix.len(), "{prefix:?}");
+        }
+    }
+
+    #[test]
+    fn attributes_are_parsed_and_decoded() {
+        let attrs = " href=\"https:&#x2f;&#x2f;x.test?a=1&amp;b=2\" hidden data-x='y z' alt=plain";
+        let all: Vec<_> = attributes(attrs).collect();
+        assert_eq!(all.len(), 4);
+        assert_eq!(attr(attrs, "HREF").unwrap(), "https://x.test?a=1&b=2");
+        assert_eq!(attr(attrs, "hidden").unwrap(), "");
+        assert_eq!(attr(attrs, "data-x").unwrap(), "y z");
+        assert_eq!(attr(attrs, "alt").unwrap(), "plain");
+        assert!(attr(attrs, "title").is_none());
+    }
+
+    #[test]
+    fn entities_decode_like_a_browser() {
+        assert_eq!(decode_entities("a &amp; b"), "a & b");
+        assert_eq!(
+            decode_entities("&lt;&gt;&quot;&#39;&rsquo;&nbsp;"),
+            "<>\"'\u{2019}\u{a0}"
+        );
+        assert_eq!(decode_entities("&#x1F600;&#8212;"), "\u{1F600}\u{2014}");
+        assert_eq!(decode_entities("AT&T &bogus; &"), "AT&T &bogus; &");
+        assert_eq!(decode_entities("&amp"), "&");
+        assert!(matches!(decode_entities("plain"), Cow::Borrowed(_)));
+    }
+}
