@@ -1,0 +1,347 @@
+//! missive against real servers on loopback (issue 3, point 10): Postfix submission
+//! (STARTTLS and implicit TLS, private CA) delegating SASL to Dovecot, which checks
+//! bearer tokens by introspection at panva's oidc-provider (short-lived tokens,
+//! refresh-token rotation). `tests/interop/up.sh` installs and starts all of it.
+//!
+//! Needs root (apt-get, Postfix). Where that is impossible, set
+//! `MISSIVE_SKIP_INTEROP=1`: the tests then say why and pass; without it they fail
+//! with the harness's error. A harness that is already up and answering is reused;
+//! `MISSIVE_INTEROP_FRESH=1` restarts it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use missive::{ErrorKind, Mailer};
+
+mod support;
+
+type Env = HashMap<String, String>;
+
+fn state_dir() -> PathBuf {
+    std::env::var_os("MISSIVE_INTEROP_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp/missive-interop"))
+}
+
+fn read_env() -> Result<Env, String> {
+    let path = state_dir().join("env.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn healthy(env: &Env) -> bool {
+    let port = |key: &str| env.get(key).and_then(|p| p.parse::<u16>().ok());
+    let issuer_port = env
+        .get("INTEROP_OAUTH_ISSUER")
+        .and_then(|u| u.rsplit(':').next())
+        .and_then(|p| p.parse::<u16>().ok());
+    [issuer_port, port("INTEROP_SMTP_SUBMISSION_PORT"), port("INTEROP_SMTP_SMTPS_PORT")]
+        .into_iter()
+        .all(|p| {
+            p.is_some_and(|p| {
+                std::net::TcpStream::connect_timeout(
+                    &std::net::SocketAddr::from(([127, 0, 0, 1], p)),
+                    Duration::from_secs(1),
+                )
+                .is_ok()
+            })
+        })
+}
+
+fn bring_up() -> Result<Env, String> {
+    if std::env::var_os("MISSIVE_INTEROP_FRESH").is_none() {
+        if let Ok(env) = read_env() {
+            if healthy(&env) {
+                return Ok(env);
+            }
+        }
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/up.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{} failed ({}):\n{}{}",
+            script.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    read_env()
+}
+
+/// The running harness, started once per test binary. `None` means skip.
+fn harness() -> Option<&'static Env> {
+    if std::env::var("MISSIVE_SKIP_INTEROP").as_deref() == Ok("1") {
+        eprintln!("skipping interop test: MISSIVE_SKIP_INTEROP=1");
+        return None;
+    }
+    static HARNESS: OnceLock<Result<Env, String>> = OnceLock::new();
+    match HARNESS.get_or_init(bring_up) {
+        Ok(env) => Some(env),
+        Err(e) => panic!(
+            "the interop harness (Postfix, Dovecot, oidc-provider) is not available:\n{e}\n\
+             Run as root, or set MISSIVE_SKIP_INTEROP=1 to skip these tests."
+        ),
+    }
+}
+
+/// A new grant at the OIDC server for `client_id`: (refresh token, grant id).
+async fn mint(env: &Env, client_id: &str) -> (String, String) {
+    let body = serde_json::json!({ "user": env["INTEROP_OAUTH_USER"], "client_id": client_id });
+    let response = reqwest::Client::new()
+        .post(&env["INTEROP_OAUTH_TEST_GRANT_URL"])
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("mint a grant");
+    assert!(response.status().is_success(), "{}", response.status());
+    let json: serde_json::Value =
+        serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    (
+        json["refresh_token"].as_str().unwrap().to_string(),
+        json["grant_id"].as_str().unwrap().to_string(),
+    )
+}
+
+async fn revoke(env: &Env, grant_id: &str) {
+    let response = reqwest::Client::new()
+        .post(&env["INTEROP_OAUTH_TEST_REVOKE_URL"])
+        .header("content-type", "application/json")
+        .body(serde_json::json!({ "grant_id": grant_id }).to_string())
+        .send()
+        .await
+        .expect("revoke the grant");
+    assert!(response.status().is_success(), "{}", response.status());
+}
+
+struct Sender {
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl Sender {
+    /// A config for `mechanism` over `tls` with a fresh grant of `client_id` in its
+    /// credentials file. Pooled connections are not reused, so every send
+    /// authenticates with the cached token.
+    async fn new(env: &Env, mechanism: &str, tls: &str, client_id: &str) -> (Sender, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let (refresh, grant) = mint(env, client_id).await;
+        let credentials = dir.path().join("credentials.json");
+        let json = serde_json::json!({
+            "version": 1,
+            "provider": "generic",
+            "client_id": client_id,
+            "client_secret": env["INTEROP_OAUTH_CLIENT_SECRET"],
+            "refresh_token": refresh,
+        });
+        std::fs::write(&credentials, json.to_string()).unwrap();
+        support::set_mode(&credentials, 0o600);
+        let port = match tls {
+            "implicit" => &env["INTEROP_SMTP_SMTPS_PORT"],
+            _ => &env["INTEROP_SMTP_SUBMISSION_PORT"],
+        };
+        let yaml = format!(
+            "  type: smtp\n  host: {host}\n  port: {port}\n  tls: {tls}\n  tls_name: {name}\n  \
+             ca_file: {ca}\n  timeout_secs: 15\n  pool: {{ idle_timeout_secs: 0 }}\n  \
+             retry: {{ attempts: 3, initial_backoff_ms: 200, max_backoff_ms: 1000 }}\n  auth:\n    \
+             mechanism: {mechanism}\n    user: {user}\n    oauth:\n      provider: generic\n      \
+             token_url: {token_url}\n      credentials_file: {credentials}\n",
+            host = env["INTEROP_SMTP_HOST"],
+            name = env["INTEROP_SMTP_TLS_NAME"],
+            ca = env["INTEROP_SMTP_CA_FILE"],
+            user = env["INTEROP_OAUTH_USER"],
+            token_url = env["INTEROP_OAUTH_TOKEN_URL"],
+            credentials = credentials.display(),
+        );
+        let config = support::config_file(dir.path(), &yaml);
+        (Sender { dir, config }, grant)
+    }
+
+    async fn mailer(&self) -> Mailer {
+        Mailer::from_config(&self.config).await.expect("mailer builds")
+    }
+
+    fn refresh_token(&self) -> String {
+        support::stored_refresh_token(&self.dir.path().join("credentials.json"))
+    }
+}
+
+const RCPT: &str = "bob@missive.test";
+
+async fn send(mailer: &Mailer) -> missive::Result<missive::Receipt> {
+    let data = mailer.example("welcome", 0)?;
+    mailer.template("welcome").to(RCPT).data(&data).send().await
+}
+
+/// The delivered copy of `message_id` in the harness's Maildir.
+async fn delivered(env: &Env, message_id: &str) -> String {
+    let new = Path::new(&env["INTEROP_MAILDIR"]).join("new");
+    for _ in 0..150 {
+        if let Ok(entries) = std::fs::read_dir(&new) {
+            for entry in entries.flatten() {
+                if let Ok(text) = std::fs::read_to_string(entry.path()) {
+                    if text.contains(message_id) {
+                        return text.replace("\r\n", "\n");
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{message_id} never reached {}", new.display());
+}
+
+/// The decoded bodies of a multipart message, by content type.
+fn parts(message: &str) -> HashMap<String, String> {
+    let boundary = message
+        .split("boundary=")
+        .nth(1)
+        .map(|rest| rest.trim_start_matches('"'))
+        .and_then(|rest| rest.split(['"', '\n', ';']).next())
+        .expect("a multipart message");
+    let mut out = HashMap::new();
+    for part in message.split(&format!("--{boundary}")).skip(1) {
+        let Some((head, body)) = part.split_once("\n\n") else {
+            continue;
+        };
+        let head_lower = head.to_ascii_lowercase();
+        let Some(kind) = head_lower
+            .split("content-type:")
+            .nth(1)
+            .and_then(|v| v.split(';').next())
+            .map(|v| v.trim().to_string())
+        else {
+            continue;
+        };
+        let body = if head_lower.contains("quoted-printable") {
+            decode_qp(body)
+        } else if head_lower.contains("base64") {
+            use base64::Engine as _;
+            let compact: String = body.split_whitespace().collect();
+            String::from_utf8(
+                base64::engine::general_purpose::STANDARD
+                    .decode(compact)
+                    .unwrap(),
+            )
+            .unwrap()
+        } else {
+            body.to_string()
+        };
+        out.insert(kind, body);
+    }
+    out
+}
+
+fn decode_qp(text: &str) -> String {
+    let joined = text.replace("=\n", "");
+    let bytes = joined.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'=' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&joined[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xoauth2_and_oauthbearer_mail_lands_intact_in_the_maildir() {
+    let Some(env) = harness() else { return };
+    for (mechanism, tls) in [("xoauth2", "starttls"), ("oauthbearer", "implicit")] {
+        let (sender, _grant) = Sender::new(env, mechanism, tls, &env["INTEROP_OAUTH_CLIENT_ID"]).await;
+        let mailer = sender.mailer().await;
+        let receipt = send(&mailer)
+            .await
+            .unwrap_or_else(|e| panic!("{mechanism} over {tls}: {e}"));
+        assert_eq!(receipt.accepted, [RCPT]);
+        assert_eq!(receipt.attempts, 1);
+        let copy = delivered(env, &receipt.message_id).await;
+        let rendered = mailer
+            .render("welcome", &mailer.example("welcome", 0).unwrap())
+            .unwrap();
+        assert!(
+            copy.contains(&format!("Subject: {}", rendered.subject())),
+            "{mechanism}: subject"
+        );
+        let parts = parts(&copy);
+        let html = &parts["text/html"];
+        let text = &parts["text/plain"];
+        assert_eq!(html.trim_end(), rendered.html().replace("\r\n", "\n").trim_end());
+        assert_eq!(
+            text.trim_end(),
+            rendered.text().unwrap().replace("\r\n", "\n").trim_end()
+        );
+        assert!(html.contains("style=\""), "{mechanism}: CSS was inlined");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mailer_keeps_sending_across_several_token_lifetimes() {
+    let Some(env) = harness() else { return };
+    let ttl: u64 = env["INTEROP_OAUTH_SHORT_ACCESS_TOKEN_TTL"].parse().unwrap();
+    let (sender, _grant) =
+        Sender::new(env, "xoauth2", "starttls", &env["INTEROP_OAUTH_SHORT_CLIENT_ID"]).await;
+    let mailer = sender.mailer().await;
+    let mut refresh_tokens = vec![sender.refresh_token()];
+    // Three and a half token lifetimes, one message a second.
+    for _ in 0..(ttl * 7 / 2) {
+        let receipt = send(&mailer).await.expect("every send succeeds");
+        assert_eq!(receipt.attempts, 1);
+        let current = sender.refresh_token();
+        if refresh_tokens.last() != Some(&current) {
+            refresh_tokens.push(current);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // Each renewal rotated the refresh token, and each was saved.
+    assert!(
+        refresh_tokens.len() >= 4,
+        "expected at least 3 renewals, saw {}",
+        refresh_tokens.len() - 1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_survives_a_restart() {
+    let Some(env) = harness() else { return };
+    let (sender, _grant) = Sender::new(env, "xoauth2", "starttls", &env["INTEROP_OAUTH_CLIENT_ID"]).await;
+    let first = sender.refresh_token();
+    send(&sender.mailer().await).await.unwrap();
+    let second = sender.refresh_token();
+    assert_ne!(first, second, "the provider rotated the refresh token and it was saved");
+    // A new mailer (as after a restart) starts from the file: had it kept the old,
+    // consumed token, the provider would have revoked the whole grant.
+    let receipt = send(&sender.mailer().await).await.unwrap();
+    assert_eq!(receipt.attempts, 1);
+    assert_ne!(sender.refresh_token(), second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_grant_ends_in_the_reauth_error() {
+    let Some(env) = harness() else { return };
+    let (sender, grant) = Sender::new(env, "xoauth2", "starttls", &env["INTEROP_OAUTH_CLIENT_ID"]).await;
+    let mailer = sender.mailer().await;
+    send(&mailer).await.unwrap();
+    revoke(env, &grant).await;
+    // The cached access token died with the grant: the server refuses it, the
+    // renewal meets invalid_grant, and that is the end.
+    let err = send(&mailer).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+    assert!(err.message().contains("invalid_grant"), "{err}");
+    assert!(err.message().contains("missive auth"), "{err}");
+}
