@@ -51,7 +51,7 @@ pub enum TransportConfig {
         dir: PathBuf,
     },
     /// An SMTP submission server.
-    Smtp(crate::transport::smtp::SmtpConfig),
+    Smtp(Box<crate::transport::smtp::SmtpConfig>),
 }
 
 fn default_outbox() -> PathBuf {

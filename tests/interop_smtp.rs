@@ -38,17 +38,21 @@ fn healthy(env: &Env) -> bool {
         .get("INTEROP_OAUTH_ISSUER")
         .and_then(|u| u.rsplit(':').next())
         .and_then(|p| p.parse::<u16>().ok());
-    [issuer_port, port("INTEROP_SMTP_SUBMISSION_PORT"), port("INTEROP_SMTP_SMTPS_PORT")]
-        .into_iter()
-        .all(|p| {
-            p.is_some_and(|p| {
-                std::net::TcpStream::connect_timeout(
-                    &std::net::SocketAddr::from(([127, 0, 0, 1], p)),
-                    Duration::from_secs(1),
-                )
-                .is_ok()
-            })
+    [
+        issuer_port,
+        port("INTEROP_SMTP_SUBMISSION_PORT"),
+        port("INTEROP_SMTP_SMTPS_PORT"),
+    ]
+    .into_iter()
+    .all(|p| {
+        p.is_some_and(|p| {
+            std::net::TcpStream::connect_timeout(
+                &std::net::SocketAddr::from(([127, 0, 0, 1], p)),
+                Duration::from_secs(1),
+            )
+            .is_ok()
         })
+    })
 }
 
 fn bring_up() -> Result<Env, String> {
@@ -103,8 +107,7 @@ async fn mint(env: &Env, client_id: &str) -> (String, String) {
         .await
         .expect("mint a grant");
     assert!(response.status().is_success(), "{}", response.status());
-    let json: serde_json::Value =
-        serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
     (
         json["refresh_token"].as_str().unwrap().to_string(),
         json["grant_id"].as_str().unwrap().to_string(),
@@ -166,7 +169,9 @@ impl Sender {
     }
 
     async fn mailer(&self) -> Mailer {
-        Mailer::from_config(&self.config).await.expect("mailer builds")
+        Mailer::from_config(&self.config)
+            .await
+            .expect("mailer builds")
     }
 
     fn refresh_token(&self) -> String {
@@ -263,7 +268,8 @@ fn decode_qp(text: &str) -> String {
 async fn xoauth2_and_oauthbearer_mail_lands_intact_in_the_maildir() {
     let Some(env) = harness() else { return };
     for (mechanism, tls) in [("xoauth2", "starttls"), ("oauthbearer", "implicit")] {
-        let (sender, _grant) = Sender::new(env, mechanism, tls, &env["INTEROP_OAUTH_CLIENT_ID"]).await;
+        let (sender, _grant) =
+            Sender::new(env, mechanism, tls, &env["INTEROP_OAUTH_CLIENT_ID"]).await;
         let mailer = sender.mailer().await;
         let receipt = send(&mailer)
             .await
@@ -281,7 +287,10 @@ async fn xoauth2_and_oauthbearer_mail_lands_intact_in_the_maildir() {
         let parts = parts(&copy);
         let html = &parts["text/html"];
         let text = &parts["text/plain"];
-        assert_eq!(html.trim_end(), rendered.html().replace("\r\n", "\n").trim_end());
+        assert_eq!(
+            html.trim_end(),
+            rendered.html().replace("\r\n", "\n").trim_end()
+        );
         assert_eq!(
             text.trim_end(),
             rendered.text().unwrap().replace("\r\n", "\n").trim_end()
@@ -294,8 +303,13 @@ async fn xoauth2_and_oauthbearer_mail_lands_intact_in_the_maildir() {
 async fn a_mailer_keeps_sending_across_several_token_lifetimes() {
     let Some(env) = harness() else { return };
     let ttl: u64 = env["INTEROP_OAUTH_SHORT_ACCESS_TOKEN_TTL"].parse().unwrap();
-    let (sender, _grant) =
-        Sender::new(env, "xoauth2", "starttls", &env["INTEROP_OAUTH_SHORT_CLIENT_ID"]).await;
+    let (sender, _grant) = Sender::new(
+        env,
+        "xoauth2",
+        "starttls",
+        &env["INTEROP_OAUTH_SHORT_CLIENT_ID"],
+    )
+    .await;
     let mailer = sender.mailer().await;
     let mut refresh_tokens = vec![sender.refresh_token()];
     // Three and a half token lifetimes, one message a second.
@@ -319,11 +333,15 @@ async fn a_mailer_keeps_sending_across_several_token_lifetimes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_survives_a_restart() {
     let Some(env) = harness() else { return };
-    let (sender, _grant) = Sender::new(env, "xoauth2", "starttls", &env["INTEROP_OAUTH_CLIENT_ID"]).await;
+    let (sender, _grant) =
+        Sender::new(env, "xoauth2", "starttls", &env["INTEROP_OAUTH_CLIENT_ID"]).await;
     let first = sender.refresh_token();
     send(&sender.mailer().await).await.unwrap();
     let second = sender.refresh_token();
-    assert_ne!(first, second, "the provider rotated the refresh token and it was saved");
+    assert_ne!(
+        first, second,
+        "the provider rotated the refresh token and it was saved"
+    );
     // A new mailer (as after a restart) starts from the file: had it kept the old,
     // consumed token, the provider would have revoked the whole grant.
     let receipt = send(&sender.mailer().await).await.unwrap();
@@ -334,7 +352,8 @@ async fn rotation_survives_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_grant_ends_in_the_reauth_error() {
     let Some(env) = harness() else { return };
-    let (sender, grant) = Sender::new(env, "xoauth2", "starttls", &env["INTEROP_OAUTH_CLIENT_ID"]).await;
+    let (sender, grant) =
+        Sender::new(env, "xoauth2", "starttls", &env["INTEROP_OAUTH_CLIENT_ID"]).await;
     let mailer = sender.mailer().await;
     send(&mailer).await.unwrap();
     revoke(env, &grant).await;

@@ -40,7 +40,7 @@ impl std::fmt::Debug for Smtp {
 
 struct Inner {
     endpoint: Endpoint,
-    auth: Auth,
+    auth: SmtpLogin,
     retry: RetryConfig,
     /// One permit per connection in use: lettre's own pool only caps idle connections.
     permits: Semaphore,
@@ -53,7 +53,7 @@ struct Idle {
     since: Instant,
 }
 
-enum Auth {
+enum SmtpLogin {
     None,
     Password {
         mechanism: Mechanism,
@@ -323,8 +323,8 @@ impl Smtp {
     async fn open(&self) -> Result<AsyncSmtpConnection, Failure> {
         let endpoint = &self.inner.endpoint;
         match &self.inner.auth {
-            Auth::None => endpoint.connect().await,
-            Auth::Password {
+            SmtpLogin::None => endpoint.connect().await,
+            SmtpLogin::Password {
                 mechanism,
                 user,
                 env,
@@ -348,7 +348,7 @@ impl Smtp {
                 }
                 Ok(conn)
             }
-            Auth::OAuth {
+            SmtpLogin::OAuth {
                 mechanism,
                 user,
                 tokens,
@@ -460,7 +460,7 @@ fn tls_parameters(config: &SmtpConfig) -> Result<TlsParameters> {
         .map_err(|e| Error::new(ErrorKind::Config, format!("TLS setup failed: {e}")))
 }
 
-fn build_auth(config: &SmtpConfig) -> Result<Auth> {
+fn build_auth(config: &SmtpConfig) -> Result<SmtpLogin> {
     let auth = &config.auth;
     let need_user = || {
         auth.user.clone().ok_or_else(|| {
@@ -471,8 +471,8 @@ fn build_auth(config: &SmtpConfig) -> Result<Auth> {
         })
     };
     Ok(match auth.mechanism {
-        Mechanism::None => Auth::None,
-        Mechanism::Plain | Mechanism::Login => Auth::Password {
+        Mechanism::None => SmtpLogin::None,
+        Mechanism::Plain | Mechanism::Login => SmtpLogin::Password {
             mechanism: auth.mechanism,
             user: need_user()?,
             env: auth.password_env.clone().ok_or_else(|| {
@@ -491,7 +491,7 @@ fn build_auth(config: &SmtpConfig) -> Result<Auth> {
             })?;
             let user = need_user()?;
             let source = auth::build_source(oauth, Some(&user), config.ca_file.as_deref())?;
-            Auth::OAuth {
+            SmtpLogin::OAuth {
                 mechanism: auth.mechanism,
                 user,
                 tokens: TokenCache::new(source, Duration::from_secs(oauth.renew_before_secs)),
