@@ -193,3 +193,45 @@ async fn http_get(url: &str) {
     let mut response = Vec::new();
     let _ = socket.read_to_end(&mut response).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_device_flow_shows_the_code_and_stores_the_token() {
+    let tokens = FakeTokenEndpoint::start(Duration::from_secs(3600), false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), 25, &tokens.url);
+    let output = missive()
+        .arg("--config")
+        .arg(&config)
+        .args(["auth", "generic", "--device", "--device-url"])
+        .arg(tokens.url.replace("/token", "/device"))
+        .env("MISSIVE_TEST_SECRET", CLIENT_SECRET)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("https://id.example.test/device"), "{stderr}");
+    assert!(stderr.contains("WDJB-MJHT"), "{stderr}");
+    let grants: Vec<String> = tokens.requests().into_iter().map(|r| r.grant_type).collect();
+    assert_eq!(
+        grants.iter().filter(|g| g.ends_with("device_code")).count(),
+        2,
+        "polled until the user signed in: {grants:?}"
+    );
+    let path = dir.path().join("credentials.json");
+    assert!(support::stored_refresh_token(&path).starts_with("rt-"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn google_device_flow_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = missive()
+        .current_dir(dir.path())
+        .args(["auth", "google", "--device", "--client-id", "x.apps.googleusercontent.com"])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("device flow does not allow the Gmail scope"), "{stderr}");
+}

@@ -50,6 +50,7 @@ struct State {
     counter: usize,
     /// Authorization codes the fake "browser" obtained, each usable once.
     codes: HashSet<String>,
+    device_polls: usize,
     /// PEM public key that JWT bearer assertions must be signed with.
     jwt_public_key: Option<Vec<u8>>,
     jwt_claims: Vec<serde_json::Value>,
@@ -179,6 +180,11 @@ async fn serve(socket: tokio::net::TcpStream, state: Arc<Mutex<State>>) -> std::
         form: form.clone(),
         basic_auth: basic.is_some(),
     });
+    let path = head
+        .first()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("/")
+        .to_string();
     let fault = state.lock().unwrap().faults.pop_front();
     let (status, json) = match fault {
         Some(Fault::Status500) => (500, r#"<html>internal error</html>"#.to_string()),
@@ -191,6 +197,17 @@ async fn serve(socket: tokio::net::TcpStream, state: Arc<Mutex<State>>) -> std::
             tokio::time::sleep(delay).await;
             answer(&state, &form, basic.as_deref())
         }
+        None if path.ends_with("/device") => (
+            200,
+            serde_json::json!({
+                "device_code": "device-code-1",
+                "user_code": "WDJB-MJHT",
+                "verification_uri": "https://id.example.test/device",
+                "expires_in": 300,
+                "interval": 1,
+            })
+            .to_string(),
+        ),
         None => answer(&state, &form, basic.as_deref()),
     };
     let reason = if status == 200 { "OK" } else { "Error" };
@@ -269,6 +286,16 @@ fn answer(
             s.refresh.insert(format!("rt-{family}-0"), family);
             family
         }
+        "urn:ietf:params:oauth:grant-type:device_code" => {
+            s.device_polls += 1;
+            if s.device_polls == 1 {
+                return error("authorization_pending", "the user has not signed in yet");
+            }
+            s.counter += 1;
+            let family = s.counter;
+            s.refresh.insert(format!("rt-{family}-0"), family);
+            family
+        }
         "client_credentials" => {
             if !client_ok(form, basic) {
                 return error("invalid_client", "bad client credentials");
@@ -307,7 +334,7 @@ fn answer(
         "token_type": "Bearer",
         "expires_in": ttl.as_secs(),
     });
-    if grant == "authorization_code" {
+    if grant == "authorization_code" || grant.ends_with("device_code") {
         json["refresh_token"] = format!("rt-{family}-0").into();
     }
     if grant == "refresh_token" && s.rotate {

@@ -50,6 +50,37 @@ fn default_timeout() -> u64 {
     30
 }
 
+impl SmtpConfig {
+    /// `host` with STARTTLS on port 587, no authentication and default pool, timeout
+    /// and retry settings; adjust the fields from there.
+    ///
+    /// ```
+    /// let mut smtp = missive::SmtpConfig::new("smtp.gmail.com");
+    /// smtp.auth.mechanism = missive::Mechanism::Xoauth2;
+    /// smtp.auth.user = Some("sender@gmail.com".into());
+    /// smtp.auth.oauth = Some(missive::auth::OAuthConfig::new(missive::auth::Provider::Google));
+    /// let config = missive::Config {
+    ///     transport: missive::TransportConfig::Smtp(Box::new(smtp)),
+    ///     ..missive::Config::default()
+    /// };
+    /// # let _ = config;
+    /// ```
+    pub fn new(host: impl Into<String>) -> SmtpConfig {
+        SmtpConfig {
+            host: host.into(),
+            port: None,
+            tls: TlsMode::default(),
+            tls_name: None,
+            ca_file: None,
+            hello_name: None,
+            pool: PoolConfig::default(),
+            timeout_secs: default_timeout(),
+            retry: RetryConfig::default(),
+            auth: AuthConfig::default(),
+        }
+    }
+}
+
 /// Transport security of the SMTP connection.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -70,7 +101,7 @@ pub enum TlsMode {
 pub struct PoolConfig {
     /// At most this many connections at once, busy or idle.
     pub max_connections: usize,
-    /// An idle connection older than this is closed instead of reused.
+    /// An idle connection older than this is closed instead of reused (`0`: no reuse).
     pub idle_timeout_secs: u64,
 }
 
