@@ -67,6 +67,12 @@ impl Failure {
                 format!("TLS with the SMTP server failed: {e} (for a private CA, set `ca_file`)"),
             ));
         }
+        if e.is_client() {
+            return Failure::Fatal(Error::new(
+                ErrorKind::Config,
+                format!("the SMTP client cannot go on: {e}"),
+            ));
+        }
         Failure::Connection {
             stage,
             detail: e.to_string(),
@@ -271,13 +277,19 @@ impl Endpoint {
         password: &SecretString,
     ) -> Result<(), Failure> {
         use lettre::transport::smtp::authentication::{Credentials, Mechanism as M};
-        let mechanisms = match mechanism {
-            Mechanism::Login => [M::Login],
-            _ => [M::Plain],
+        let lettre_mechanism = match mechanism {
+            Mechanism::Login => M::Login,
+            _ => M::Plain,
         };
+        if !conn.server_info().supports_auth_mechanism(lettre_mechanism) {
+            return Err(Failure::Fatal(Error::new(
+                ErrorKind::Auth,
+                format!("the server does not offer AUTH {}", mechanism.name()),
+            )));
+        }
         let credentials = Credentials::new(user.to_string(), password.expose_secret().to_string());
         match self
-            .step(Stage::Auth, conn.auth(&mechanisms, &credentials))
+            .step(Stage::Auth, conn.auth(&[lettre_mechanism], &credentials))
             .await
         {
             Ok(_) => Ok(()),
@@ -288,12 +300,6 @@ impl Endpoint {
                 )
                 .with_smtp_code(code),
             )),
-            Err(Failure::Connection { detail, .. }) if detail.contains("mechanism") => {
-                Err(Failure::Fatal(Error::new(
-                    ErrorKind::Auth,
-                    format!("the server does not offer AUTH {}", mechanism.name()),
-                )))
-            }
             Err(other) => Err(other),
         }
     }
