@@ -411,3 +411,17 @@ async fn no_secret_in_debug_output_or_errors() {
         assert!(!shown.contains(support::token::CLIENT_SECRET), "{shown}");
     }
 }
+
+#[tokio::test]
+async fn a_temporary_auth_failure_is_retried_with_the_cached_token() {
+    let setup = Setup::new(Duration::from_secs(3600), false, RejectStyle::Gmail).await;
+    setup.smtp.fault(
+        support::smtp::Stage::Auth,
+        support::smtp::Action::Reply("454 4.7.0 Temporary authentication failure".into()),
+    );
+    let mailer = setup.mailer("xoauth2", "").await.unwrap();
+    let receipt = send(&mailer).await.unwrap();
+    assert_eq!(receipt.attempts, 2);
+    assert_eq!(setup.token_requests(), 1, "a 4xx is not a token rejection");
+    assert_eq!(setup.smtp.received().len(), 1);
+}

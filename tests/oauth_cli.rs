@@ -210,9 +210,16 @@ async fn auth_device_flow_shows_the_code_and_stores_the_token() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
-    assert!(stderr.contains("https://id.example.test/device"), "{stderr}");
+    assert!(
+        stderr.contains("https://id.example.test/device"),
+        "{stderr}"
+    );
     assert!(stderr.contains("WDJB-MJHT"), "{stderr}");
-    let grants: Vec<String> = tokens.requests().into_iter().map(|r| r.grant_type).collect();
+    let grants: Vec<String> = tokens
+        .requests()
+        .into_iter()
+        .map(|r| r.grant_type)
+        .collect();
     assert_eq!(
         grants.iter().filter(|g| g.ends_with("device_code")).count(),
         2,
@@ -227,11 +234,20 @@ async fn google_device_flow_is_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let output = missive()
         .current_dir(dir.path())
-        .args(["auth", "google", "--device", "--client-id", "x.apps.googleusercontent.com"])
+        .args([
+            "auth",
+            "google",
+            "--device",
+            "--client-id",
+            "x.apps.googleusercontent.com",
+        ])
         .output()
         .await
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
-    assert!(stderr.contains("device flow does not allow the Gmail scope"), "{stderr}");
+    assert!(
+        stderr.contains("device flow does not allow the Gmail scope"),
+        "{stderr}"
+    );
 }

@@ -315,3 +315,54 @@ async fn plain_and_login_take_the_password_from_the_environment() {
     assert_eq!(err.smtp_code(), Some(535));
     assert!(!err.to_string().contains("correct horse"));
 }
+
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn every_attempt_is_a_span_with_template_message_id_attempt_and_outcome() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let server = FakeSmtp::start(Options::default()).await;
+    server.fault(Stage::Mail, Action::Reply("451 4.3.0 try again".into()));
+    let (mailer, _dir) = smtp_mailer(server.port, "").await;
+    let receipt = send_welcome(&mailer, &["ada@example.test"]).await.unwrap();
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let attempt_lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("smtp_attempt{"))
+        .collect();
+    assert_eq!(attempt_lines.len(), 2, "{logs}");
+    for (line, (n, outcome)) in attempt_lines
+        .iter()
+        .zip([(1, "transient"), (2, "delivered")])
+    {
+        assert!(line.contains("template=welcome"), "{line}");
+        assert!(
+            line.contains(&format!("message_id={}", receipt.message_id)),
+            "{line}"
+        );
+        assert!(line.contains(&format!("attempt={n}")), "{line}");
+        assert!(
+            line.contains(&format!("outcome=\"{outcome}\""))
+                || line.contains(&format!("outcome={outcome}")),
+            "{line}"
+        );
+    }
+}

@@ -273,7 +273,10 @@ async fn send(config: Config, name: &str, input: &DataArgs, to: &[String]) -> Re
         if receipt.attempts == 1 { "" } else { "s" }
     );
     for rejected in &receipt.rejected {
-        eprintln!("missive: not delivered to {}: {}", rejected.recipient, rejected.reply);
+        eprintln!(
+            "missive: not delivered to {}: {}",
+            rejected.recipient, rejected.reply
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -153,11 +153,10 @@ impl Smtp {
                     pending = transient.iter().map(|r| r.recipient.clone()).collect();
                     match transient.first() {
                         None => {
-                            span.record("outcome", "delivered");
+                            finish(&span, "delivered", None);
                             break;
                         }
                         Some(first) => {
-                            span.record("outcome", "deferred");
                             let error = Error::new(
                                 ErrorKind::Transient,
                                 format!(
@@ -170,6 +169,7 @@ impl Smtp {
                                 ),
                             )
                             .with_smtp_code(first.code);
+                            finish(&span, "deferred", Some(&error));
                             if attempt >= retry.attempts {
                                 rejected.extend(transient.iter().map(rejection));
                                 pending.clear();
@@ -184,15 +184,13 @@ impl Smtp {
                         final_failure = true;
                     }
                     let error = self.failure_error(failure);
-                    span.record(
-                        "outcome",
-                        match error.kind() {
-                            ErrorKind::Transient => "transient",
-                            ErrorKind::Permanent => "permanent",
-                            ErrorKind::Auth => "auth",
-                            _ => "failed",
-                        },
-                    );
+                    let outcome = match error.kind() {
+                        ErrorKind::Transient => "transient",
+                        ErrorKind::Permanent => "permanent",
+                        ErrorKind::Auth => "auth",
+                        _ => "failed",
+                    };
+                    finish(&span, outcome, Some(&error));
                     error
                 }
             };
@@ -215,7 +213,11 @@ impl Smtp {
                 }));
                 break;
             }
-            tracing::warn!(attempt, error = %error, backoff_ms = backoff.as_millis() as u64, "retrying");
+            tracing::info!(
+                attempt,
+                backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+                "retrying"
+            );
             tokio::time::sleep(backoff).await;
         }
         if accepted.is_empty() {
@@ -402,6 +404,16 @@ impl Smtp {
                 ))
             }
         }
+    }
+}
+
+/// Records how an attempt ended on its span, and says so inside it.
+fn finish(span: &tracing::Span, outcome: &'static str, error: Option<&Error>) {
+    span.record("outcome", outcome);
+    let _entered = span.enter();
+    match error {
+        None => tracing::debug!("attempt {outcome}"),
+        Some(error) => tracing::warn!(error = %error, "attempt {outcome}"),
     }
 }
 
