@@ -425,3 +425,25 @@ async fn a_temporary_auth_failure_is_retried_with_the_cached_token() {
     assert_eq!(setup.token_requests(), 1, "a 4xx is not a token rejection");
     assert_eq!(setup.smtp.received().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailers_sharing_a_credentials_file_never_reuse_a_rotated_token() {
+    let setup = Setup::new(Duration::from_secs(3600), true, RejectStyle::Gmail).await;
+    // Four mailers, as four processes on one credentials file, all renewing at once.
+    let mut mailers = Vec::new();
+    for _ in 0..4 {
+        mailers.push(setup.mailer("xoauth2", "").await.unwrap());
+    }
+    let sends: Vec<_> = mailers
+        .into_iter()
+        .map(|mailer| tokio::spawn(async move { send(&mailer).await }))
+        .collect();
+    for send in sends {
+        send.await.unwrap().unwrap();
+    }
+    assert_eq!(setup.token_requests(), 4);
+    assert!(
+        !setup.tokens.revoked_any(),
+        "renewals took turns, each with the newest refresh token"
+    );
+}

@@ -343,6 +343,10 @@ struct RefreshGrant {
 
 impl RefreshGrant {
     async fn renew(&self) -> Result<Issued> {
+        let _lock = match &self.origin {
+            Origin::File(path) => Some(store::lock_for_renewal(path).await?),
+            Origin::Env(_) => None,
+        };
         let file = match &self.origin {
             Origin::File(path) => Some(store::load(path)?),
             Origin::Env(_) => None,

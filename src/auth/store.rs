@@ -209,6 +209,58 @@ pub(crate) fn save(path: &Path, credentials: &Credentials) -> Result<()> {
     })
 }
 
+/// An exclusive lock on a file beside the credentials file, held while a refresh
+/// token is read, spent and replaced: processes (or mailers) sharing the file never
+/// present the same refresh token twice, which a rotating provider may punish by
+/// revoking the whole grant.
+pub(crate) struct RenewalLock {
+    _file: std::fs::File,
+}
+
+pub(crate) async fn lock_for_renewal(path: &Path) -> Result<RenewalLock> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "credentials.json".into());
+    let lock_path = dir.join(format!(".{name}.lock"));
+    create_private_dir(dir)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let file = options
+        .open(&lock_path)
+        .map_err(|e| Error::io(&lock_path, "open lock file", e))?;
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match fs4::FileExt::try_lock(&file) {
+            Ok(()) => return Ok(RenewalLock { _file: file }),
+            Err(fs4::TryLockError::WouldBlock) if std::time::Instant::now() < give_up => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(fs4::TryLockError::WouldBlock) => {
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    format!(
+                        "{} stayed locked by another renewal for a minute",
+                        lock_path.display()
+                    ),
+                ))
+            }
+            Err(fs4::TryLockError::Error(e)) => {
+                return Err(Error::io(&lock_path, "lock", e));
+            }
+        }
+    }
+}
+
 #[cfg(unix)]
 fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
