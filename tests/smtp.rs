@@ -366,3 +366,24 @@ async fn every_attempt_is_a_span_with_template_message_id_attempt_and_outcome() 
         );
     }
 }
+
+#[tokio::test]
+async fn retries_stop_at_the_deadline() {
+    let server = FakeSmtp::start(Options::default()).await;
+    server.always(Stage::Mail, Action::Reply("451 4.3.0 try later".into()));
+    let retry = "  retry: { attempts: 10, initial_backoff_ms: 10, deadline_secs: 0 }\n";
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = transport(server.port, "").replace(
+        "  retry: { attempts: 3, initial_backoff_ms: 10, max_backoff_ms: 40, deadline_secs: 60 }\n",
+        retry,
+    );
+    let mailer = Mailer::from_config(support::config_file(dir.path(), &yaml))
+        .await
+        .unwrap();
+    let err = send_welcome(&mailer, &["ada@example.test"])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Transient);
+    assert!(err.to_string().contains("after 1 attempt"), "{err}");
+    assert_eq!(server.mail_commands(), 1);
+}

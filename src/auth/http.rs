@@ -71,6 +71,7 @@ impl Http {
             .timeout(timeout)
             .connect_timeout(timeout);
         if let Some(path) = ca_file {
+            let path = &crate::auth::store::expand_home(path);
             let pem = std::fs::read(path).map_err(|e| Error::io(path, "read CA file", e))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
                 Error::new(

@@ -24,6 +24,7 @@ pub use login::{login, status, CredentialStatus, LoginOptions};
 pub use settings::{ClientAuth, Grant, OAuthConfig, Provider};
 pub(crate) use sources::build as build_source;
 pub use store::default_credentials_file;
+pub(crate) use store::expand_home;
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

@@ -457,6 +457,7 @@ fn tls_parameters(config: &SmtpConfig) -> Result<TlsParameters> {
         .unwrap_or_else(|| config.host.clone());
     let mut builder = TlsParameters::builder(name);
     if let Some(path) = &config.ca_file {
+        let path = &auth::expand_home(path);
         let pem = std::fs::read(path).map_err(|e| Error::io(path, "read CA file", e))?;
         let cert = Certificate::from_pem(&pem).map_err(|e| {
             Error::new(

@@ -202,6 +202,33 @@ impl Mechanism {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::{ClientAuth, Grant, Provider};
+    use crate::TransportConfig;
+
+    /// The reference block of docs/smtp-oauth2.md is a valid configuration.
+    #[test]
+    fn the_documented_reference_parses() {
+        let docs = include_str!("../../../docs/smtp-oauth2.md");
+        let start = docs.find("```yaml\n").expect("a yaml block") + "```yaml\n".len();
+        let block = &docs[start..start + docs[start..].find("```").expect("its end")];
+        #[derive(Deserialize)]
+        struct File {
+            transport: TransportConfig,
+        }
+        let file: File = serde_yaml::from_str(block).expect("the reference parses");
+        let TransportConfig::Smtp(smtp) = file.transport else {
+            panic!("not smtp");
+        };
+        assert_eq!(smtp.tls, TlsMode::Starttls);
+        assert_eq!(smtp.pool.max_connections, 4);
+        assert_eq!(smtp.retry.deadline_secs, 120);
+        assert_eq!(smtp.auth.mechanism, Mechanism::Xoauth2);
+        let oauth = smtp.auth.oauth.expect("oauth");
+        assert_eq!(oauth.provider, Provider::Google);
+        assert_eq!(oauth.grant, Some(Grant::RefreshToken));
+        assert_eq!(oauth.client_auth, ClientAuth::Header);
+        assert_eq!(oauth.renew_before_secs, 120);
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {
