@@ -364,3 +364,32 @@ async fn a_revoked_grant_ends_in_the_reauth_error() {
     assert!(err.message().contains("invalid_grant"), "{err}");
     assert!(err.message().contains("missive auth"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_certificate_is_verified() {
+    let Some(env) = harness() else { return };
+    let (sender, _grant) =
+        Sender::new(env, "xoauth2", "starttls", &env["INTEROP_OAUTH_CLIENT_ID"]).await;
+    let original = std::fs::read_to_string(&sender.config).unwrap();
+    let ca_line = format!("  ca_file: {}\n", env["INTEROP_SMTP_CA_FILE"]);
+    let name_line = format!("  tls_name: {}\n", env["INTEROP_SMTP_TLS_NAME"]);
+    for (what, config) in [
+        (
+            "no trust anchor for the private CA",
+            original.replace(&ca_line, ""),
+        ),
+        (
+            "a name the certificate does not carry",
+            original.replace(&name_line, "  tls_name: wrong.example\n"),
+        ),
+    ] {
+        std::fs::write(&sender.config, config).unwrap();
+        let err = send(&sender.mailer().await).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{what}: {err}");
+        assert!(err.message().contains("TLS"), "{what}: {err}");
+        assert!(
+            err.to_string().contains("after 1 attempt"),
+            "{what}: not retried: {err}"
+        );
+    }
+}

@@ -40,7 +40,7 @@ impl std::fmt::Debug for Smtp {
 
 struct Inner {
     endpoint: Endpoint,
-    auth: SmtpLogin,
+    login: SmtpLogin,
     retry: RetryConfig,
     /// One permit per connection in use: lettre's own pool only caps idle connections.
     permits: Semaphore,
@@ -96,7 +96,7 @@ impl Smtp {
             Some(name) => ClientId::Domain(name.clone()),
             None => ClientId::default(),
         };
-        let auth = build_auth(config)?;
+        let login = build_login(config)?;
         Ok(Smtp {
             inner: Arc::new(Inner {
                 endpoint: Endpoint {
@@ -107,7 +107,7 @@ impl Smtp {
                     hello,
                     timeout: Duration::from_secs(config.timeout_secs.max(1)),
                 },
-                auth,
+                login,
                 retry: config.retry.clone(),
                 permits: Semaphore::new(config.pool.max_connections),
                 idle: Mutex::new(Vec::new()),
@@ -324,7 +324,7 @@ impl Smtp {
     /// tried once more on a new connection; a second refusal is the caller's error.
     async fn open(&self) -> Result<AsyncSmtpConnection, Failure> {
         let endpoint = &self.inner.endpoint;
-        match &self.inner.auth {
+        match &self.inner.login {
             SmtpLogin::None => endpoint.connect().await,
             SmtpLogin::Password {
                 mechanism,
@@ -473,7 +473,7 @@ fn tls_parameters(config: &SmtpConfig) -> Result<TlsParameters> {
         .map_err(|e| Error::new(ErrorKind::Config, format!("TLS setup failed: {e}")))
 }
 
-fn build_auth(config: &SmtpConfig) -> Result<SmtpLogin> {
+fn build_login(config: &SmtpConfig) -> Result<SmtpLogin> {
     let auth = &config.auth;
     let need_user = || {
         auth.user.clone().ok_or_else(|| {
