@@ -393,3 +393,49 @@ async fn the_server_certificate_is_verified() {
         );
     }
 }
+
+/// A mailer with no TLS and the given auth toward a loopback port of the harness.
+async fn plain_mailer(port: &str, auth: &str) -> (Mailer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "  type: smtp\n  host: 127.0.0.1\n  port: {port}\n  tls: none\n  timeout_secs: 15\n  \
+         retry: {{ attempts: 3, initial_backoff_ms: 50, max_backoff_ms: 100 }}\n{auth}"
+    );
+    let mailer = Mailer::from_config(support::config_file(dir.path(), &yaml))
+        .await
+        .expect("mailer builds");
+    (mailer, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_password_auth_from_the_environment_delivers() {
+    let Some(env) = harness() else { return };
+    std::env::set_var("MISSIVE_INTEROP_PASSWORD", &env["INTEROP_SMTP_PASSWORD"]);
+    let auth = format!(
+        "  auth: {{ mechanism: plain, user: {}, password_env: MISSIVE_INTEROP_PASSWORD }}\n",
+        env["INTEROP_SMTP_USER"]
+    );
+    let (mailer, _dir) = plain_mailer(&env["INTEROP_SMTP_PLAIN_PORT"], &auth).await;
+    let receipt = send(&mailer).await.unwrap();
+    delivered(env, &receipt.message_id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_4xx_is_retried_and_real_5xx_is_not() {
+    let Some(env) = harness() else { return };
+    let (mailer, _dir) = plain_mailer(&env["INTEROP_SINK_TEMPFAIL_PORT"], "").await;
+    let err = send(&mailer).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+    assert_eq!(err.smtp_code(), Some(450));
+    assert!(err.to_string().contains("after 3 attempts"), "{err}");
+
+    let (mailer, _dir) = plain_mailer(&env["INTEROP_SINK_PERMFAIL_PORT"], "").await;
+    let err = send(&mailer).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.smtp_code(), Some(500));
+    assert!(err.to_string().contains("after 1 attempt"), "{err}");
+
+    let (mailer, _dir) = plain_mailer(&env["INTEROP_SINK_PORT"], "").await;
+    let receipt = send(&mailer).await.unwrap();
+    assert_eq!(receipt.attempts, 1);
+}
