@@ -18,6 +18,9 @@ use crate::auth::store::{self, Credentials};
 use crate::auth::{Grant, OAuthConfig, Provider};
 use crate::error::{Error, ErrorKind, Result};
 
+/// How long the browser sign-in may take before `missive auth` gives up.
+const SIGN_IN_WAIT: Duration = Duration::from_secs(600);
+
 /// What `missive auth` signs in with.
 #[derive(Debug, Clone)]
 pub struct LoginOptions {
@@ -171,7 +174,17 @@ pub async fn login(options: &LoginOptions, show: impl Fn(&str)) -> Result<PathBu
             show(&format!(
                 "Open this URL in a browser to sign in:\n\n  {url}\n"
             ));
-            let code = receive_code(&listener, state.secret()).await?;
+            let code = tokio::time::timeout(SIGN_IN_WAIT, receive_code(&listener, state.secret()))
+            .await
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::Auth,
+                    format!(
+                        "no sign-in came back within {} minutes; run the command again",
+                        SIGN_IN_WAIT.as_secs() / 60
+                    ),
+                )
+            })??;
             request_with_retries(&http, &hint, || {
                 client
                     .exchange_code(AuthorizationCode::new(code.expose_secret().to_string()))
