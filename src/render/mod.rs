@@ -264,6 +264,36 @@ pub(crate) fn parse_mailboxes(value: &str) -> Result<Vec<Mailbox>> {
 mod tests {
     use super::*;
 
+    /// Issue: inlining by plan must give what plain css-inline gives, on every template and
+    /// example of the repository's set, with the plan cache cold and warm.
+    #[test]
+    fn planned_inlining_equals_plain_css_inline_for_the_example_set() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let set = TemplateSet::load(&root.join("templates"), &root.join("schemas")).unwrap();
+        let mut compared = 0;
+        for variant in set.variants() {
+            let Some(schema) = &variant.schema else {
+                continue;
+            };
+            for example in &schema.examples {
+                let ctx = minijinja::Value::from_serialize(example);
+                let raw = render_body(&set, &variant.html, &ctx).unwrap();
+                let direct = set.stylesheets.inline_direct(&raw, &variant.file).unwrap();
+                for _ in 0..2 {
+                    let planned = set.stylesheets.inline(&raw, &variant.file).unwrap();
+                    assert_eq!(
+                        crate::inline::normalize(&planned),
+                        crate::inline::normalize(&direct),
+                        "{}",
+                        variant.file.display()
+                    );
+                }
+                compared += 1;
+            }
+        }
+        assert!(compared >= 17, "{compared}");
+    }
+
     #[test]
     fn addresses_parse_or_explain() {
         assert_eq!(

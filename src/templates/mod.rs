@@ -201,6 +201,26 @@ pub(crate) fn jinja_error(
     error
 }
 
+/// HTML-escapes what HTML needs escaped. minijinja's escaper also writes `/` as
+/// `&#x2f;`, which is harmless but fills every URL a recipient sees in the source with it.
+fn write_escaped(out: &mut minijinja::Output, text: &str) -> Result<(), minijinja::Error> {
+    let failed = |_| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "output failed");
+    let mut rest = text;
+    while let Some(at) = rest.find(['&', '<', '>', '"', '\'']) {
+        out.write_str(&rest[..at]).map_err(failed)?;
+        let entity = match rest.as_bytes()[at] {
+            b'&' => "&amp;",
+            b'<' => "&lt;",
+            b'>' => "&gt;",
+            b'"' => "&quot;",
+            _ => "&#39;",
+        };
+        out.write_str(entity).map_err(failed)?;
+        rest = &rest[at + 1..];
+    }
+    out.write_str(rest).map_err(failed)
+}
+
 struct Builder {
     templates_dir: PathBuf,
     env: Environment<'static>,
@@ -219,6 +239,12 @@ impl Builder {
             } else {
                 AutoEscape::None
             }
+        });
+        env.set_formatter(|out, state, value| match value.as_str() {
+            Some(text) if state.auto_escape() == AutoEscape::Html && !value.is_safe() => {
+                write_escaped(out, text)
+            }
+            _ => minijinja::escape_formatter(out, state, value),
         });
         // Everything the set may include was added up front; the loader only runs for
         // names that are not there, to say why a path that leaves the folder fails.
