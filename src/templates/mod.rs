@@ -5,7 +5,7 @@
 //! `missive check` and a hot reload can show them all.
 
 pub(crate) mod front_matter;
-mod walk;
+pub(crate) mod walk;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
