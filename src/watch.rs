@@ -215,7 +215,11 @@ fn reload(inner: &Inner, changed: Vec<PathBuf>) {
         }
         Err(error) => {
             for problem in error.problems() {
-                tracing::error!(problem = %problem, "reload failed; keeping the last good templates");
+                let at = problem
+                    .location()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                tracing::error!(%at, problem = problem.message(), "reload failed; keeping the last good templates");
             }
             let error = Arc::new(error);
             live.last_error.store(Some(error.clone()));
