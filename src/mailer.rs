@@ -95,6 +95,7 @@ pub struct TemplateInfo {
 pub struct MailerBuilder {
     config: Config,
     watch: Option<watch::Mode>,
+    tolerate_broken: bool,
 }
 
 impl MailerBuilder {
@@ -139,6 +140,16 @@ impl MailerBuilder {
         self
     }
 
+    /// With [`watch`](Self::watch) or [`poll`](Self::poll): build even when the
+    /// template set does not load yet. The mailer then knows no templates and
+    /// [`Mailer::last_reload_error`] says why, until a save makes the set load. Meant
+    /// for previews and dev servers, where the fix is one save away; a mailer that
+    /// does not watch still refuses to build.
+    pub fn tolerate_broken(mut self, tolerate: bool) -> Self {
+        self.tolerate_broken = tolerate;
+        self
+    }
+
     /// Takes every setting from `config`.
     pub fn config(mut self, config: Config) -> Self {
         self.config = config;
@@ -164,12 +175,25 @@ impl MailerBuilder {
         let from = parse_mailbox(&self.config.from).map_err(|e| {
             Error::new(ErrorKind::Config, format!("default sender: {}", e.message()))
         })?;
-        let set = TemplateSet::load(&self.config.templates, &self.config.schemas)?;
+        let live = Live::new(&self.config.templates, &self.config.schemas);
+        let set = match TemplateSet::load(&self.config.templates, &self.config.schemas) {
+            Ok(set) => set,
+            // A missing or unreadable folder cannot be watched back to health.
+            Err(e)
+                if self.tolerate_broken
+                    && self.watch.is_some()
+                    && e.kind() != ErrorKind::Config =>
+            {
+                live.broken_at_start(e);
+                TemplateSet::empty(&self.config.templates)
+            }
+            Err(e) => return Err(e),
+        };
         let inner = Arc::new(Inner {
             set: ArcSwap::from_pointee(set),
             from,
             transport,
-            live: Live::new(&self.config.templates, &self.config.schemas),
+            live,
         });
         if let Some(mode) = self.watch {
             watch::start(&inner, mode)?;

@@ -82,6 +82,18 @@ impl Live {
             watcher: Mutex::new(None),
         }
     }
+
+    /// Records why the set did not load when the mailer was built.
+    pub fn broken_at_start(&self, error: Error) {
+        for problem in error.problems() {
+            let at = problem
+                .location()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            tracing::error!(%at, problem = problem.message(), "templates do not load yet");
+        }
+        self.last_error.store(Some(Arc::new(error)));
+    }
 }
 
 /// Starts watching for `inner`'s mailer. The watcher holds only a weak reference, so

@@ -47,6 +47,11 @@ impl Response {
 
 impl Server {
     fn start() -> Server {
+        Server::start_with(|_| ())
+    }
+
+    /// A server over the fixture templates after `prepare` changed them.
+    fn start_with(prepare: impl FnOnce(&Path)) -> Server {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let dir = tempfile::tempdir().unwrap();
         copy_dir(&root.join("templates"), &dir.path().join("templates"));
@@ -62,6 +67,7 @@ impl Server {
              {% for i in range(3000) %}<p>Line {{ i }} of a very long newsletter.</p>\n{% endfor %}",
         )
         .unwrap();
+        prepare(dir.path());
         let mut child = Command::new(env!("CARGO_BIN_EXE_missive"))
             .arg("--templates")
             .arg(dir.path().join("templates"))
@@ -370,6 +376,7 @@ fn render_errors_carry_file_line_and_excerpt() {
 
     let missing = server.render(json!({"template": "nope"}));
     assert_eq!(missing.status, 404);
+    assert_eq!(missing.json()["stage"], "missing");
 }
 
 #[test]
@@ -442,6 +449,40 @@ fn events_report_breakage_and_recovery_and_render_shows_the_load_error() {
     let body = server.render(json!({"template": "welcome"})).json();
     assert!(body["html"].as_str().unwrap().contains("Hello there, Ada!"));
     assert_eq!(server.get("/api/templates").json()["error"], Value::Null);
+}
+
+#[test]
+fn a_preview_started_on_broken_templates_shows_why_and_recovers() {
+    let server = Server::start_with(|dir| {
+        fs::write(
+            dir.join("templates/_partials/ui.html"),
+            "{% macro button( %}\n",
+        )
+        .unwrap();
+    });
+    let mut events = Events(BufReader::new(server.connect("GET", "/events", None)));
+    let (_, state) = events.next();
+    let problem = &state["error"][0];
+    assert!(
+        problem["location"]["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("ui.html"),
+        "{state}"
+    );
+    assert_eq!(server.get("/").status, 200);
+    let response = server.render(json!({"template": "welcome"}));
+    assert_eq!(response.status, 422);
+    assert_eq!(response.json()["stage"], "load");
+
+    let good = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/_partials/ui.html"),
+    )
+    .unwrap();
+    fs::write(server.path("templates/_partials/ui.html"), good).unwrap();
+    let (name, _) = events.next();
+    assert_eq!(name, "reload");
+    assert_eq!(server.render(json!({"template": "welcome"})).status, 200);
 }
 
 #[cfg(target_os = "linux")]

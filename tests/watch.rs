@@ -405,3 +405,35 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[tokio::test]
+async fn a_set_broken_from_the_start_can_be_tolerated_until_fixed() {
+    let fx = Fixture::new();
+    fx.write("note.html", "---\nsubject: x\n---\n{% if %}\n");
+    let err = fx.builder().watch(true).build_in_memory().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Template);
+    // Tolerating needs a watch, or nothing would ever mend it.
+    assert!(fx
+        .builder()
+        .tolerate_broken(true)
+        .build_in_memory()
+        .is_err());
+
+    let (mailer, _) = fx
+        .builder()
+        .watch(true)
+        .tolerate_broken(true)
+        .build_in_memory()
+        .unwrap();
+    let mut rx = mailer.subscribe();
+    assert!(mailer.template_names().is_empty());
+    let error = mailer.last_reload_error().expect("why it does not load");
+    assert!(error.location().unwrap().file.ends_with("note.html"));
+    let err = mailer.render("note", &json!({"name": "Ada"})).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+
+    fx.write("note.html", &note(2));
+    until(&mut rx, reloaded).await;
+    assert_eq!(subject(&mailer, "note"), "Note v2 for Ada");
+    assert!(mailer.last_reload_error().is_none());
+}

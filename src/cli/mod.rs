@@ -273,7 +273,9 @@ async fn render_watch(
     out: Option<&Path>,
     poll: &PollArgs,
 ) -> Result<ExitCode> {
-    let mailer = poll.watching(Mailer::builder().config(config)).build()?;
+    let mailer = poll
+        .watching(Mailer::builder().config(config).tolerate_broken(true))
+        .build()?;
     let mut events = mailer.subscribe();
     let render_once = |mailer: &Mailer| match render_bytes(mailer, name, input, format) {
         Ok(bytes) => match emit(out, &bytes) {
@@ -282,7 +284,13 @@ async fn render_watch(
         },
         Err(e) => print_error(&e),
     };
-    render_once(&mailer);
+    match mailer.last_reload_error() {
+        Some(error) => {
+            eprintln!("templates do not load yet; watching for a fix:");
+            print_error(&error);
+        }
+        None => render_once(&mailer),
+    }
     loop {
         tokio::select! {
             event = events.recv() => match event {

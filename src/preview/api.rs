@@ -59,7 +59,7 @@ pub(crate) async fn templates(State(mailer): State<Mailer>) -> Json<Value> {
 pub(crate) async fn example(State(mailer): State<Mailer>, Query(pick): Query<Pick>) -> Response {
     match sample(&mailer, &pick.template, pick.example) {
         Ok(data) => Json(data).into_response(),
-        Err(e) => failure("data", &e).into_response(),
+        Err(e) => failure(stage_of(&e), &e).into_response(),
     }
 }
 
@@ -88,7 +88,7 @@ fn render_json(mailer: &Mailer, request: RenderRequest) -> Response {
         Some(data) => data,
         None => match sample(mailer, &request.template, request.example) {
             Ok(data) => data,
-            Err(e) => return failure("data", &e).into_response(),
+            Err(e) => return failure(stage_of(&e), &e).into_response(),
         },
     };
     let mut message = mailer.template(&request.template).data(&data);
@@ -98,14 +98,7 @@ fn render_json(mailer: &Mailer, request: RenderRequest) -> Response {
     let rendered = message.render().and_then(|r| Ok((r, message.eml()?)));
     let (rendered, eml) = match rendered {
         Ok(pair) => pair,
-        Err(e) => {
-            let stage = if e.kind() == ErrorKind::InvalidData {
-                "data"
-            } else {
-                "render"
-            };
-            return failure(stage, &e).into_response();
-        }
+        Err(e) => return failure(stage_of(&e), &e).into_response(),
     };
     let html_bytes = rendered.html().len();
     let mut body = serde_json::to_value(&rendered).unwrap_or_else(|_| json!({}));
@@ -239,6 +232,16 @@ fn sample(mailer: &Mailer, template: &str, index: usize) -> missive::Result<Valu
             }
             _ => Err(e),
         })
+    }
+}
+
+/// What the page tells the designer failed: a `missing` template or example, `data`
+/// that breaks the schema, or the template's `render`.
+fn stage_of(error: &Error) -> &'static str {
+    match error.kind() {
+        ErrorKind::NotFound => "missing",
+        ErrorKind::InvalidData => "data",
+        _ => "render",
     }
 }
 

@@ -29,7 +29,9 @@ pub struct Options {
 
 /// Serves the preview until the process is interrupted.
 pub async fn serve(config: Config, options: Options) -> Result<()> {
-    let builder = Mailer::builder().config(config);
+    // A designer may well start the preview on a set they left broken; the page then
+    // shows why, and the first good save brings the templates in.
+    let builder = Mailer::builder().config(config).tolerate_broken(true);
     let builder = match options.poll {
         Some(interval) => builder.poll(interval),
         None => builder.watch(true),

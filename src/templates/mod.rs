@@ -120,6 +120,12 @@ impl TemplateSet {
         Ok(set)
     }
 
+    /// A set with no templates: what a mailer renders from while the files it watches
+    /// have never loaded.
+    pub fn empty(templates_dir: &Path) -> TemplateSet {
+        Builder::new(templates_dir).finish()
+    }
+
     /// The variant of `name` for `locale`: `fr-CA`, then `fr`, then the base.
     pub fn variant(&self, name: &str, locale: Option<&str>) -> Result<&Arc<Variant>> {
         let entry = self.entries.get(name).ok_or_else(|| {

@@ -214,6 +214,7 @@ function showFailure(body) {
     load: "The templates on disk do not load — still sending the last good version",
     render: "This template does not render",
     data: "The data does not match the template's schema",
+    missing: "No such template or example (renamed or deleted?)",
   };
   box.append(el("h2", {}, titles[body.stage] || "Error"));
   const violations = [];
