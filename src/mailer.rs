@@ -173,7 +173,10 @@ impl MailerBuilder {
 
     fn build_with(self, transport: Transport) -> Result<Mailer> {
         let from = parse_mailbox(&self.config.from).map_err(|e| {
-            Error::new(ErrorKind::Config, format!("default sender: {}", e.message()))
+            Error::new(
+                ErrorKind::Config,
+                format!("default sender: {}", e.message()),
+            )
         })?;
         let live = Live::new(&self.config.templates, &self.config.schemas);
         let set = match TemplateSet::load(&self.config.templates, &self.config.schemas) {
@@ -227,10 +230,7 @@ impl Mailer {
     /// When the template set does not load; the panic message lists every problem.
     pub fn for_tests(templates: impl AsRef<Path>) -> (Mailer, Inbox) {
         let templates = templates.as_ref();
-        let schemas = templates
-            .parent()
-            .unwrap_or(Path::new(""))
-            .join("schemas");
+        let schemas = templates.parent().unwrap_or(Path::new("")).join("schemas");
         match Mailer::builder()
             .templates(templates)
             .schemas(schemas)

@@ -36,6 +36,12 @@ fn the_preview_follows_saves_in_a_real_browser() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("{stdout}");
-    assert!(output.status.success(), "browser test failed:\n{stdout}\n{stderr}");
-    assert!(e2e.join("artifacts/preview.png").is_file(), "no screenshot was saved");
+    assert!(
+        output.status.success(),
+        "browser test failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        e2e.join("artifacts/preview.png").is_file(),
+        "no screenshot was saved"
+    );
 }

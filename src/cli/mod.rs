@@ -380,7 +380,10 @@ fn read_data(path: &Path) -> Result<serde_json::Value> {
         (text, PathBuf::from("<stdin>"))
     } else {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::new(ErrorKind::Io, format!("cannot read {}: {e}", path.display()))
+            Error::new(
+                ErrorKind::Io,
+                format!("cannot read {}: {e}", path.display()),
+            )
         })?;
         (text, path.to_path_buf())
     };
@@ -396,8 +399,11 @@ fn read_data(path: &Path) -> Result<serde_json::Value> {
         })
     } else {
         serde_json::from_str(&text).map_err(|e| {
-            Error::new(ErrorKind::InvalidData, format!("invalid JSON data: {e}"))
-                .at(&shown, e.line(), e.column())
+            Error::new(ErrorKind::InvalidData, format!("invalid JSON data: {e}")).at(
+                &shown,
+                e.line(),
+                e.column(),
+            )
         })
     }
 }

@@ -112,7 +112,10 @@ impl TemplateSet {
         builder.add_sendables(&files, &schemas, schemas_dir, &mut errors);
         builder.check_links(&mut errors);
         if let Some(error) = Error::from_many(errors) {
-            tracing::warn!(problems = error.problems().count(), "template set has problems");
+            tracing::warn!(
+                problems = error.problems().count(),
+                "template set has problems"
+            );
             return Err(error);
         }
         let set = builder.finish();
@@ -244,7 +247,13 @@ impl Builder {
         }
     }
 
-    fn add(&mut self, name: String, text: String, file: &Path, fixed_line: Option<usize>) -> Result<()> {
+    fn add(
+        &mut self,
+        name: String,
+        text: String,
+        file: &Path,
+        fixed_line: Option<usize>,
+    ) -> Result<()> {
         let text: Arc<str> = Arc::from(text);
         self.sources.insert(
             name.clone(),
@@ -302,21 +311,28 @@ impl Builder {
         }
         for file in files.iter().filter(|f| f.kind() == walk::Kind::Text) {
             let stem = file.rel.trim_end_matches(".txt");
-            let has_html = files
-                .iter()
-                .any(|f| f.kind() == walk::Kind::Sendable && f.rel.trim_end_matches(".html") == stem);
+            let has_html = files.iter().any(|f| {
+                f.kind() == walk::Kind::Sendable && f.rel.trim_end_matches(".html") == stem
+            });
             if !has_html {
                 errors.push(
                     Error::new(
                         ErrorKind::Template,
-                        format!("`{}` has no `{stem}.html` beside it to be the text part of", file.rel),
+                        format!(
+                            "`{}` has no `{stem}.html` beside it to be the text part of",
+                            file.rel
+                        ),
                     )
                     .at(&file.path, 1, 1),
                 );
             }
         }
         for variant in locales {
-            let key = variant.locale.clone().unwrap_or_default().to_ascii_lowercase();
+            let key = variant
+                .locale
+                .clone()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
             match self.entries.get_mut(&variant.name) {
                 Some(entry) => {
                     entry.locales.insert(key, Arc::new(variant));
@@ -382,7 +398,11 @@ impl Builder {
         let cc = list(self, "cc", &fm.cc)?;
         let bcc = list(self, "bcc", &fm.bcc)?;
         let subject = self.field(html, file, "subject", &fm.subject)?;
-        let from = fm.from.as_ref().map(|v| self.field(html, file, "from", v)).transpose()?;
+        let from = fm
+            .from
+            .as_ref()
+            .map(|v| self.field(html, file, "from", v))
+            .transpose()?;
         let reply_to = fm
             .reply_to
             .as_ref()
@@ -391,7 +411,12 @@ impl Builder {
         let headers = fm
             .headers
             .iter()
-            .map(|(n, v)| Ok((n.clone(), self.field(html, file, &format!("headers.{n}"), v)?)))
+            .map(|(n, v)| {
+                Ok((
+                    n.clone(),
+                    self.field(html, file, &format!("headers.{n}"), v)?,
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Fields {
             subject,
@@ -405,7 +430,13 @@ impl Builder {
     }
 
     /// Compiles one front-matter value; values without template syntax stay plain.
-    fn field(&mut self, html: &str, file: &Path, key: &str, value: &front_matter::Value) -> Result<Field> {
+    fn field(
+        &mut self,
+        html: &str,
+        file: &Path,
+        key: &str,
+        value: &front_matter::Value,
+    ) -> Result<Field> {
         let template = if value.source.contains("{{") || value.source.contains("{%") {
             let name = format!("{html}#{key}");
             self.add(name.clone(), value.source.clone(), file, Some(value.line))?;
@@ -429,7 +460,9 @@ impl Builder {
             .collect();
         names.sort_by(|a, b| a.0.cmp(b.0));
         for (_, source) in names {
-            if let Err(e) = crate::inline::check_static_links(&source.text, &source.file, &self.stylesheets) {
+            if let Err(e) =
+                crate::inline::check_static_links(&source.text, &source.file, &self.stylesheets)
+            {
                 errors.push(e);
             }
         }
@@ -449,7 +482,10 @@ impl Builder {
 fn load_schemas(files: &[walk::File], errors: &mut Vec<Error>) -> HashMap<String, Arc<Schema>> {
     let mut schemas = HashMap::new();
     for file in files.iter().filter(|f| f.rel.ends_with(".json")) {
-        match file.read().and_then(|text| Schema::compile(&file.path, &text)) {
+        match file
+            .read()
+            .and_then(|text| Schema::compile(&file.path, &text))
+        {
             Ok(schema) => {
                 schemas.insert(file.rel.clone(), Arc::new(schema));
             }
@@ -474,7 +510,11 @@ fn resolve_schema(
     if rel.starts_with('/') || rel.split('/').any(|p| p == "..") {
         return Err(Error::new(
             ErrorKind::Template,
-            format!("schema `{}` must be a path under {}", value.source, schemas_dir.display()),
+            format!(
+                "schema `{}` must be a path under {}",
+                value.source,
+                schemas_dir.display()
+            ),
         )
         .at(file, value.line, 1));
     }
