@@ -98,13 +98,17 @@ impl Server {
     }
 
     fn connect(&self, method: &str, path: &str, body: Option<&Value>) -> TcpStream {
+        self.connect_as(&format!("127.0.0.1:{}", self.port), method, path, body)
+    }
+
+    fn connect_as(&self, host: &str, method: &str, path: &str, body: Option<&Value>) -> TcpStream {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         stream.set_read_timeout(Some(PATIENCE)).unwrap();
         let body = body.map(Value::to_string).unwrap_or_default();
         // HTTP/1.0: the server closes when done, so no chunked decoding is needed.
         write!(
             stream,
-            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+            "{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/json\r\n\
              Content-Length: {}\r\n\r\n{body}",
             body.len()
         )
@@ -483,6 +487,34 @@ fn a_preview_started_on_broken_templates_shows_why_and_recovers() {
     let (name, _) = events.next();
     assert_eq!(name, "reload");
     assert_eq!(server.render(json!({"template": "welcome"})).status, 200);
+}
+
+#[test]
+fn requests_for_other_host_names_are_refused() {
+    let server = Server::start();
+    for host in ["rebound.example:80", "rebound.example", "127.0.0.1"] {
+        let mut raw = String::new();
+        server
+            .connect_as(host, "GET", "/api/templates", None)
+            .read_to_string(&mut raw)
+            .unwrap();
+        assert!(
+            raw.starts_with("HTTP/1.0 421") || raw.starts_with("HTTP/1.1 421"),
+            "{host}: {raw}"
+        );
+        assert!(!raw.contains("welcome"), "{host} must not read templates");
+    }
+    let mut raw = String::new();
+    server
+        .connect_as(
+            &format!("localhost:{}", server.port),
+            "GET",
+            "/api/templates",
+            None,
+        )
+        .read_to_string(&mut raw)
+        .unwrap();
+    assert!(raw.contains(" 200 "), "{raw}");
 }
 
 #[cfg(target_os = "linux")]

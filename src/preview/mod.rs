@@ -12,6 +12,10 @@ mod page;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use missive::{Config, Error, ErrorKind, Mailer, Result};
@@ -59,7 +63,7 @@ pub async fn serve(config: Config, options: Options) -> Result<()> {
     if options.open {
         open_browser(&url);
     }
-    let app = router(mailer);
+    let app = router(mailer, address.port());
     tokio::select! {
         served = axum::serve(listener, app) => served
             .map_err(|e| Error::new(ErrorKind::Io, format!("preview server failed: {e}"))),
@@ -68,7 +72,7 @@ pub async fn serve(config: Config, options: Options) -> Result<()> {
     }
 }
 
-fn router(mailer: Mailer) -> Router {
+fn router(mailer: Mailer, port: u16) -> Router {
     Router::new()
         .route("/", get(page::index))
         .route("/assets/preview.js", get(page::script))
@@ -79,6 +83,29 @@ fn router(mailer: Mailer) -> Router {
         .route("/frame", get(api::frame))
         .route("/events", get(api::events))
         .with_state(mailer)
+        .layer(middleware::from_fn_with_state(port, same_host))
+}
+
+/// Refuses requests addressed to any other host name. Listening on loopback keeps
+/// other machines out, but a web page elsewhere could point a name of its own at
+/// 127.0.0.1 (DNS rebinding) and read the templates through the visitor's browser;
+/// such requests carry that name in `Host`.
+async fn same_host(State(port): State<u16>, request: Request, next: Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let ours = [format!("127.0.0.1:{port}"), format!("localhost:{port}")];
+    if ours.iter().any(|o| o == host) {
+        next.run(request).await
+    } else {
+        (
+            StatusCode::MISDIRECTED_REQUEST,
+            format!("this preview answers only to http://127.0.0.1:{port}/\n"),
+        )
+            .into_response()
+    }
 }
 
 /// Best effort: the URL is printed either way.
