@@ -179,6 +179,10 @@ impl MailerBuilder {
             )
         })?;
         let live = Live::new(&self.config.templates, &self.config.schemas);
+        // A missing folder is left for the load to explain.
+        if let Some(mode) = self.watch.filter(|_| self.config.templates.is_dir()) {
+            watch::start(&live, mode)?;
+        }
         let set = match TemplateSet::load(&self.config.templates, &self.config.schemas) {
             Ok(set) => set,
             // A missing or unreadable folder cannot be watched back to health.
@@ -198,8 +202,8 @@ impl MailerBuilder {
             transport,
             live,
         });
-        if let Some(mode) = self.watch {
-            watch::start(&inner, mode)?;
+        if self.watch.is_some() {
+            watch::attach(&inner);
         }
         Ok(Mailer { inner })
     }

@@ -69,6 +69,15 @@ pub(crate) struct Live {
     generation: AtomicU64,
     /// Dropping it stops the watch; `None` when the mailer does not watch.
     watcher: Mutex<Option<Box<dyn Send>>>,
+    target: Arc<Mutex<Target>>,
+}
+
+/// Where the watcher sends changes. The watch starts before the first load, so that
+/// a save during that load is not lost; until the mailer exists its changes wait.
+enum Target {
+    Pending(Vec<PathBuf>),
+    /// Weak, so the watcher never keeps a mailer alive.
+    Mailer(Weak<Inner>),
 }
 
 impl Live {
@@ -80,6 +89,7 @@ impl Live {
             last_error: ArcSwapOption::empty(),
             generation: AtomicU64::new(0),
             watcher: Mutex::new(None),
+            target: Arc::new(Mutex::new(Target::Pending(Vec::new()))),
         }
     }
 
@@ -96,11 +106,10 @@ impl Live {
     }
 }
 
-/// Starts watching for `inner`'s mailer. The watcher holds only a weak reference, so
-/// it never keeps a mailer alive; it stops when the last clone is dropped, because
-/// dropping the debouncer stops its threads.
-pub(crate) fn start(inner: &Arc<Inner>, mode: Mode) -> Result<()> {
-    let live = &inner.live;
+/// Starts watching the folders of `live`, before the set is first loaded; changes
+/// wait until [`attach`] names the mailer they reload. The watch stops when `live`
+/// (so the mailer) is dropped, because dropping the debouncer stops its threads.
+pub(crate) fn start(live: &Live, mode: Mode) -> Result<()> {
     let mut roots = vec![live.templates.clone()];
     if live.schemas.is_dir() {
         roots.push(live.schemas.clone());
@@ -109,13 +118,20 @@ pub(crate) fn start(inner: &Arc<Inner>, mode: Mode) -> Result<()> {
         .iter()
         .flat_map(|r| [r.clone(), r.canonicalize().unwrap_or_else(|_| r.clone())])
         .collect();
-    let weak: Weak<Inner> = Arc::downgrade(inner);
+    let target = live.target.clone();
     let handler = move |result: DebounceEventResult| match result {
         Ok(events) => {
             let changed = relevant_paths(&events, &filter_roots);
             if changed.is_empty() {
                 return;
             }
+            let weak = match &mut *lock(&target) {
+                Target::Pending(waiting) => {
+                    waiting.extend(changed);
+                    return;
+                }
+                Target::Mailer(weak) => weak.clone(),
+            };
             if let Some(inner) = weak.upgrade() {
                 reload(&inner, changed);
             }
@@ -171,8 +187,26 @@ pub(crate) fn start(inner: &Arc<Inner>, mode: Mode) -> Result<()> {
         }
     };
     tracing::info!(templates = %live.templates.display(), ?mode, "watching for changes");
-    *live.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(watcher);
+    *lock(&live.watcher) = Some(watcher);
     Ok(())
+}
+
+/// Points the watch at the mailer it now serves, and reloads at once if files changed
+/// while it was being built.
+pub(crate) fn attach(inner: &Arc<Inner>) {
+    let target = Target::Mailer(Arc::downgrade(inner));
+    let missed = match std::mem::replace(&mut *lock(&inner.live.target), target) {
+        Target::Pending(missed) => missed,
+        Target::Mailer(_) => Vec::new(),
+    };
+    if !missed.is_empty() {
+        reload(inner, missed);
+    }
+}
+
+/// A lock that a panic elsewhere does not poison for good: the data is plain.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The changed files a reload should care about: not reads (our own reload opens

@@ -437,3 +437,36 @@ async fn a_set_broken_from_the_start_can_be_tolerated_until_fixed() {
     assert_eq!(subject(&mailer, "note"), "Note v2 for Ada");
     assert!(mailer.last_reload_error().is_none());
 }
+
+#[test]
+fn saves_made_while_the_mailer_is_built_are_not_lost() {
+    let fx = Fixture::new();
+    let building = Arc::new(AtomicBool::new(true));
+    let path = fx.path("note.html");
+    let writer = {
+        let building = building.clone();
+        std::thread::spawn(move || {
+            let mut v = 1;
+            // Saved as editors do, by rename, so no load ever sees half a file.
+            let temp = path.with_extension("html.tmp");
+            while building.load(Ordering::Relaxed) {
+                v += 1;
+                fs::write(&temp, note(v)).unwrap();
+                fs::rename(&temp, &path).unwrap();
+            }
+            v
+        })
+    };
+    let (mailer, _) = fx.mailer();
+    let mut rx = mailer.subscribe();
+    building.store(false, Ordering::Relaxed);
+    let last = writer.join().unwrap();
+    let want = format!("Note v{last} for Ada");
+    if subject(&mailer, "note") != want {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(until_subject(&mut rx, &mailer, "note", &want));
+    }
+}
