@@ -110,6 +110,17 @@ try {
     if (!/HTML [\d.]+ KB · message [\d.]+ KB/.test(size)) throw new Error("size missing: " + size);
     const sandbox = await page.locator("#mail").getAttribute("sandbox");
     if (sandbox.includes("allow-scripts")) throw new Error("the mail frame may run scripts: " + sandbox);
+    // The frame holds the HTML exactly as rendered for sending: nothing injected.
+    const sent = await page.evaluate(async () => {
+      const response = await fetch("/api/render", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ template: "welcome", example: 0 }),
+      });
+      return (await response.json()).html;
+    });
+    const shown = await page.locator("#mail").getAttribute("srcdoc");
+    if (shown !== sent) throw new Error("the frame does not hold the HTML as sent");
   });
 
   await step("saving a template updates the page without a click", async () => {
