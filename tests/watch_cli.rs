@@ -36,12 +36,17 @@ struct Watching {
 
 impl Watching {
     fn start(dir: &Path, args: &[&str]) -> Watching {
+        let mut all = vec!["render", "note", "--watch"];
+        all.extend_from_slice(args);
+        Watching::start_with(dir, &all)
+    }
+
+    fn start_with(dir: &Path, args: &[&str]) -> Watching {
         let mut child = Command::new(env!("CARGO_BIN_EXE_missive"))
             .arg("--templates")
             .arg(dir.join("templates"))
             .arg("--schemas")
             .arg(dir.join("schemas"))
-            .args(["render", "note", "--watch"])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -133,7 +138,11 @@ fn render_watch_rewrites_the_out_file_on_every_save() {
 #[test]
 fn render_watch_polls_and_prints_to_stdout() {
     let dir = fixture();
-    let watching = Watching::start(dir.path(), &["--format", "json", "--poll", "100"]);
+    // --poll implies --watch.
+    let watching = Watching::start_with(
+        dir.path(),
+        &["render", "note", "--format", "json", "--poll", "100"],
+    );
     wait_for("first render", || {
         watching.stdout().contains("\"subject\": \"Note v1\"")
     });

@@ -99,7 +99,8 @@ struct DataArgs {
 #[derive(Debug, clap::Args)]
 struct PollArgs {
     /// Scan for changes every MS milliseconds (default 250) instead of relying on
-    /// file-system notifications, e.g. on network mounts or in containers.
+    /// file-system notifications, e.g. on network mounts or in containers. Implies
+    /// --watch for render.
     #[arg(long, value_name = "MS", num_args = 0..=1, default_missing_value = "250")]
     poll: Option<u64>,
 }
@@ -171,17 +172,15 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             input,
             format,
             out,
-            watch: false,
-            ..
-        } => render(config, &name, &input, format, out.as_deref()),
-        Command::Render {
-            name,
-            input,
-            format,
-            out,
-            watch: true,
+            watch,
             poll,
-        } => render_watch(config, &name, &input, format, out.as_deref(), &poll).await,
+        } => {
+            if watch || poll.poll.is_some() {
+                render_watch(config, &name, &input, format, out.as_deref(), &poll).await
+            } else {
+                render(config, &name, &input, format, out.as_deref())
+            }
+        }
         Command::Preview { port, open, poll } => {
             let options = crate::preview::Options {
                 port,
