@@ -65,7 +65,10 @@ async function loadTemplates() {
     if (t.name === state.template) item.classList.add("current");
     list.append(item);
   }
-  if (!state.template && body.templates.length) state.template = body.templates[0].name;
+  if (!state.template && body.templates.length) {
+    state.template = body.templates[0].name;
+    writeUrl();
+  }
   fillPickers();
 }
 
@@ -211,7 +214,7 @@ function showFailure(body) {
   const box = $("error");
   box.replaceChildren();
   const titles = {
-    load: "The templates on disk do not load — still sending the last good version",
+    load: "The templates on disk do not load — sending keeps the last version that did",
     render: "This template does not render",
     data: "The data does not match the template's schema",
     missing: "No such template or example (renamed or deleted?)",
@@ -248,9 +251,12 @@ function showFailure(body) {
 function connect() {
   const live = $("live");
   const events = new EventSource("/events");
-  events.addEventListener("state", () => {
-    live.textContent = "live";
-    live.className = "live on";
+  events.addEventListener("state", (e) => {
+    const now = JSON.parse(e.data);
+    live.textContent = now.error ? "live · templates do not load" : "live";
+    live.className = now.error ? "live broken" : "live on";
+    // With no template to render (none ever loaded), show why here.
+    if (now.error && !state.template) showFailure({ stage: "load", problems: now.error });
   });
   events.addEventListener("reload", async () => {
     await loadTemplates();
@@ -259,8 +265,9 @@ function connect() {
     live.textContent = "live · reloaded " + new Date().toLocaleTimeString();
     live.className = "live on";
   });
-  events.addEventListener("failed", async () => {
-    await render();
+  events.addEventListener("failed", async (e) => {
+    if (state.template) await render();
+    else showFailure({ stage: "load", problems: JSON.parse(e.data).error });
     live.textContent = "live · broken since " + new Date().toLocaleTimeString();
     live.className = "live broken";
   });
