@@ -310,3 +310,45 @@ pub(crate) fn escape(text: &str) -> String {
         .replace('>', "&gt;")
         .replace('"', "&quot;")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_read_unfolded_from_the_head_only() {
+        let eml = b"Subject: Hi\r\nFrom: \"A very long name\"\r\n <a@example.test>\r\nTo: b@example.test\r\n\r\nFrom: body\r\n";
+        assert_eq!(
+            header(eml, "from").as_deref(),
+            Some("\"A very long name\" <a@example.test>")
+        );
+        assert_eq!(header(eml, "To").as_deref(), Some("b@example.test"));
+        assert_eq!(header(eml, "Cc"), None);
+    }
+
+    #[test]
+    fn excerpts_mark_the_line_and_survive_errors_past_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.html");
+        std::fs::write(&file, "one\ntwo\nthree\nfour\nfive\nsix\nseven\n").unwrap();
+        let at = |line| Location {
+            file: file.clone(),
+            line,
+            column: 1,
+        };
+        let lines = excerpt(&at(2));
+        let numbers: Vec<_> = lines.iter().map(|l| l["line"].as_u64().unwrap()).collect();
+        assert_eq!(numbers, [1, 2, 3, 4, 5]);
+        assert_eq!(lines[1]["hit"], true);
+        assert_eq!(lines[1]["text"], "two");
+        let end = excerpt(&at(99));
+        assert_eq!(end.last().unwrap()["text"], "seven");
+        assert_eq!(end.last().unwrap()["hit"], true);
+        assert!(excerpt(&Location {
+            file: dir.path().join("gone.html"),
+            line: 1,
+            column: 1
+        })
+        .is_empty());
+    }
+}

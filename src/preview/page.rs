@@ -86,3 +86,14 @@ fn query_value(name: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_names_stay_readable_in_links() {
+        assert_eq!(query_value("orders/receipt"), "orders/receipt");
+        assert_eq!(query_value("a b&c\"<"), "a%20b%26c%22%3C");
+    }
+}
