@@ -5,7 +5,7 @@
 //! `missive check` and a hot reload can show them all.
 
 pub(crate) mod front_matter;
-mod walk;
+pub(crate) mod walk;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -144,6 +144,12 @@ impl TemplateSet {
         let set = builder.finish();
         tracing::info!(templates = set.entries.len(), "template set loaded");
         Ok(set)
+    }
+
+    /// A set with no templates: what a mailer renders from while the files it watches
+    /// have never loaded.
+    pub fn empty(templates_dir: &Path) -> TemplateSet {
+        Builder::new(templates_dir).finish()
     }
 
     /// The variant of `name` for `locale`: `fr-CA`, then `fr`, then the base.
