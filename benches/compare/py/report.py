@@ -278,13 +278,20 @@ def machine(loads):
     return lines
 
 
+# Issue 5's targets: missive at least this many times the peer, per core, same run.
+TARGETS = {"nunjucks-juice": 25, "minijinja-css-inline": 2, "nodemailer": 10}
+
+
 def rate_row(peer, runs, reference_rate):
     rates = [r["messages"] / r["seconds"] for r in runs]
     rate = statistics.median(rates)
-    ratio = reference_rate / rate if reference_rate else float("nan")
+    ratio = f"{reference_rate / rate:.2f}×" if reference_rate else "n/a"
+    if peer in TARGETS and reference_rate:
+        met = reference_rate / rate >= TARGETS[peer]
+        ratio += f" (target ≥ {TARGETS[peer]}×: {'met' if met else 'NOT met'})"
     spread = f"{min(rates):,.0f}–{max(rates):,.0f}" if len(rates) > 1 else "-"
     versions = ", ".join(f"{k} {v}" for k, v in runs[0].get("versions", {}).items())
-    return [PEER_LABELS.get(peer, peer), f"{rate:,.1f}", spread, f"{1000 / rate:.3f}", f"{ratio:.2f}×", versions]
+    return [PEER_LABELS.get(peer, peer), f"{rate:,.1f}", spread, f"{1000 / rate:.3f}", ratio, versions]
 
 
 def table(header, rows):
@@ -340,7 +347,14 @@ def render_report(directory, allow_mismatch):
     print("\n".join(lines))
     if total:
         print("\nFirst differences:")
-        for line in [d for d in details if d.startswith("- ")][:12]:
+        shown = [
+            f"- {peer} {kind}: {entry_id}: {detail}"
+            for peer, problems in found.items()
+            for kind, items in sorted(problems.items())
+            if not kind.endswith("(note)")
+            for entry_id, detail in items
+        ]
+        for line in shown[:12]:
             print(line if len(line) < 400 else line[:400] + "…")
     return 0 if total == 0 or allow_mismatch else 1
 
@@ -360,7 +374,7 @@ def send_report(directory):
         lines.append(f"missive: {reason}")
         lines.append("")
     if node:
-        rows.append(rate_row("nodemailer", node, our_rate or float("nan")))
+        rows.append(rate_row("nodemailer", node, our_rate))
     header = ["peer", "messages/s", "range (runs)", "ms/message", "missive ÷ peer", "versions"]
     lines += table(header, rows)
     sink = directory / "sink-count.txt"
