@@ -150,22 +150,40 @@ fn find_end_tag(s: &str, name: &str) -> Option<usize> {
 
 /// Index just past the `>` closing the tag at the start of `tag`, minding quotes.
 pub(crate) fn tag_end(tag: &str) -> Option<usize> {
-    let mut quote = None;
-    for (i, b) in tag.bytes().enumerate() {
-        match (quote, b) {
-            (None, b'"' | b'\'') if i > 0 && tag.as_bytes()[i - 1] == b'=' => quote = Some(b),
-            (Some(q), b) if b == q => quote = None,
-            (None, b'>') => return Some(i + 1),
-            _ => {}
+    let bytes = tag.as_bytes();
+    let mut i = 0;
+    loop {
+        i += bytes[i..]
+            .iter()
+            .position(|b| matches!(b, b'>' | b'"' | b'\''))?;
+        let b = bytes[i];
+        if b == b'>' {
+            return Some(i + 1);
+        }
+        // A quote opens a value only right after `=` (allowing spaces around it).
+        let opens = tag[..i].trim_end().ends_with('=');
+        i += 1;
+        if opens {
+            i += bytes[i..].iter().position(|&c| c == b)? + 1;
         }
     }
-    None
 }
 
 /// `name="value"` pairs of a tag's attribute text; values raw (entities not decoded).
-pub(crate) fn attributes(mut s: &str) -> impl Iterator<Item = (&str, &str)> {
+pub(crate) fn attributes(attrs: &str) -> impl Iterator<Item = (&str, &str)> {
+    attribute_spans(attrs).map(|(name, value, _)| (name, value))
+}
+
+/// Like [`attributes`], with the byte range each whole attribute takes in `attrs`.
+pub(crate) fn attribute_spans(attrs: &str) -> impl Iterator<Item = (&str, &str, Range<usize>)> {
+    let mut pos = 0;
     std::iter::from_fn(move || {
-        s = s.trim_start_matches(|c: char| c.is_ascii_whitespace() || c == '/');
+        let s = &attrs[pos..];
+        let skipped = s.len()
+            - s.trim_start_matches(|c: char| c.is_ascii_whitespace() || c == '/')
+                .len();
+        let start = pos + skipped;
+        let s = &attrs[start..];
         if s.is_empty() {
             return None;
         }
@@ -173,25 +191,30 @@ pub(crate) fn attributes(mut s: &str) -> impl Iterator<Item = (&str, &str)> {
             .find(|c: char| c == '=' || c.is_ascii_whitespace())
             .unwrap_or(s.len());
         let name = &s[..name_end];
-        s = s[name_end..].trim_start();
-        let Some(after_eq) = s.strip_prefix('=') else {
-            return Some((name, ""));
+        let after_name = &s[name_end..];
+        let trimmed = after_name.trim_start();
+        let Some(after_eq) = trimmed.strip_prefix('=') else {
+            pos = start + name_end;
+            return Some((name, "", start..pos));
         };
-        s = after_eq.trim_start();
-        let value;
-        match s.as_bytes().first() {
+        let value_start = after_eq.trim_start();
+        let offset = start + (s.len() - value_start.len());
+        let (value, used) = match value_start.as_bytes().first() {
             Some(&q @ (b'"' | b'\'')) => {
-                let close = s[1..].find(q as char).map_or(s.len(), |e| e + 1);
-                value = &s[1..close];
-                s = s.get(close + 1..).unwrap_or("");
+                let close = value_start[1..]
+                    .find(q as char)
+                    .map_or(value_start.len(), |e| e + 1);
+                (&value_start[1..close], (close + 1).min(value_start.len()))
             }
             _ => {
-                let end = s.find(|c: char| c.is_ascii_whitespace()).unwrap_or(s.len());
-                value = &s[..end];
-                s = &s[end..];
+                let end = value_start
+                    .find(|c: char| c.is_ascii_whitespace())
+                    .unwrap_or(value_start.len());
+                (&value_start[..end], end)
             }
-        }
-        Some((name, value))
+        };
+        pos = offset + used;
+        Some((name, value, start..pos))
     })
 }
 
@@ -365,6 +388,16 @@ mod tests {
         assert_eq!(attr(attrs, "data-x").unwrap(), "y z");
         assert_eq!(attr(attrs, "alt").unwrap(), "plain");
         assert!(attr(attrs, "title").is_none());
+        let spans: Vec<_> = attribute_spans(attrs).map(|(_, _, r)| &attrs[r]).collect();
+        assert_eq!(
+            spans,
+            [
+                "href=\"https:&#x2f;&#x2f;x.test?a=1&amp;b=2\"",
+                "hidden",
+                "data-x='y z'",
+                "alt=plain"
+            ]
+        );
     }
 
     #[test]

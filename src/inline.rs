@@ -12,6 +12,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
@@ -22,10 +23,27 @@ use crate::html::{self, Scanner, Token};
 /// data into `<style>` would otherwise grow it without bound.
 const SPLIT_CACHE_LIMIT: usize = 256;
 
+/// How many inlining plans are kept: one per distinct (stylesheet, document shape), so a
+/// loop rendering 1 to 50 rows makes up to 50.
+const PLAN_CACHE_LIMIT: usize = 4096;
+
+/// Attributes whose values selectors commonly depend on, whatever the stylesheet says.
+const KEY_ATTRIBUTES: &[&str] = &["class", "id", "style", "lang", "dir", "type", "xml:lang"];
+
+/// Marks each start tag while a plan is made, to find it again in css-inline's output.
+const MARKER: &str = "data-missive-node";
+
 /// The stylesheets of a template set, and the inliner that uses them.
+///
+/// Running css-inline costs a full HTML parse and selector matching per message. Which
+/// style each element ends up with depends only on the CSS and the document's shape —
+/// tags, nesting, classes, ids, the attributes selectors name — never on the text or the
+/// URLs that differ between recipients. So the styles are computed once per shape (a
+/// [`Plan`]) and written into each later document of that shape directly.
 pub(crate) struct Stylesheets {
     files: HashMap<String, Arc<str>>,
     splits: RwLock<HashMap<String, Arc<Split>>>,
+    plans: RwLock<HashMap<u128, Arc<Plan>>>,
 }
 
 /// Gathered CSS, cut into what goes into `style=""` and what stays in the head.
@@ -33,6 +51,16 @@ pub(crate) struct Stylesheets {
 struct Split {
     inline: String,
     keep: String,
+    /// Attribute names the inlinable selectors test, lower-cased.
+    selector_attributes: Vec<String>,
+}
+
+/// The final `style` of every start tag of one document shape, by position.
+#[derive(Debug)]
+enum Plan {
+    Styles(Vec<Option<Box<str>>>),
+    /// The parser adds or merges styled elements for this shape: run css-inline each time.
+    Direct,
 }
 
 impl Stylesheets {
@@ -40,33 +68,50 @@ impl Stylesheets {
         Stylesheets {
             files,
             splits: RwLock::new(HashMap::new()),
+            plans: RwLock::new(HashMap::new()),
         }
     }
 
     /// Inlines the CSS of `html`, rendered from `file`.
     pub fn inline(&self, html: &str, file: &Path) -> Result<String> {
+        let mut gathered = self.gather(html, file)?;
+        let split = self.split(&gathered.css);
+        let head = head(&split, &gathered);
+        let inlined = if split.inline.is_empty() {
+            std::mem::take(&mut gathered.html)
+        } else {
+            let shape = Shape::of(&gathered.html, &split);
+            let plan = self.plan(&gathered.html, &split, &shape, file)?;
+            match &*plan {
+                Plan::Styles(styles) => apply(&gathered.html, &shape, styles),
+                Plan::Direct => css_inline_direct(&gathered.html, &split.inline, file)?,
+            }
+        };
+        Ok(insert_into_head(inlined, &head))
+    }
+
+    /// The straightforward pipeline, without plans: what [`Self::inline`] must equal.
+    #[cfg(test)]
+    pub(crate) fn inline_direct(&self, html: &str, file: &Path) -> Result<String> {
         let gathered = self.gather(html, file)?;
         let split = self.split(&gathered.css);
-        let options = css_inline::InlineOptions::default()
-            .load_remote_stylesheets(false)
-            .keep_link_tags(true)
-            .keep_style_tags(false)
-            .extra_css(Some(Cow::Borrowed(split.inline.as_str())));
-        let inlined = css_inline::CSSInliner::new(options)
-            .inline(&gathered.html)
-            .map_err(|e| {
-                Error::new(ErrorKind::Render, format!("CSS inlining failed: {e}")).at(file, 1, 1)
-            })?;
-        let mut head = String::new();
-        if !split.keep.is_empty() {
-            head.push_str("<style>");
-            head.push_str(&split.keep);
-            head.push_str("</style>");
+        let inlined = css_inline_direct(&gathered.html, &split.inline, file)?;
+        Ok(insert_into_head(inlined, &head(&split, &gathered)))
+    }
+
+    fn plan(&self, html: &str, split: &Split, shape: &Shape, file: &Path) -> Result<Arc<Plan>> {
+        let key = shape.key(&split.inline);
+        if let Some(plan) = self.plans.read().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(plan);
         }
-        for block in &gathered.kept_blocks {
-            head.push_str(block);
+        let plan = Arc::new(make_plan(html, split, shape, file)?);
+        if let Ok(mut plans) = self.plans.write() {
+            if plans.len() >= PLAN_CACHE_LIMIT {
+                plans.clear();
+            }
+            plans.insert(key, plan.clone());
         }
-        Ok(insert_into_head(inlined, &head))
+        Ok(plan)
     }
 
     fn split(&self, css: &str) -> Arc<Split> {
@@ -138,6 +183,186 @@ impl Stylesheets {
             )
         })
     }
+}
+
+/// The head `<style>` of rules that cannot be inlined, then the ignored blocks.
+fn head(split: &Split, gathered: &Gathered) -> String {
+    let mut head = String::new();
+    if !split.keep.is_empty() {
+        head.push_str("<style>");
+        head.push_str(&split.keep);
+        head.push_str("</style>");
+    }
+    for block in &gathered.kept_blocks {
+        head.push_str(block);
+    }
+    head
+}
+
+fn css_inline_direct(html: &str, css: &str, file: &Path) -> Result<String> {
+    let options = css_inline::InlineOptions::default()
+        .load_remote_stylesheets(false)
+        .keep_link_tags(true)
+        .keep_style_tags(false)
+        .extra_css(Some(Cow::Borrowed(css)));
+    css_inline::CSSInliner::new(options)
+        .inline(html)
+        .map_err(|e| {
+            Error::new(ErrorKind::Render, format!("CSS inlining failed: {e}")).at(file, 1, 1)
+        })
+}
+
+/// A document's start tags and the hash of everything selector matching can see.
+struct Shape {
+    /// Byte range of each start tag, and of its name within it.
+    tags: Vec<(Range<usize>, usize)>,
+    hash: u64,
+}
+
+impl Shape {
+    fn of(html: &str, split: &Split) -> Shape {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        let mut tags = Vec::new();
+        for (token, range) in Scanner::new(html) {
+            match token {
+                Token::Start { name, attrs, .. } => {
+                    tags.push((range, name.len()));
+                    0u8.hash(&mut hasher);
+                    hash_lower(name, &mut hasher);
+                    for (attr, value) in html::attributes(attrs) {
+                        hash_lower(attr, &mut hasher);
+                        let keyed = KEY_ATTRIBUTES.iter().any(|k| k.eq_ignore_ascii_case(attr))
+                            || split
+                                .selector_attributes
+                                .iter()
+                                .any(|k| k.eq_ignore_ascii_case(attr));
+                        if keyed {
+                            value.hash(&mut hasher);
+                        }
+                    }
+                }
+                Token::End { name } => {
+                    1u8.hash(&mut hasher);
+                    hash_lower(name, &mut hasher);
+                }
+                // Text never changes which selectors match, but whether there is any can
+                // change the tree the parser builds (and `:empty`).
+                Token::Text(text) => (2u8 + u8::from(text.trim().is_empty())).hash(&mut hasher),
+                Token::Comment(_) | Token::Declaration(_) => {}
+            }
+        }
+        Shape {
+            tags,
+            hash: hasher.finish(),
+        }
+    }
+
+    fn key(&self, css: &str) -> u128 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        css.hash(&mut hasher);
+        self.tags.len().hash(&mut hasher);
+        (u128::from(hasher.finish()) << 64) | u128::from(self.hash)
+    }
+}
+
+fn hash_lower(s: &str, hasher: &mut impl std::hash::Hasher) {
+    for b in s.bytes() {
+        hasher.write_u8(b.to_ascii_lowercase());
+    }
+}
+
+/// Runs css-inline once on `html` with every start tag marked, and reads back the style
+/// each marked element ends up with.
+fn make_plan(html: &str, split: &Split, shape: &Shape, file: &Path) -> Result<Plan> {
+    let mut marked = String::with_capacity(html.len() + shape.tags.len() * 24);
+    let mut copied = 0;
+    for (index, (range, name_len)) in shape.tags.iter().enumerate() {
+        let at = range.start + 1 + name_len;
+        marked.push_str(&html[copied..at]);
+        marked.push_str(&format!(" {MARKER}=\"{index}\""));
+        copied = at;
+    }
+    marked.push_str(&html[copied..]);
+    let output = css_inline_direct(&marked, &split.inline, file)?;
+    let mut styles: Vec<Option<Box<str>>> = vec![None; shape.tags.len()];
+    let mut seen = vec![false; shape.tags.len()];
+    for (token, _) in Scanner::new(&output) {
+        let Token::Start { attrs, .. } = token else {
+            continue;
+        };
+        let mut index = None;
+        let mut style = None;
+        for (name, value) in html::attributes(attrs) {
+            if name == MARKER {
+                index = value.parse::<usize>().ok();
+            } else if name.eq_ignore_ascii_case("style") {
+                style = Some(value);
+            }
+        }
+        match index {
+            Some(i) if i < seen.len() && !seen[i] => {
+                seen[i] = true;
+                styles[i] = style.map(Box::from);
+            }
+            // The parser made this element, or merged two into one: positions no longer
+            // map one to one, so this shape is inlined the slow way every time.
+            Some(_) => return Ok(Plan::Direct),
+            None if style.is_some() => return Ok(Plan::Direct),
+            None => {}
+        }
+    }
+    if seen.iter().any(|s| !s) {
+        return Ok(Plan::Direct);
+    }
+    Ok(Plan::Styles(styles))
+}
+
+/// Where a new attribute goes in the tag at `range`: before its `>`, or its `/>`.
+fn attrs_end(html: &str, range: &Range<usize>) -> usize {
+    let tag = &html[range.clone()];
+    let Some(body) = tag.strip_suffix('>') else {
+        return range.end;
+    };
+    match body.strip_suffix('/') {
+        Some(before)
+            if before.ends_with(|c: char| c.is_ascii_whitespace() || c == '"' || c == '\'') =>
+        {
+            range.start + before.len()
+        }
+        _ => range.start + body.len(),
+    }
+}
+
+/// Writes the planned styles into `html`, replacing any `style` attribute already there.
+fn apply(html: &str, shape: &Shape, styles: &[Option<Box<str>>]) -> String {
+    let extra: usize = styles.iter().flatten().map(|s| s.len() + 9).sum();
+    let mut out = String::with_capacity(html.len() + extra);
+    let mut copied = 0;
+    for ((range, name_len), style) in shape.tags.iter().zip(styles) {
+        let Some(style) = style else { continue };
+        let attrs_start = range.start + 1 + name_len;
+        let tag = &html[attrs_start..range.end];
+        let existing = html::attribute_spans(tag).find(|(n, _, _)| n.eq_ignore_ascii_case("style"));
+        match existing {
+            Some((_, _, span)) => {
+                out.push_str(&html[copied..attrs_start + span.start]);
+                copied = attrs_start + span.end;
+            }
+            None => {
+                let at = attrs_end(html, range);
+                out.push_str(&html[copied..at]);
+                copied = at;
+                out.push(' ');
+            }
+        }
+        out.push_str("style=\"");
+        out.push_str(style);
+        out.push('"');
+    }
+    out.push_str(&html[copied..]);
+    out
 }
 
 struct Gathered {
@@ -305,7 +530,27 @@ fn split_rules(css: &str) -> Split {
         }
         rest = &rest[close..];
     }
+    split.selector_attributes = selector_attributes(&split.inline);
     split
+}
+
+/// Names inside `[...]` attribute selectors.
+fn selector_attributes(css: &str) -> Vec<String> {
+    let mut names: Vec<String> = css
+        .split('[')
+        .skip(1)
+        .map(|part| {
+            part.trim_start()
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == ':'))
+                .next()
+                .unwrap_or("")
+                .to_ascii_lowercase()
+        })
+        .filter(|n| !n.is_empty())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 fn skip_space_and_comments(mut s: &str) -> &str {
@@ -405,9 +650,95 @@ fn split_top_level(s: &str, sep: char) -> Vec<&str> {
     parts.into_iter().filter(|p| !p.trim().is_empty()).collect()
 }
 
+/// `html` parsed and serialized again by html5ever: equal for equal documents.
+#[cfg(test)]
+pub(crate) fn normalize(html: &str) -> String {
+    let options = css_inline::InlineOptions::default()
+        .inline_style_tags(false)
+        .keep_style_tags(true)
+        .keep_link_tags(true)
+        .load_remote_stylesheets(false);
+    let serialized = css_inline::CSSInliner::new(options)
+        .inline(html)
+        .expect("normalizes")
+        .replace(";\"", "\"");
+    // Attribute order means nothing in HTML, and the serializer does not keep it.
+    let mut out = String::with_capacity(serialized.len());
+    for (token, range) in Scanner::new(&serialized) {
+        match token {
+            Token::Start { name, attrs, .. } => {
+                let mut pairs: Vec<_> = html::attributes(attrs).collect();
+                pairs.sort();
+                out.push('<');
+                out.push_str(name);
+                for (k, v) in pairs {
+                    out.push_str(&format!(" {k}=\"{v}\""));
+                }
+                out.push('>');
+            }
+            _ => out.push_str(&serialized[range]),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn same_as_direct(s: &Stylesheets, html: &str) {
+        let direct = s.inline_direct(html, Path::new("t.html")).unwrap();
+        for round in 0..2 {
+            let planned = s.inline(html, Path::new("t.html")).unwrap();
+            assert_eq!(normalize(&planned), normalize(&direct), "round {round}");
+        }
+    }
+
+    #[test]
+    fn plans_match_css_inline_on_awkward_documents() {
+        let s = sheets(&[(
+            "a.css",
+            "td { padding: 1px } tbody td { color: red } tr:nth-child(even) td { background: #eee }\n\
+             p:empty { display: none } a[x-apple-data-detectors] { color: inherit } .x.y { margin: 0 }\n\
+             li:first-child { font-weight: bold } body { margin: 0 }",
+        )]);
+        let docs = [
+            "<table><tr><td>a</td></tr><tr><td>b</td></tr><tr><td>c</td></tr></table>",
+            "<html><head><link rel=stylesheet href=a.css></head><body><p></p><p>x</p><a x-apple-data-detectors href=x>y</a></body></html>",
+            "<link rel=stylesheet href=a.css><div class='x y' style='color: blue'>q</div><ul><li>1<li>2</ul>",
+            "<link rel=stylesheet href=a.css><table><tbody><tr><td style=\"color: green\">a</td></tr></tbody></table><br/><img src=x />",
+            "<link rel=stylesheet href=a.css>text before html<p>para<p>unclosed<div><table><tr><td>x</td></tr></table></div>",
+        ];
+        for doc in docs {
+            let doc = if doc.contains("a.css") {
+                doc.to_string()
+            } else {
+                format!("<link rel=stylesheet href=a.css>{doc}")
+            };
+            same_as_direct(&s, &doc);
+        }
+    }
+
+    #[test]
+    fn plans_are_shared_by_documents_of_one_shape() {
+        let s = sheets(&[("a.css", "p { color: red } .big { font-size: 20px }")]);
+        let doc = |name: &str, class: &str| {
+            format!("<link rel=stylesheet href=a.css><p class=\"{class}\">Hello {name}</p><a href=\"https://x.test/{name}\">go</a>")
+        };
+        s.inline(&doc("Ada", "big"), Path::new("t")).unwrap();
+        s.inline(&doc("Grace", "big"), Path::new("t")).unwrap();
+        assert_eq!(
+            s.plans.read().unwrap().len(),
+            1,
+            "text and URLs do not make new shapes"
+        );
+        let small = s.inline(&doc("Linus", "small"), Path::new("t")).unwrap();
+        assert_eq!(s.plans.read().unwrap().len(), 2, "a class does");
+        assert!(
+            small.contains("<p class=\"small\" style=\"color: red;\">Hello Linus</p>"),
+            "{small}"
+        );
+    }
 
     fn sheets(files: &[(&str, &str)]) -> Stylesheets {
         Stylesheets::new(

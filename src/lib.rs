@@ -38,12 +38,14 @@ mod render;
 mod templates;
 mod text;
 mod transport;
+mod watch;
 
 pub use check::{check, Report};
 pub use config::{Config, TransportConfig, DEFAULT_FROM};
 pub use error::{Error, ErrorKind, Location, Result, Violation};
-pub use mailer::{Mailer, MailerBuilder, Receipt, TemplateMessage};
+pub use mailer::{Mailer, MailerBuilder, Receipt, TemplateInfo, TemplateMessage};
 pub use message::Attachment;
 pub use render::Rendered;
 pub use transport::smtp::{AuthConfig, Mechanism, PoolConfig, RetryConfig, SmtpConfig, TlsMode};
 pub use transport::{Inbox, Rejected, SentMessage};
+pub use watch::ReloadEvent;

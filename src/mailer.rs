@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use lettre::message::Mailbox;
@@ -14,6 +15,7 @@ use crate::message::{self, Attachment, Outgoing};
 use crate::render::{self, parse_mailbox, parse_mailboxes, Rendered};
 use crate::templates::TemplateSet;
 use crate::transport::{Inbox, Outbox, Smtp, Transport};
+use crate::watch::{self, Live};
 
 /// Renders named templates and sends them. Cheap to clone; clones share everything.
 ///
@@ -37,13 +39,14 @@ use crate::transport::{Inbox, Outbox, Smtp, Transport};
 /// ```
 #[derive(Clone)]
 pub struct Mailer {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    set: ArcSwap<TemplateSet>,
+pub(crate) struct Inner {
+    pub(crate) set: ArcSwap<TemplateSet>,
     from: Mailbox,
     transport: Transport,
+    pub(crate) live: Live,
 }
 
 impl std::fmt::Debug for Mailer {
@@ -76,10 +79,26 @@ pub struct Receipt {
     pub tags: Vec<String>,
 }
 
+/// A sendable template as [`Mailer::templates`] lists it.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct TemplateInfo {
+    /// The name it is sent by, e.g. `account/password-reset`.
+    pub name: String,
+    /// Its base HTML file.
+    pub file: PathBuf,
+    /// Locale tags of its variants, as written in their file names.
+    pub locales: Vec<String>,
+    /// How many samples its schema's `examples` holds ([`Mailer::example`]).
+    pub examples: usize,
+}
+
 /// Builds a [`Mailer`] in code; [`Mailer::from_config`] reads the same from a file.
 #[derive(Debug, Clone, Default)]
 pub struct MailerBuilder {
     config: Config,
+    watch: Option<watch::Mode>,
+    tolerate_broken: bool,
 }
 
 impl MailerBuilder {
@@ -104,6 +123,33 @@ impl MailerBuilder {
     /// Writes messages as `.eml` files to `dir` (the default, with `outbox`).
     pub fn outbox(mut self, dir: impl Into<PathBuf>) -> Self {
         self.config.transport = TransportConfig::Outbox { dir: dir.into() };
+        self
+    }
+
+    /// Reloads the template set whenever a file under the template or schema folder
+    /// changes (off by default). A set that fails to load is not swapped in: the last
+    /// good one stays, and [`Mailer::subscribe`] and [`Mailer::last_reload_error`] say
+    /// why. The watch ends when the last clone of the mailer is dropped.
+    pub fn watch(mut self, watch: bool) -> Self {
+        self.watch = watch.then_some(watch::Mode::Native);
+        self
+    }
+
+    /// Like [`watch`](Self::watch), but scans the folders every `interval` instead of
+    /// relying on file-system notifications, which network mounts and some containers
+    /// never send.
+    pub fn poll(mut self, interval: Duration) -> Self {
+        self.watch = Some(watch::Mode::Poll(interval));
+        self
+    }
+
+    /// With [`watch`](Self::watch) or [`poll`](Self::poll): build even when the
+    /// template set does not load yet. The mailer then knows no templates and
+    /// [`Mailer::last_reload_error`] says why, until a save makes the set load. Meant
+    /// for previews and dev servers, where the fix is one save away; a mailer that
+    /// does not watch still refuses to build.
+    pub fn tolerate_broken(mut self, tolerate: bool) -> Self {
+        self.tolerate_broken = tolerate;
         self
     }
 
@@ -136,14 +182,34 @@ impl MailerBuilder {
                 format!("default sender: {}", e.message()),
             )
         })?;
-        let set = TemplateSet::load(&self.config.templates, &self.config.schemas)?;
-        Ok(Mailer {
-            inner: Arc::new(Inner {
-                set: ArcSwap::from_pointee(set),
-                from,
-                transport,
-            }),
-        })
+        let live = Live::new(&self.config.templates, &self.config.schemas);
+        // A missing folder is left for the load to explain.
+        if let Some(mode) = self.watch.filter(|_| self.config.templates.is_dir()) {
+            watch::start(&live, mode)?;
+        }
+        let set = match TemplateSet::load(&self.config.templates, &self.config.schemas) {
+            Ok(set) => set,
+            // A missing or unreadable folder cannot be watched back to health.
+            Err(e)
+                if self.tolerate_broken
+                    && self.watch.is_some()
+                    && e.kind() != ErrorKind::Config =>
+            {
+                live.broken_at_start(e);
+                TemplateSet::empty(&self.config.templates)
+            }
+            Err(e) => return Err(e),
+        };
+        let inner = Arc::new(Inner {
+            set: ArcSwap::from_pointee(set),
+            from,
+            transport,
+            live,
+        });
+        if self.watch.is_some() {
+            watch::attach(&inner);
+        }
+        Ok(Mailer { inner })
     }
 }
 
@@ -231,6 +297,25 @@ impl Mailer {
     /// Names of every sendable template, sorted.
     pub fn template_names(&self) -> Vec<String> {
         self.inner.set.load().entries.keys().cloned().collect()
+    }
+
+    /// Every sendable template with its locale variants and sample data, sorted by
+    /// name: what a preview lists.
+    pub fn templates(&self) -> Vec<TemplateInfo> {
+        let set = self.set();
+        set.entries
+            .iter()
+            .map(|(name, entry)| TemplateInfo {
+                name: name.clone(),
+                file: entry.base.file.clone(),
+                locales: entry
+                    .locales
+                    .values()
+                    .filter_map(|v| v.locale.clone())
+                    .collect(),
+                examples: entry.base.schema.as_ref().map_or(0, |s| s.examples.len()),
+            })
+            .collect()
     }
 
     pub(crate) fn set(&self) -> Arc<TemplateSet> {

@@ -1,6 +1,7 @@
 //! The `missive` command: a thin layer over the library.
 
 mod cli;
+mod preview;
 
 use std::process::ExitCode;
 

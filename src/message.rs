@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use lettre::address::Envelope;
-use lettre::message::header::{ContentType, HeaderName, HeaderValue};
+use lettre::message::header::{ContentTransferEncoding, ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::Message;
 
@@ -170,7 +170,7 @@ pub(crate) fn build(
     }
     let (inline, attached): (Vec<_>, Vec<_>) =
         attachments.iter().partition(|a| a.content_id.is_some());
-    let html = SinglePart::html(crlf(&rendered.html));
+    let html = text_part(ContentType::TEXT_HTML, &rendered.html);
     let html = if inline.is_empty() {
         Body::Single(html)
     } else {
@@ -182,12 +182,13 @@ pub(crate) fn build(
                 }),
         )
     };
-    let body = match &rendered.text {
-        Some(text) => Body::Multi(
-            html.add_to(MultiPart::alternative().singlepart(SinglePart::plain(crlf(text)))),
-        ),
-        None => html,
-    };
+    let body =
+        match &rendered.text {
+            Some(text) => Body::Multi(html.add_to(
+                MultiPart::alternative().singlepart(text_part(ContentType::TEXT_PLAIN, text)),
+            )),
+            None => html,
+        };
     let body = if attached.is_empty() {
         body
     } else {
@@ -217,8 +218,33 @@ pub(crate) fn build(
     })
 }
 
-/// `text` with CRLF line ends, as MIME wants them. lettre converts too, but by inserting
-/// one `\r` at a time into the string, which moves the rest of it for every line.
+/// A UTF-8 text part: 7bit when it can be, quoted-printable otherwise.
+///
+/// lettre would choose the same, but its converter inserts CRLFs one `\r` at a time
+/// and its quoted-printable encoder goes character by character; together they cost
+/// more than rendering the template.
+fn text_part(content_type: ContentType, text: &str) -> SinglePart {
+    let bare_cr = text
+        .split('\r')
+        .skip(1)
+        .any(|after| !after.starts_with('\n'));
+    let seven_bit =
+        text.is_ascii() && !text.contains('\0') && !bare_cr && text.lines().all(|l| l.len() <= 998);
+    let body = if seven_bit {
+        lettre::message::Body::dangerous_pre_encoded(
+            crlf(text).into_bytes(),
+            ContentTransferEncoding::SevenBit,
+        )
+    } else {
+        lettre::message::Body::dangerous_pre_encoded(
+            quoted_printable(text),
+            ContentTransferEncoding::QuotedPrintable,
+        )
+    };
+    SinglePart::builder().header(content_type).body(body)
+}
+
+/// `text` with CRLF line ends, as MIME wants them.
 fn crlf(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + text.len() / 16);
     for line in text.split_inclusive('\n') {
@@ -232,6 +258,71 @@ fn crlf(text: &str) -> String {
     }
     out
 }
+
+/// Quoted-printable (RFC 2045 §6.7): lines of at most 76 characters, line ends as CRLF.
+fn quoted_printable(text: &str) -> Vec<u8> {
+    const MAX: usize = 76;
+    let mut out = Vec::with_capacity(text.len() + text.len() / 8);
+    for line in text.split('\n') {
+        let line = line.strip_suffix('\r').unwrap_or(line).as_bytes();
+        // White space at the end of a line would be eaten by transports: encode it.
+        let keep = line.len() - usize::from(matches!(line.last(), Some(b' ' | b'\t')));
+        let mut width = 0;
+        let mut i = 0;
+        while i < line.len() {
+            // Copy a run of plain characters, leaving room for a soft break's `=`
+            // unless the run reaches the end of the line.
+            let run = line[i..keep]
+                .iter()
+                .position(|&b| !QP_LITERAL[usize::from(b)])
+                .map_or(keep, |p| i + p);
+            if run > i {
+                let room = MAX - 1 - width;
+                let end = if run == line.len() && run - i <= room + 1 {
+                    run
+                } else {
+                    run.min(i + room)
+                };
+                out.extend_from_slice(&line[i..end]);
+                width += end - i;
+                i = end;
+                if i < line.len() && width >= MAX - 1 {
+                    out.extend_from_slice(b"=\r\n");
+                    width = 0;
+                }
+                continue;
+            }
+            let limit = if i + 1 == line.len() { MAX } else { MAX - 1 };
+            if width + 3 > limit {
+                out.extend_from_slice(b"=\r\n");
+                width = 0;
+            }
+            let b = line[i];
+            out.extend_from_slice(&[b'=', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+            width += 3;
+            i += 1;
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    // `split` yields one more (empty) line after a final `\n` than the text has.
+    out.truncate(out.len() - 2);
+    out
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+/// Bytes quoted-printable writes as they are: printable ASCII but `=`, and space and
+/// tab (except at the end of a line, which the encoder handles).
+const QP_LITERAL: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 32;
+    while b < 127 {
+        table[b] = b != b'=' as usize;
+        b += 1;
+    }
+    table[b'\t' as usize] = true;
+    table
+};
 
 enum Body {
     Single(SinglePart),
@@ -249,7 +340,52 @@ impl Body {
 
 #[cfg(test)]
 mod tests {
-    use super::crlf;
+    use super::{crlf, quoted_printable};
+
+    #[test]
+    fn quoted_printable_round_trips_and_keeps_lines_short() {
+        let long = "x".repeat(200);
+        let mut samples = vec![
+            "plain ascii".to_string(),
+            "caf\u{e9} = 5\u{20ac} \u{2014} \u{1f600}\ntrailing space \nand tab\t\n".to_string(),
+            long,
+            "line\r\nbreaks\n\nend\n".to_string(),
+            "=3D==\u{a0}\u{a0}".to_string(),
+        ];
+        // Every mix of plain, encoded and blank characters around the 76-column edge.
+        let pieces = ["a", "=", "\u{e9}", " ", "\t", "\u{1f600}"];
+        for len in 70..82 {
+            for (i, piece) in pieces.iter().enumerate() {
+                for tail in pieces {
+                    let mut s = "b".repeat(len - i);
+                    s.push_str(piece);
+                    s.push_str(tail);
+                    s.push_str(&"x=".repeat(i));
+                    samples.push(s.clone());
+                    s.push('\n');
+                    s.push_str(tail);
+                    samples.push(s);
+                }
+            }
+        }
+        for sample in &samples {
+            let sample = sample.as_str();
+            let encoded = quoted_printable(sample);
+            let text = String::from_utf8(encoded.clone()).unwrap();
+            for line in text.split("\r\n") {
+                assert!(line.len() <= 76, "{line:?}");
+                assert!(!line.ends_with(' ') && !line.ends_with('\t'), "{line:?}");
+            }
+            let decoded =
+                ::quoted_printable::decode(&encoded, ::quoted_printable::ParseMode::Strict)
+                    .unwrap();
+            assert_eq!(
+                String::from_utf8(decoded).unwrap(),
+                crlf(sample),
+                "{sample:?}"
+            );
+        }
+    }
 
     #[test]
     fn line_ends_become_crlf_once() {

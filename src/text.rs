@@ -4,6 +4,8 @@
 //! reader would see: block structure as line breaks, links as `text (url)`, and none of
 //! the CSS, script or hidden preheader text.
 
+use std::borrow::Cow;
+
 use crate::html::{self, Scanner, Token};
 
 /// The text a reader of `html` would see.
@@ -15,8 +17,8 @@ pub(crate) fn from_html(html: &str) -> String {
                 name,
                 attrs,
                 self_closing,
-            } => state.start(&name.to_ascii_lowercase(), attrs, self_closing),
-            Token::End { name } => state.end(&name.to_ascii_lowercase()),
+            } => state.start(&lower(name), attrs, self_closing),
+            Token::End { name } => state.end(&lower(name)),
             Token::Text(text) if state.hidden.is_none() => {
                 state.text(&html::decode_entities(text));
             }
@@ -24,6 +26,34 @@ pub(crate) fn from_html(html: &str) -> String {
         }
     }
     state.finish()
+}
+
+fn lower(name: &str) -> Cow<'_, str> {
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    }
+}
+
+/// Whether a `style` attribute hides its element (`display: none`).
+fn hides(style: &str) -> bool {
+    let mut rest = style;
+    while let Some(at) = rest.find("display").or_else(|| rest.find("DISPLAY")) {
+        let after = rest[at + 7..].trim_start();
+        if let Some(value) = after.strip_prefix(':') {
+            if html::starts_with_ci(value.trim_start(), "none") {
+                return true;
+            }
+        }
+        rest = &rest[at + 7..];
+    }
+    false
+}
+
+/// Characters that separate words: HTML's white space and the no-break space.
+fn is_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0c' | '\u{a0}')
 }
 
 #[derive(Default)]
@@ -47,19 +77,13 @@ const VOID: &[&str] = &[
 
 impl State {
     fn text(&mut self, text: &str) {
-        for (index, word) in text
-            .split(|c: char| c.is_whitespace() || c == '\u{a0}')
-            .enumerate()
-        {
+        for (index, word) in text.split(is_space).enumerate() {
             if index > 0 {
                 self.pending_space = true;
             }
             if !word.is_empty() {
                 self.word(word);
             }
-        }
-        if text.ends_with(|c: char| c.is_whitespace() || c == '\u{a0}') {
-            self.pending_space = true;
         }
     }
 
@@ -82,20 +106,25 @@ impl State {
     }
 
     fn start(&mut self, name: &str, attrs: &str, self_closing: bool) {
-        let attr = |key: &str| html::attr(attrs, key).map(|v| v.into_owned());
         if let Some((hidden, depth)) = &mut self.hidden {
             if hidden == name && !VOID.contains(&name) {
                 *depth += 1;
             }
             return;
         }
-        let style = attr("style")
-            .unwrap_or_default()
-            .replace(' ', "")
-            .to_lowercase();
-        let invisible = style.contains("display:none")
-            || matches!(name, "head" | "style" | "script" | "title" | "template")
-            || attr("hidden").is_some();
+        let (mut href, mut alt, mut invisible) = (None, None, false);
+        for (key, value) in html::attributes(attrs) {
+            if key.eq_ignore_ascii_case("style") {
+                invisible |= hides(value);
+            } else if key.eq_ignore_ascii_case("hidden") {
+                invisible = true;
+            } else if key.eq_ignore_ascii_case("href") {
+                href = Some(value);
+            } else if key.eq_ignore_ascii_case("alt") {
+                alt = Some(value);
+            }
+        }
+        invisible |= matches!(name, "head" | "style" | "script" | "title" | "template");
         if invisible {
             if !VOID.contains(&name) && !self_closing {
                 self.hidden = Some((name.to_string(), 1));
@@ -130,10 +159,13 @@ impl State {
                 self.pending_space = true;
             }
             "td" | "th" => self.pending_space = true,
-            "a" => self.links.push((attr("href"), self.out.len())),
+            "a" => self.links.push((
+                href.map(|h| html::decode_entities(h).into_owned()),
+                self.out.len(),
+            )),
             "img" => {
-                if let Some(alt) = attr("alt").filter(|a| !a.trim().is_empty()) {
-                    self.text(&alt);
+                if let Some(alt) = alt.filter(|a| !a.trim().is_empty()) {
+                    self.text(&html::decode_entities(alt));
                 }
             }
             _ => {}
@@ -235,6 +267,18 @@ mod tests {
              - one\n- two\n\n1. first\n2. second\n\nWidget 2 $4.00\nTotal $8.00\n\n\
              Line\nbreak & entity here\n\nAcme (https://x.test/logo) help@x.test\n"
         );
+    }
+
+    #[test]
+    fn hidden_by_any_spelling_of_display_none() {
+        for style in [
+            "display:none",
+            "color: red; DISPLAY : None !important",
+            "display:  none",
+        ] {
+            assert!(super::hides(style), "{style}");
+        }
+        assert!(!super::hides("display: block; mso-hide: none"));
     }
 
     #[test]

@@ -44,6 +44,25 @@ enum Command {
         /// What to print.
         #[arg(long, value_enum, default_value_t = Format::Html)]
         format: Format,
+        /// Write to FILE (replaced whole on each render) instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Keep running and render again every time a template or schema is saved.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        poll: PollArgs,
+    },
+    /// Serve a live preview of every template on http://127.0.0.1 that reloads on save.
+    Preview {
+        /// Port to listen on (127.0.0.1 only); 0 picks a free one.
+        #[arg(long, value_name = "P", default_value_t = 4180)]
+        port: u16,
+        /// Open the page in the default browser.
+        #[arg(long)]
+        open: bool,
+        #[command(flatten)]
+        poll: PollArgs,
     },
     /// Render one template and send it through the configured transport.
     Send {
@@ -79,6 +98,24 @@ struct DataArgs {
     /// Locale variant to use: fr-CA falls back to fr, then the base template.
     #[arg(long, value_name = "LOCALE")]
     locale: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct PollArgs {
+    /// Scan for changes every MS milliseconds (default 250) instead of relying on
+    /// file-system notifications, e.g. on network mounts or in containers. Implies
+    /// --watch for render.
+    #[arg(long, value_name = "MS", num_args = 0..=1, default_missing_value = "250")]
+    poll: Option<u64>,
+}
+
+impl PollArgs {
+    fn watching(&self, builder: missive::MailerBuilder) -> missive::MailerBuilder {
+        match self.poll {
+            Some(ms) => builder.poll(std::time::Duration::from_millis(ms.max(1))),
+            None => builder.watch(true),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -168,7 +205,27 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             name,
             input,
             format,
-        } => render(config, &name, &input, format),
+            out,
+            watch,
+            poll,
+        } => {
+            if watch || poll.poll.is_some() {
+                render_watch(config, &name, &input, format, out.as_deref(), &poll).await
+            } else {
+                render(config, &name, &input, format, out.as_deref())
+            }
+        }
+        Command::Preview { port, open, poll } => {
+            let options = crate::preview::Options {
+                port,
+                open,
+                poll: poll
+                    .poll
+                    .map(|ms| std::time::Duration::from_millis(ms.max(1))),
+            };
+            crate::preview::serve(config, options).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Send { name, input, to } => send(config, &name, &input, &to).await,
         Command::Auth(command) => auth::run(&config, command).await,
         Command::Init { dir, force } => {
@@ -228,10 +285,64 @@ fn message(mailer: &Mailer, name: &str, input: &DataArgs) -> Result<missive::Tem
     Ok(message)
 }
 
-fn render(config: Config, name: &str, input: &DataArgs, format: Format) -> Result<ExitCode> {
+fn render(
+    config: Config,
+    name: &str,
+    input: &DataArgs,
+    format: Format,
+    out: Option<&Path>,
+) -> Result<ExitCode> {
     let mailer = Mailer::builder().config(config).build()?;
-    let message = message(&mailer, name, input)?;
-    let out = match format {
+    emit(out, &render_bytes(&mailer, name, input, format)?)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Renders once, then again after every save, until interrupted. A broken save or a
+/// failing render is reported on stderr and the last output is left as it was.
+async fn render_watch(
+    config: Config,
+    name: &str,
+    input: &DataArgs,
+    format: Format,
+    out: Option<&Path>,
+    poll: &PollArgs,
+) -> Result<ExitCode> {
+    let mailer = poll
+        .watching(Mailer::builder().config(config).tolerate_broken(true))
+        .build()?;
+    let mut events = mailer.subscribe();
+    let render_once = |mailer: &Mailer| match render_bytes(mailer, name, input, format) {
+        Ok(bytes) => match emit(out, &bytes) {
+            Ok(()) => eprintln!("rendered {name}; watching for changes (Ctrl-C to stop)"),
+            Err(e) => print_error(&e),
+        },
+        Err(e) => print_error(&e),
+    };
+    match mailer.last_reload_error() {
+        Some(error) => {
+            eprintln!("templates do not load yet; watching for a fix:");
+            print_error(&error);
+        }
+        None => render_once(&mailer),
+    }
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Ok(missive::ReloadEvent::Failed { error, .. }) => {
+                    eprintln!("templates do not load; keeping the last output:");
+                    print_error(&error);
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => render_once(&mailer),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(ExitCode::SUCCESS),
+            },
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
+fn render_bytes(mailer: &Mailer, name: &str, input: &DataArgs, format: Format) -> Result<Vec<u8>> {
+    let message = message(mailer, name, input)?;
+    Ok(match format {
         Format::Eml => message.eml()?,
         Format::Html => message.render()?.html().as_bytes().to_vec(),
         Format::Text => match message.render()?.text() {
@@ -249,11 +360,29 @@ fn render(config: Config, name: &str, input: &DataArgs, format: Format) -> Resul
             json.push(b'\n');
             json
         }
+    })
+}
+
+/// Writes to stdout, or replaces `out` whole, so a mail client or editor watching it
+/// never reads half a message.
+fn emit(out: Option<&Path>, bytes: &[u8]) -> Result<()> {
+    let Some(path) = out else {
+        let mut stdout = std::io::stdout().lock();
+        return stdout
+            .write_all(bytes)
+            .and_then(|()| stdout.flush())
+            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot write to stdout: {e}")));
     };
-    std::io::stdout()
-        .write_all(&out)
-        .map_err(|e| Error::new(ErrorKind::Io, format!("cannot write to stdout: {e}")))?;
-    Ok(ExitCode::SUCCESS)
+    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
+    let temp = path.with_file_name(format!(".{file_name}.missive-tmp"));
+    std::fs::write(&temp, bytes)
+        .and_then(|()| std::fs::rename(&temp, path))
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                format!("cannot write {}: {e}", path.display()),
+            )
+        })
 }
 
 async fn send(config: Config, name: &str, input: &DataArgs, to: &[String]) -> Result<ExitCode> {

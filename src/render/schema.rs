@@ -24,13 +24,15 @@ impl std::fmt::Debug for Schema {
 impl Schema {
     /// Parses and compiles `text`, read from `file`.
     pub fn compile(file: &Path, text: &str) -> Result<Schema> {
-        let value: Value = serde_json::from_str(text).map_err(|e| {
+        let mut value: Value = serde_json::from_str(text).map_err(|e| {
             Error::new(ErrorKind::Template, format!("invalid JSON: {e}")).at(
                 file,
                 e.line(),
                 e.column(),
             )
         })?;
+        // `examples` do not take part in validation; taken out, they are stored once.
+        let examples = value.as_object_mut().and_then(|o| o.remove("examples"));
         let validator = jsonschema::options()
             .should_validate_formats(true)
             .build(&value)
@@ -42,9 +44,9 @@ impl Schema {
                 )
                 .at(file, line_of_pointer(text, &pointer), 1)
             })?;
-        let examples = match value.get("examples") {
+        let examples = match examples {
             None => Vec::new(),
-            Some(Value::Array(items)) => items.clone(),
+            Some(Value::Array(items)) => items,
             Some(_) => {
                 return Err(Error::new(
                     ErrorKind::Template,

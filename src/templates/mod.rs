@@ -5,7 +5,7 @@
 //! `missive check` and a hot reload can show them all.
 
 pub(crate) mod front_matter;
-mod walk;
+pub(crate) mod walk;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -22,23 +22,44 @@ use front_matter::{FrontMatter, TextMode};
 #[derive(Debug, Clone)]
 pub(crate) struct Source {
     pub file: PathBuf,
-    /// Front-matter values are one-line templates standing at a fixed file line.
-    pub fixed_line: Option<usize>,
+    /// For the template of a variant's front-matter values: the template line each value
+    /// starts on and the file line it stands on. Bodies keep file lines as they are.
+    pub line_map: Option<Vec<(usize, usize)>>,
     pub text: Arc<str>,
 }
+
+impl Source {
+    fn file_line(&self, line: usize) -> usize {
+        match &self.line_map {
+            None => line,
+            Some(map) => map
+                .iter()
+                .take_while(|(start, _)| *start <= line)
+                .last()
+                .map_or(1, |(_, file_line)| *file_line),
+        }
+    }
+}
+
+/// Separates the rendered front-matter values in the output of their shared template.
+pub(crate) const FIELD_SEPARATOR: &str = "\u{1e}\n";
 
 /// A front-matter value, compiled once at load time.
 #[derive(Debug, Clone)]
 pub(crate) struct Field {
     /// The value as written.
     pub text: String,
-    /// The minijinja template holding it; `None` when it has no template syntax.
-    pub template: Option<String>,
+    /// Its place in the output of [`Fields::template`]; `None` when it has no template
+    /// syntax and is used as written.
+    pub slot: Option<usize>,
     /// Its line in the file.
     pub line: usize,
 }
 
 /// The front-matter of one variant, ready to render.
+///
+/// Values with template syntax share one minijinja template, one value per line: each
+/// compiled template costs kilobytes, and a set can have thousands of values.
 #[derive(Debug, Clone)]
 pub(crate) struct Fields {
     pub subject: Field,
@@ -48,6 +69,8 @@ pub(crate) struct Fields {
     pub cc: Vec<Field>,
     pub bcc: Vec<Field>,
     pub headers: Vec<(String, Field)>,
+    pub template: Option<String>,
+    pub slots: usize,
 }
 
 /// One sendable file: a template in one locale.
@@ -123,6 +146,12 @@ impl TemplateSet {
         Ok(set)
     }
 
+    /// A set with no templates: what a mailer renders from while the files it watches
+    /// have never loaded.
+    pub fn empty(templates_dir: &Path) -> TemplateSet {
+        Builder::new(templates_dir).finish()
+    }
+
     /// The variant of `name` for `locale`: `fr-CA`, then `fr`, then the base.
     pub fn variant(&self, name: &str, locale: Option<&str>) -> Result<&Arc<Variant>> {
         let entry = self.entries.get(name).ok_or_else(|| {
@@ -195,10 +224,30 @@ pub(crate) fn jinja_error(
     }
     let mut error = Error::new(kind, message);
     if let Some(source) = source {
-        let line = source.fixed_line.or(err.line()).unwrap_or(1);
+        let line = source.file_line(err.line().unwrap_or(1));
         error = error.at(&source.file, line, 1);
     }
     error
+}
+
+/// HTML-escapes what HTML needs escaped. minijinja's escaper also writes `/` as
+/// `&#x2f;`, which is harmless but fills every URL a recipient sees in the source with it.
+fn write_escaped(out: &mut minijinja::Output, text: &str) -> Result<(), minijinja::Error> {
+    let failed = |_| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "output failed");
+    let mut rest = text;
+    while let Some(at) = rest.find(['&', '<', '>', '"', '\'']) {
+        out.write_str(&rest[..at]).map_err(failed)?;
+        let entity = match rest.as_bytes()[at] {
+            b'&' => "&amp;",
+            b'<' => "&lt;",
+            b'>' => "&gt;",
+            b'"' => "&quot;",
+            _ => "&#39;",
+        };
+        out.write_str(entity).map_err(failed)?;
+        rest = &rest[at + 1..];
+    }
+    out.write_str(rest).map_err(failed)
 }
 
 struct Builder {
@@ -219,6 +268,12 @@ impl Builder {
             } else {
                 AutoEscape::None
             }
+        });
+        env.set_formatter(|out, state, value| match value.as_str() {
+            Some(text) if state.auto_escape() == AutoEscape::Html && !value.is_safe() => {
+                write_escaped(out, text)
+            }
+            _ => minijinja::escape_formatter(out, state, value),
         });
         // Everything the set may include was added up front; the loader only runs for
         // names that are not there, to say why a path that leaves the folder fails.
@@ -246,14 +301,14 @@ impl Builder {
         name: String,
         text: String,
         file: &Path,
-        fixed_line: Option<usize>,
+        line_map: Option<Vec<(usize, usize)>>,
     ) -> Result<()> {
         let text: Arc<str> = Arc::from(text);
         self.sources.insert(
             name.clone(),
             Source {
                 file: file.to_path_buf(),
-                fixed_line,
+                line_map,
                 text: text.clone(),
             },
         );
@@ -380,38 +435,66 @@ impl Builder {
         })
     }
 
-    fn compile_fields(&mut self, html: &str, file: &Path, fm: &FrontMatter) -> Result<Fields> {
-        let list = |this: &mut Builder, key: &str, values: &[front_matter::Value]| {
-            values
-                .iter()
-                .enumerate()
-                .map(|(i, v)| this.field(html, file, &format!("{key}[{i}]"), v))
-                .collect::<Result<Vec<_>>>()
+    fn compile_fields<'a>(
+        &mut self,
+        html: &str,
+        file: &Path,
+        fm: &'a FrontMatter,
+    ) -> Result<Fields> {
+        let mut dynamic: Vec<&front_matter::Value> = Vec::new();
+        let mut field = |value: &'a front_matter::Value| -> Result<Field> {
+            let templated = value.source.contains("{{") || value.source.contains("{%");
+            let slot = if templated {
+                // Compiled alone first, so a syntax error points at its own line.
+                self.env
+                    .template_from_named_str(html, &value.source)
+                    .map_err(|e| {
+                        let detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();
+                        Error::new(ErrorKind::Template, format!("{}{detail}", e.kind()))
+                            .at(file, value.line, 1)
+                    })?;
+                dynamic.push(value);
+                Some(dynamic.len() - 1)
+            } else {
+                None
+            };
+            Ok(Field {
+                text: value.source.clone(),
+                slot,
+                line: value.line,
+            })
         };
-        let to = list(self, "to", &fm.to)?;
-        let cc = list(self, "cc", &fm.cc)?;
-        let bcc = list(self, "bcc", &fm.bcc)?;
-        let subject = self.field(html, file, "subject", &fm.subject)?;
-        let from = fm
-            .from
-            .as_ref()
-            .map(|v| self.field(html, file, "from", v))
-            .transpose()?;
-        let reply_to = fm
-            .reply_to
-            .as_ref()
-            .map(|v| self.field(html, file, "reply_to", v))
-            .transpose()?;
+        let subject = field(&fm.subject)?;
+        let from = fm.from.as_ref().map(&mut field).transpose()?;
+        let reply_to = fm.reply_to.as_ref().map(&mut field).transpose()?;
+        let to = fm.to.iter().map(&mut field).collect::<Result<Vec<_>>>()?;
+        let cc = fm.cc.iter().map(&mut field).collect::<Result<Vec<_>>>()?;
+        let bcc = fm.bcc.iter().map(&mut field).collect::<Result<Vec<_>>>()?;
         let headers = fm
             .headers
             .iter()
-            .map(|(n, v)| {
-                Ok((
-                    n.clone(),
-                    self.field(html, file, &format!("headers.{n}"), v)?,
-                ))
-            })
+            .map(|(n, v)| Ok((n.clone(), field(v)?)))
             .collect::<Result<Vec<_>>>()?;
+        let slots = dynamic.len();
+        let template = if dynamic.is_empty() {
+            None
+        } else {
+            let mut source = String::new();
+            let mut line_map = Vec::with_capacity(slots);
+            let mut line = 1;
+            for (i, value) in dynamic.iter().enumerate() {
+                if i > 0 {
+                    source.push_str(FIELD_SEPARATOR);
+                    line += 1;
+                }
+                line_map.push((line, value.line));
+                source.push_str(&value.source);
+                line += value.source.matches('\n').count();
+            }
+            let name = format!("{html}#front-matter");
+            self.add(name.clone(), source, file, Some(line_map))?;
+            Some(name)
+        };
         Ok(Fields {
             subject,
             from,
@@ -420,28 +503,8 @@ impl Builder {
             cc,
             bcc,
             headers,
-        })
-    }
-
-    /// Compiles one front-matter value; values without template syntax stay plain.
-    fn field(
-        &mut self,
-        html: &str,
-        file: &Path,
-        key: &str,
-        value: &front_matter::Value,
-    ) -> Result<Field> {
-        let template = if value.source.contains("{{") || value.source.contains("{%") {
-            let name = format!("{html}#{key}");
-            self.add(name.clone(), value.source.clone(), file, Some(value.line))?;
-            Some(name)
-        } else {
-            None
-        };
-        Ok(Field {
-            text: value.source.clone(),
             template,
-            line: value.line,
+            slots,
         })
     }
 
@@ -450,7 +513,7 @@ impl Builder {
         let mut names: Vec<_> = self
             .sources
             .iter()
-            .filter(|(name, s)| s.fixed_line.is_none() && name.ends_with(".html"))
+            .filter(|(name, s)| s.line_map.is_none() && name.ends_with(".html"))
             .collect();
         names.sort_by(|a, b| a.0.cmp(b.0));
         for (_, source) in names {
