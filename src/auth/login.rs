@@ -175,16 +175,16 @@ pub async fn login(options: &LoginOptions, show: impl Fn(&str)) -> Result<PathBu
                 "Open this URL in a browser to sign in:\n\n  {url}\n"
             ));
             let code = tokio::time::timeout(SIGN_IN_WAIT, receive_code(&listener, state.secret()))
-            .await
-            .map_err(|_| {
-                Error::new(
-                    ErrorKind::Auth,
-                    format!(
-                        "no sign-in came back within {} minutes; run the command again",
-                        SIGN_IN_WAIT.as_secs() / 60
-                    ),
-                )
-            })??;
+                .await
+                .map_err(|_| {
+                    Error::new(
+                        ErrorKind::Auth,
+                        format!(
+                            "no sign-in came back within {} minutes; run the command again",
+                            SIGN_IN_WAIT.as_secs() / 60
+                        ),
+                    )
+                })??;
             request_with_retries(&http, &hint, || {
                 client
                     .exchange_code(AuthorizationCode::new(code.expose_secret().to_string()))

@@ -7,8 +7,45 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// Any byte stream a session can run over: plain TCP or TLS.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// How the fake server offers TLS.
+#[derive(Clone)]
+pub enum ServerTls {
+    /// Advertise STARTTLS and upgrade when asked.
+    Starttls(TlsAcceptor),
+    /// TLS from the first byte.
+    Implicit(TlsAcceptor),
+}
+
+/// A TLS acceptor with the test certificate for `localhost` / 127.0.0.1, issued by
+/// `tests/support/keys/test-ca.pem`.
+pub fn test_tls_acceptor() -> TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let keys = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/keys");
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(keys.join("test-server.pem"))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+    let key = PrivateKeyDer::from_pem_file(keys.join("test-server.key")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    TlsAcceptor::from(Arc::new(config))
+}
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -52,6 +89,8 @@ pub type Validator = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 /// One message as the server received it.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// Whether the session was encrypted when the message came.
+    pub encrypted: bool,
     pub from: String,
     pub to: Vec<String>,
     pub data: String,
@@ -84,7 +123,7 @@ struct State {
 /// Settings fixed when the server starts.
 #[derive(Clone)]
 pub struct Options {
-    pub starttls: bool,
+    pub tls: Option<ServerTls>,
     pub reject_style: RejectStyle,
     /// Which bearer tokens are good; every token when `None`.
     pub validator: Option<Validator>,
@@ -98,7 +137,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Options {
         Options {
-            starttls: false,
+            tls: None,
             reject_style: RejectStyle::Gmail,
             validator: None,
             passwords: HashMap::new(),
@@ -136,7 +175,15 @@ impl FakeSmtp {
                         s.active += 1;
                         s.max_active = s.max_active.max(s.active);
                     }
-                    let _ = session(socket, &state, &options).await;
+                    let _ = match &options.tls {
+                        Some(ServerTls::Implicit(acceptor)) => {
+                            match acceptor.accept(socket).await {
+                                Ok(tls) => session(Box::new(tls), true, &state, &options).await,
+                                Err(_) => Ok(()),
+                            }
+                        }
+                        _ => session(Box::new(socket), false, &state, &options).await,
+                    };
                     state.lock().unwrap().active -= 1;
                 });
             }
@@ -197,7 +244,7 @@ enum Flow {
 }
 
 struct Conn {
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Box<dyn Stream>>,
 }
 
 impl Conn {
@@ -236,12 +283,13 @@ impl Conn {
 }
 
 async fn session(
-    socket: TcpStream,
+    stream: Box<dyn Stream>,
+    mut encrypted: bool,
     state: &Mutex<State>,
     options: &Options,
 ) -> std::io::Result<()> {
     let mut conn = Conn {
-        reader: BufReader::new(socket),
+        reader: BufReader::new(stream),
     };
     if let Some(flow) = conn.apply(take_fault(state, Stage::Greeting)).await? {
         if matches!(flow, Flow::Close) {
@@ -256,13 +304,27 @@ async fn session(
         let upper = line.to_ascii_uppercase();
         let flow = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
             conn.send("250-fake.test").await?;
-            if options.starttls {
+            if matches!(options.tls, Some(ServerTls::Starttls(_))) && !encrypted {
                 conn.send("250-STARTTLS").await?;
             }
             conn.send("250-AUTH XOAUTH2 OAUTHBEARER PLAIN LOGIN")
                 .await?;
             conn.send("250-8BITMIME").await?;
             conn.send("250 SMTPUTF8").await?;
+            Flow::Continue
+        } else if upper == "STARTTLS" {
+            match &options.tls {
+                Some(ServerTls::Starttls(acceptor)) if !encrypted => {
+                    conn.send("220 2.0.0 ready to start TLS").await?;
+                    let plain = conn.reader.into_inner();
+                    let tls = acceptor.accept(plain).await?;
+                    conn = Conn {
+                        reader: BufReader::new(Box::new(tls)),
+                    };
+                    encrypted = true;
+                }
+                _ => conn.send("454 4.7.0 TLS not available").await?,
+            }
             Flow::Continue
         } else if upper.starts_with("AUTH ") {
             if let Some(flow) = conn.apply(take_fault(state, Stage::Auth)).await? {
@@ -333,6 +395,7 @@ async fn session(
                     let n = {
                         let mut s = state.lock().unwrap();
                         s.received.push(Received {
+                            encrypted,
                             from: from.clone(),
                             to: to.clone(),
                             data,
