@@ -1,9 +1,11 @@
-//! OAuth2 access tokens for SMTP: where they come from, and one cache per mailer that
-//! renews them ahead of expiry.
+//! OAuth2 for SMTP: the settings of `auth.oauth`, `missive auth` sign-in
+//! ([`login`]) and its report ([`status`]).
 //!
-//! The pipeline's transport asks [`TokenCache::get`] for a token before it
-//! authenticates a connection, and [`TokenCache::reject`]s one the server refused.
-//! Everything provider-specific stays behind [`TokenSource`].
+//! Inside, the SMTP transport asks a token cache (one per mailer) for a token before
+//! it authenticates a connection, and drops a token the server refused; the cache
+//! renews ahead of expiry, one renewal at a time. Everything provider-specific stays
+//! behind one small trait, `TokenSource`: refresh-token grant, client credentials,
+//! Google's service-account JWT bearer grant.
 
 mod cache;
 mod http;
