@@ -123,6 +123,23 @@ fn render_one(mailer: &Mailer, entry: &Entry) -> Fallible<Rendered> {
         .map_err(|e| format!("{}: {e}", entry.id))
 }
 
+/// CPU time (user + system) this process has used so far, from /proc/self/stat.
+/// `None` where that file does not exist. Clock ticks are taken as 100 per second,
+/// the value of USER_HZ on every Linux architecture the harness runs on.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+fn cpu_since(start: Option<f64>) -> Value {
+    match (start, cpu_seconds()) {
+        (Some(a), Some(b)) => json!(b - a),
+        _ => Value::Null,
+    }
+}
+
 fn render(args: &Args) -> Fallible<()> {
     let corpus = load_corpus(&args.path("corpus")?)?;
     let out = args.path("out")?;
@@ -144,6 +161,7 @@ fn render(args: &Args) -> Fallible<()> {
         .map_err(|e| format!("{}: {e}", file.display()))?;
 
     let (mut messages, mut rounds) = (0usize, 0usize);
+    let cpu_start = cpu_seconds();
     let start = Instant::now();
     let seconds = loop {
         for entry in &corpus {
@@ -164,6 +182,7 @@ fn render(args: &Args) -> Fallible<()> {
             "messages": messages,
             "rounds": rounds,
             "seconds": seconds,
+            "cpu_seconds": cpu_since(cpu_start),
         })
     );
     Ok(())
@@ -248,14 +267,17 @@ fn send(args: &Args) -> Fallible<()> {
         };
         // Warm-up: open the pool's connections.
         send_all(&mailer, connections * 4).await?;
+        let cpu_start = cpu_seconds();
         let start = Instant::now();
         send_all(&mailer, messages).await?;
         let seconds = start.elapsed().as_secs_f64();
+        let cpu = cpu_since(cpu_start);
         println!(
             "{}",
             json!({"peer": "missive", "available": true,
                    "versions": {"missive": env!("CARGO_PKG_VERSION")},
-                   "messages": messages, "connections": connections, "seconds": seconds})
+                   "messages": messages, "connections": connections, "seconds": seconds,
+                   "cpu_seconds": cpu})
         );
         Ok(())
     })

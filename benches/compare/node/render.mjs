@@ -110,6 +110,7 @@ fs.writeFileSync(path.join(args.out, "outputs.json"), JSON.stringify(outputs));
 let messages = 0;
 let rounds = 0;
 let seconds = 0;
+const cpuStart = process.cpuUsage();
 const start = process.hrtime.bigint();
 for (;;) {
   for (const entry of corpus) await render(entry);
@@ -119,6 +120,7 @@ for (;;) {
   if (seconds >= budget && messages >= minMessages) break;
 }
 
+const cpuSeconds = ({ user, system }) => (user + system) / 1e6;
 const version = (name) => require(`${name}/package.json`).version;
 console.log(
   JSON.stringify({
@@ -127,5 +129,6 @@ console.log(
     messages,
     rounds,
     seconds,
+    cpu_seconds: cpuSeconds(process.cpuUsage(cpuStart)),
   }),
 );

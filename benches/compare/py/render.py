@@ -138,6 +138,7 @@ def main():
     (args.out / "outputs.json").write_text(json.dumps(outputs, ensure_ascii=False), encoding="utf-8")
 
     messages = rounds = 0
+    cpu_start = time.process_time()
     start = time.perf_counter()
     while True:
         for entry in corpus:
@@ -155,6 +156,7 @@ def main():
                 "messages": messages,
                 "rounds": rounds,
                 "seconds": seconds,
+                "cpu_seconds": time.process_time() - cpu_start,
             }
         )
     )
