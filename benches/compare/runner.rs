@@ -2,11 +2,12 @@
 //! API only. Not a Criterion bench: `run` builds it with `cargo bench --no-run` and
 //! calls the binary, pinned to one core, in one of two modes.
 //!
-//! `render --corpus FILE --templates DIR --out DIR [--budget S] [--min-messages N]`
+//! `render --corpus FILE --templates DIR --out DIR [--budget S] [--min-messages N] [--warmup S]`
 //!   Per corpus entry: `mailer.template(name)[.locale(l)].data(&data).render()`, i.e.
 //!   schema validation, front-matter fields, HTML body, CSS inlining and the text part.
-//!   One warm-up round whose outputs go to OUT/outputs.json, then whole rounds until
-//!   both the time budget and the message count are reached; prints one JSON line.
+//!   One round whose outputs go to OUT/outputs.json, more untimed rounds for the
+//!   warm-up time, then whole rounds until both the time budget and the message count
+//!   are reached; prints one JSON line.
 //!
 //! `send --templates DIR --work DIR --port P [--messages N] [--connections C]`
 //!   Renders the fixed message (first example of `welcome`) once, untimed, and writes
@@ -159,6 +160,13 @@ fn render(args: &Args) -> Fallible<()> {
     let file = out.join("outputs.json");
     std::fs::write(&file, Value::Object(outputs).to_string())
         .map_err(|e| format!("{}: {e}", file.display()))?;
+
+    let (warmup, warmup_start) = (args.number("warmup", 1.0)?, Instant::now());
+    while warmup_start.elapsed() < Duration::from_secs_f64(warmup) {
+        for entry in &corpus {
+            std::hint::black_box(render_one(&mailer, entry)?);
+        }
+    }
 
     let (mut messages, mut rounds) = (0usize, 0usize);
     let cpu_start = cpu_seconds();
