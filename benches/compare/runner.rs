@@ -169,11 +169,14 @@ fn render(args: &Args) -> Fallible<()> {
     }
 
     let (mut messages, mut rounds) = (0usize, 0usize);
+    let mut per_entry = vec![Duration::ZERO; corpus.len()];
     let cpu_start = cpu_seconds();
     let start = Instant::now();
     let seconds = loop {
-        for entry in &corpus {
+        for (entry, total) in corpus.iter().zip(per_entry.iter_mut()) {
+            let one = Instant::now();
             std::hint::black_box(render_one(&mailer, entry)?);
+            *total += one.elapsed();
         }
         messages += corpus.len();
         rounds += 1;
@@ -182,6 +185,11 @@ fn render(args: &Args) -> Fallible<()> {
             break elapsed.as_secs_f64();
         }
     };
+    let per_entry: serde_json::Map<String, Value> = corpus
+        .iter()
+        .zip(&per_entry)
+        .map(|(e, t)| (e.id.clone(), json!(t.as_secs_f64())))
+        .collect();
     println!(
         "{}",
         json!({
@@ -191,6 +199,7 @@ fn render(args: &Args) -> Fallible<()> {
             "rounds": rounds,
             "seconds": seconds,
             "cpu_seconds": cpu_since(cpu_start),
+            "per_entry": per_entry,
         })
     );
     Ok(())

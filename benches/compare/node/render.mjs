@@ -116,10 +116,15 @@ while (process.hrtime.bigint() < warmupEnd) {
 let messages = 0;
 let rounds = 0;
 let seconds = 0;
+const perEntry = Object.fromEntries(corpus.map((e) => [e.id, 0]));
 const cpuStart = process.cpuUsage();
 const start = process.hrtime.bigint();
 for (;;) {
-  for (const entry of corpus) await render(entry);
+  for (const entry of corpus) {
+    const one = process.hrtime.bigint();
+    await render(entry);
+    perEntry[entry.id] += Number(process.hrtime.bigint() - one) / 1e9;
+  }
   messages += corpus.length;
   rounds += 1;
   seconds = Number(process.hrtime.bigint() - start) / 1e9;
@@ -136,5 +141,6 @@ console.log(
     rounds,
     seconds,
     cpu_seconds: cpuSeconds(process.cpuUsage(cpuStart)),
+    per_entry: perEntry,
   }),
 );

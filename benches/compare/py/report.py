@@ -315,6 +315,37 @@ def table(header, rows):
     return [fmt(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(r) for r in rows]
 
 
+def per_template(corpus, runs, peers, ref_outputs):
+    """Rows: template file, examples, HTML size, then ms/message per peer (× missive)."""
+    files = sorted({c["file"] for c in corpus}, key=lambda f: [c["file"] for c in corpus].index(f))
+    ms = {}
+    for peer in peers:
+        for f in files:
+            ids = [c["id"] for c in corpus if c["file"] == f]
+            samples = [
+                1000 * sum(r["per_entry"][i] for i in ids) / (r["rounds"] * len(ids))
+                for r in runs[peer]
+                if "per_entry" in r
+            ]
+            ms[peer, f] = statistics.median(samples) if samples else None
+    rows = []
+    for f in files:
+        ids = [c["id"] for c in corpus if c["file"] == f]
+        size = sum(len(ref_outputs[i]["html"].encode()) for i in ids) / len(ids) / 1024
+        row = [f, str(len(ids)), f"{size:.1f}"]
+        for peer in peers:
+            mine, theirs = ms[REFERENCE, f], ms[peer, f]
+            if theirs is None:
+                row.append("-")
+            elif peer == REFERENCE or not mine:
+                row.append(f"{theirs:.3f}")
+            else:
+                row.append(f"{theirs:.3f} ({theirs / mine:.1f}×)")
+        rows.append(row)
+    header = ["template", "examples", "HTML KiB (avg)"] + [f"{PEER_LABELS[p]} ms" for p in peers]
+    return table(header, rows)
+
+
 def render_report(directory, allow_mismatch):
     runs = read_results(directory)
     if REFERENCE not in runs:
@@ -326,6 +357,7 @@ def render_report(directory, allow_mismatch):
     repeats = max(len(r) for r in runs.values())
 
     found = check(directory, peers)
+    ref_outputs = json.loads((directory / "out" / REFERENCE / "outputs.json").read_text(encoding="utf-8"))
     details = []
     total = 0
     summary = []
@@ -353,6 +385,10 @@ def render_report(directory, allow_mismatch):
         "",
         "messages/s and ms/message are by wall clock; CPU ms/message is the process's own CPU time "
         "(user + system), which other work on the machine does not inflate.",
+        "",
+        "Per template (ms/message by wall clock, median of the runs; × = peer time ÷ missive time):",
+        "",
+        *per_template(corpus, runs, peers, ref_outputs),
         "",
         "Output agreement (subject, visible text, styled elements and their CSS properties, per template × example;"
         " \"(note)\" = rules kept in the head differ, reported but not failing):",
