@@ -72,6 +72,11 @@ impl Stylesheets {
         }
     }
 
+    /// The stylesheet files, by path under the templates folder.
+    pub fn files(&self) -> &HashMap<String, Arc<str>> {
+        &self.files
+    }
+
     /// Inlines the CSS of `html`, rendered from `file`.
     pub fn inline(&self, html: &str, file: &Path) -> Result<String> {
         let mut gathered = self.gather(html, file)?;

@@ -243,12 +243,19 @@ fn is_litter(path: &Path, roots: &[PathBuf]) -> bool {
         .any(|c| c.as_os_str().to_str().is_some_and(is_editor_litter))
 }
 
-/// Loads the whole set again; swaps it in if clean, otherwise keeps the old one and
-/// reports every problem.
+/// Loads what changed (the whole set when a shared file changed); swaps it in if clean,
+/// otherwise keeps the old one and reports every problem.
 fn reload(inner: &Inner, changed: Vec<PathBuf>) {
     let live = &inner.live;
     let _span = tracing::info_span!("reload", changed = changed.len()).entered();
-    let event = match TemplateSet::load(&live.templates, &live.schemas) {
+    // After a failed reload the set in use is older than the files on disk, so only a
+    // full load can tell whether everything is fixed.
+    let result = if live.last_error.load().is_some() {
+        TemplateSet::load(&live.templates, &live.schemas)
+    } else {
+        inner.set.load().reload(&changed)
+    };
+    let event = match result {
         Ok(set) => {
             inner.set.store(Arc::new(set));
             live.last_error.store(None);

@@ -1,6 +1,8 @@
 //! `missive preview` over HTTP: every route, against the real binary serving a copy of
 //! the repository's templates (plus a few made for the test) in a temp folder.
 
+mod common;
+
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -54,8 +56,8 @@ impl Server {
     fn start_with(prepare: impl FnOnce(&Path)) -> Server {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let dir = tempfile::tempdir().unwrap();
-        copy_dir(&root.join("templates"), &dir.path().join("templates"));
-        copy_dir(&root.join("schemas"), &dir.path().join("schemas"));
+        common::copy_dir(&root.join("templates"), &dir.path().join("templates"));
+        common::copy_dir(&root.join("schemas"), &dir.path().join("schemas"));
         fs::write(
             dir.path().join("templates/oops.html"),
             "---\nsubject: Oops\nto: a@example.test\n---\n<p>fine</p>\n<p>{{ missing.value }}</p>\n",
@@ -535,17 +537,4 @@ fn the_server_listens_on_loopback_only() {
     assert!(!table6
         .lines()
         .any(|l| l.contains(&port) && l.contains(" 0A ")));
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }

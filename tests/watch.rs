@@ -2,6 +2,8 @@
 //! folder, changed the ways editors change files. Every wait has a generous bound that
 //! only catches a reload that never comes; speed is measured in benches/reload.rs.
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -368,8 +370,8 @@ async fn a_mailer_without_watch_never_reloads() {
 fn the_real_template_set_reloads() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
-    copy_dir(&root.join("templates"), &dir.path().join("templates"));
-    copy_dir(&root.join("schemas"), &dir.path().join("schemas"));
+    common::copy_dir(&root.join("templates"), &dir.path().join("templates"));
+    common::copy_dir(&root.join("schemas"), &dir.path().join("schemas"));
     let (mailer, _) = Mailer::builder()
         .templates(dir.path().join("templates"))
         .schemas(dir.path().join("schemas"))
@@ -391,19 +393,6 @@ fn the_real_template_set_reloads() {
             .render("welcome", &data)
             .is_ok_and(|r| r.html().contains("letter-spacing: 7px"))
     }));
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 #[tokio::test]

@@ -2,11 +2,12 @@
 //! API only. Not a Criterion bench: `run` builds it with `cargo bench --no-run` and
 //! calls the binary, pinned to one core, in one of two modes.
 //!
-//! `render --corpus FILE --templates DIR --out DIR [--budget S] [--min-messages N]`
+//! `render --corpus FILE --templates DIR --out DIR [--budget S] [--min-messages N] [--warmup S]`
 //!   Per corpus entry: `mailer.template(name)[.locale(l)].data(&data).render()`, i.e.
 //!   schema validation, front-matter fields, HTML body, CSS inlining and the text part.
-//!   One warm-up round whose outputs go to OUT/outputs.json, then whole rounds until
-//!   both the time budget and the message count are reached; prints one JSON line.
+//!   One round whose outputs go to OUT/outputs.json, more untimed rounds for the
+//!   warm-up time, then whole rounds until both the time budget and the message count
+//!   are reached; prints one JSON line.
 //!
 //! `send --templates DIR --work DIR --port P [--messages N] [--connections C]`
 //!   Renders the fixed message (first example of `welcome`) once, untimed, and writes
@@ -123,6 +124,23 @@ fn render_one(mailer: &Mailer, entry: &Entry) -> Fallible<Rendered> {
         .map_err(|e| format!("{}: {e}", entry.id))
 }
 
+/// CPU time (user + system) this process has used so far, from /proc/self/stat.
+/// `None` where that file does not exist. Clock ticks are taken as 100 per second,
+/// the value of USER_HZ on every Linux architecture the harness runs on.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+fn cpu_since(start: Option<f64>) -> Value {
+    match (start, cpu_seconds()) {
+        (Some(a), Some(b)) => json!(b - a),
+        _ => Value::Null,
+    }
+}
+
 fn render(args: &Args) -> Fallible<()> {
     let corpus = load_corpus(&args.path("corpus")?)?;
     let out = args.path("out")?;
@@ -143,11 +161,22 @@ fn render(args: &Args) -> Fallible<()> {
     std::fs::write(&file, Value::Object(outputs).to_string())
         .map_err(|e| format!("{}: {e}", file.display()))?;
 
-    let (mut messages, mut rounds) = (0usize, 0usize);
-    let start = Instant::now();
-    let seconds = loop {
+    let (warmup, warmup_start) = (args.number("warmup", 1.0)?, Instant::now());
+    while warmup_start.elapsed() < Duration::from_secs_f64(warmup) {
         for entry in &corpus {
             std::hint::black_box(render_one(&mailer, entry)?);
+        }
+    }
+
+    let (mut messages, mut rounds) = (0usize, 0usize);
+    let mut per_entry = vec![Duration::ZERO; corpus.len()];
+    let cpu_start = cpu_seconds();
+    let start = Instant::now();
+    let seconds = loop {
+        for (entry, total) in corpus.iter().zip(per_entry.iter_mut()) {
+            let one = Instant::now();
+            std::hint::black_box(render_one(&mailer, entry)?);
+            *total += one.elapsed();
         }
         messages += corpus.len();
         rounds += 1;
@@ -156,6 +185,11 @@ fn render(args: &Args) -> Fallible<()> {
             break elapsed.as_secs_f64();
         }
     };
+    let per_entry: serde_json::Map<String, Value> = corpus
+        .iter()
+        .zip(&per_entry)
+        .map(|(e, t)| (e.id.clone(), json!(t.as_secs_f64())))
+        .collect();
     println!(
         "{}",
         json!({
@@ -164,6 +198,8 @@ fn render(args: &Args) -> Fallible<()> {
             "messages": messages,
             "rounds": rounds,
             "seconds": seconds,
+            "cpu_seconds": cpu_since(cpu_start),
+            "per_entry": per_entry,
         })
     );
     Ok(())
@@ -248,14 +284,17 @@ fn send(args: &Args) -> Fallible<()> {
         };
         // Warm-up: open the pool's connections.
         send_all(&mailer, connections * 4).await?;
+        let cpu_start = cpu_seconds();
         let start = Instant::now();
         send_all(&mailer, messages).await?;
         let seconds = start.elapsed().as_secs_f64();
+        let cpu = cpu_since(cpu_start);
         println!(
             "{}",
             json!({"peer": "missive", "available": true,
                    "versions": {"missive": env!("CARGO_PKG_VERSION")},
-                   "messages": messages, "connections": connections, "seconds": seconds})
+                   "messages": messages, "connections": connections, "seconds": seconds,
+                   "cpu_seconds": cpu})
         );
         Ok(())
     })

@@ -25,7 +25,6 @@ pub(crate) struct Source {
     /// For the template of a variant's front-matter values: the template line each value
     /// starts on and the file line it stands on. Bodies keep file lines as they are.
     pub line_map: Option<Vec<(usize, usize)>>,
-    pub text: Arc<str>,
 }
 
 impl Source {
@@ -91,7 +90,7 @@ pub(crate) struct Variant {
 }
 
 /// A sendable name with its locale variants.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Entry {
     pub base: Arc<Variant>,
     /// Keyed by lower-cased locale tag.
@@ -103,8 +102,19 @@ pub(crate) struct TemplateSet {
     pub templates_dir: PathBuf,
     pub env: Environment<'static>,
     pub entries: BTreeMap<String, Entry>,
-    pub stylesheets: Stylesheets,
+    pub stylesheets: Arc<Stylesheets>,
     pub sources: HashMap<String, Source>,
+    /// What the set was loaded from, kept for reloading only what changed.
+    origin: Arc<Origin>,
+}
+
+/// The files a set was loaded from.
+#[derive(Default)]
+struct Origin {
+    root: Option<PathBuf>,
+    schemas_dir: PathBuf,
+    files: Vec<walk::File>,
+    schemas: HashMap<String, Arc<Schema>>,
 }
 
 impl std::fmt::Debug for TemplateSet {
@@ -133,7 +143,7 @@ impl TemplateSet {
         let schemas = load_schemas(&schema_files, &mut errors);
         builder.add_files(&files, &mut errors);
         builder.add_sendables(&files, &schemas, schemas_dir, &mut errors);
-        builder.check_links(&mut errors);
+        builder.check_links(None, &mut errors);
         if let Some(error) = Error::from_many(errors) {
             tracing::warn!(
                 problems = error.problems().count(),
@@ -141,15 +151,65 @@ impl TemplateSet {
             );
             return Err(error);
         }
-        let set = builder.finish();
+        let origin = Origin {
+            root: templates_dir.canonicalize().ok(),
+            schemas_dir: schemas_dir.to_path_buf(),
+            files,
+            schemas,
+        };
+        let set = builder.finish(Arc::new(origin), None);
         tracing::info!(templates = set.entries.len(), "template set loaded");
         Ok(set)
+    }
+
+    /// The set as it is on disk after `changed` files were saved.
+    ///
+    /// When only sendable templates (or their `.txt` bodies) that the set already has
+    /// were edited, only those are compiled again, on a copy of this set that shares
+    /// everything else; a change to anything others depend on — a layout, partial,
+    /// stylesheet or schema — or a file added or removed loads the whole set.
+    pub fn reload(&self, changed: &[PathBuf]) -> Result<TemplateSet> {
+        match self.reload_only(changed) {
+            Some(result) => result,
+            None => TemplateSet::load(&self.templates_dir, &self.origin.schemas_dir),
+        }
+    }
+
+    fn reload_only(&self, changed: &[PathBuf]) -> Option<Result<TemplateSet>> {
+        let root = self.origin.root.as_ref()?;
+        let mut files = Vec::new();
+        for path in changed {
+            let path = path.canonicalize().ok()?;
+            let rel = path.strip_prefix(root).ok()?.to_str()?.replace('\\', "/");
+            let file = self.origin.files.iter().find(|f| f.rel == rel)?;
+            let known = match file.kind() {
+                walk::Kind::Sendable | walk::Kind::Text => self.sources.contains_key(&rel),
+                _ => false,
+            };
+            if !known || !file.path.is_file() {
+                return None;
+            }
+            files.push(file);
+        }
+        if files.is_empty() {
+            return None;
+        }
+        let _span = tracing::info_span!("reload", files = files.len()).entered();
+        let mut builder = Builder::from_set(self);
+        let result = files
+            .iter()
+            .try_for_each(|file| builder.replace(file, &self.origin, &self.stylesheets));
+        Some(result.map(|()| {
+            let set = builder.finish(self.origin.clone(), Some(self.stylesheets.clone()));
+            tracing::info!(files = files.len(), "changed templates recompiled");
+            set
+        }))
     }
 
     /// A set with no templates: what a mailer renders from while the files it watches
     /// have never loaded.
     pub fn empty(templates_dir: &Path) -> TemplateSet {
-        Builder::new(templates_dir).finish()
+        Builder::new(templates_dir).finish(Arc::default(), None)
     }
 
     /// The variant of `name` for `locale`: `fr-CA`, then `fr`, then the base.
@@ -204,8 +264,8 @@ pub(crate) fn jinja_error(
         minijinja::ErrorKind::UndefinedError => {
             let expr = err
                 .range()
-                .zip(source)
-                .and_then(|(range, s)| s.text.get(range))
+                .zip(err.template_source())
+                .and_then(|(range, text)| text.get(range))
                 .map(|e| e.trim().to_string());
             match expr {
                 Some(expr) if !expr.is_empty() => {
@@ -256,6 +316,8 @@ struct Builder {
     sources: HashMap<String, Source>,
     stylesheets: HashMap<String, Arc<str>>,
     entries: BTreeMap<String, Entry>,
+    /// HTML sources added since links were last checked: name, file, text.
+    html: Vec<(String, PathBuf, String)>,
 }
 
 impl Builder {
@@ -293,6 +355,7 @@ impl Builder {
             sources: HashMap::new(),
             stylesheets: HashMap::new(),
             entries: BTreeMap::new(),
+            html: Vec::new(),
         }
     }
 
@@ -303,17 +366,19 @@ impl Builder {
         file: &Path,
         line_map: Option<Vec<(usize, usize)>>,
     ) -> Result<()> {
-        let text: Arc<str> = Arc::from(text);
+        if line_map.is_none() && name.ends_with(".html") {
+            self.html
+                .push((name.clone(), file.to_path_buf(), text.clone()));
+        }
         self.sources.insert(
             name.clone(),
             Source {
                 file: file.to_path_buf(),
                 line_map,
-                text: text.clone(),
             },
         );
         self.env
-            .add_template_owned(name, text.to_string())
+            .add_template_owned(name, text)
             .map_err(|e| jinja_error(&self.sources, &e, ErrorKind::Template))
     }
 
@@ -509,29 +574,67 @@ impl Builder {
     }
 
     /// Literal `<link>`s to stylesheets the set lacks, in layouts as in sendables.
-    fn check_links(&self, errors: &mut Vec<Error>) {
-        let mut names: Vec<_> = self
-            .sources
-            .iter()
-            .filter(|(name, s)| s.line_map.is_none() && name.ends_with(".html"))
-            .collect();
-        names.sort_by(|a, b| a.0.cmp(b.0));
-        for (_, source) in names {
-            if let Err(e) =
-                crate::inline::check_static_links(&source.text, &source.file, &self.stylesheets)
-            {
+    fn check_links(&mut self, sheets: Option<&HashMap<String, Arc<str>>>, errors: &mut Vec<Error>) {
+        let mut html = std::mem::take(&mut self.html);
+        html.sort_by(|a, b| a.0.cmp(&b.0));
+        let sheets = sheets.unwrap_or(&self.stylesheets);
+        for (_, file, text) in html {
+            if let Err(e) = crate::inline::check_static_links(&text, &file, sheets) {
                 errors.push(e);
             }
         }
     }
 
-    fn finish(self) -> TemplateSet {
+    /// A builder holding everything `set` has, to replace a few files in.
+    fn from_set(set: &TemplateSet) -> Builder {
+        Builder {
+            templates_dir: set.templates_dir.clone(),
+            env: set.env.clone(),
+            sources: set.sources.clone(),
+            stylesheets: HashMap::new(),
+            entries: set.entries.clone(),
+            html: Vec::new(),
+        }
+    }
+
+    /// Compiles `file` again and puts it in place of its old version.
+    fn replace(&mut self, file: &walk::File, origin: &Origin, sheets: &Stylesheets) -> Result<()> {
+        if file.kind() == walk::Kind::Text {
+            return self.add(file.rel.clone(), file.read()?, &file.path, None);
+        }
+        let variant =
+            self.add_sendable(file, &origin.files, &origin.schemas, &origin.schemas_dir)?;
+        let mut errors = Vec::new();
+        self.check_links(Some(sheets.files()), &mut errors);
+        if let Some(error) = Error::from_many(errors) {
+            return Err(error);
+        }
+        let entry = self.entries.get_mut(&variant.name).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Template,
+                format!("`{}` is not in the set", variant.name),
+            )
+        })?;
+        match &variant.locale {
+            Some(locale) => {
+                entry
+                    .locales
+                    .insert(locale.to_ascii_lowercase(), Arc::new(variant));
+            }
+            None => entry.base = Arc::new(variant),
+        }
+        Ok(())
+    }
+
+    fn finish(self, origin: Arc<Origin>, stylesheets: Option<Arc<Stylesheets>>) -> TemplateSet {
         TemplateSet {
             templates_dir: self.templates_dir,
             env: self.env,
             entries: self.entries,
-            stylesheets: Stylesheets::new(self.stylesheets),
+            stylesheets: stylesheets
+                .unwrap_or_else(|| Arc::new(Stylesheets::new(self.stylesheets))),
             sources: self.sources,
+            origin,
         }
     }
 }
@@ -586,4 +689,95 @@ fn resolve_schema(
         )
         .at(file, value.line, 1)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set_in(dir: &Path) -> TemplateSet {
+        let write = |rel: &str, text: &str| {
+            let path = dir.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        };
+        write("templates/_base.html", "<html><head><link rel=stylesheet href=s.css></head><body>{% block b %}{% endblock %}</body></html>");
+        write("templates/s.css", "p { color: red }");
+        write("templates/a.html", "---\nsubject: \"A {{ n }}\"\nto: a@x.test\n---\n{% extends \"_base.html\" %}{% block b %}<p>a {{ n }}</p>{% endblock %}");
+        write("templates/a.txt", "text a {{ n }}");
+        write(
+            "templates/b.html",
+            "---\nsubject: B\nto: b@x.test\n---\n<p>b</p>",
+        );
+        std::fs::create_dir_all(dir.join("schemas")).unwrap();
+        TemplateSet::load(&dir.join("templates"), &dir.join("schemas")).unwrap()
+    }
+
+    fn render(set: &TemplateSet, name: &str) -> crate::Rendered {
+        crate::render::render(set, name, None, &serde_json::json!({"n": 1})).unwrap()
+    }
+
+    #[test]
+    fn editing_a_sendable_recompiles_only_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = set_in(dir.path());
+        let a = dir.path().join("templates/a.html");
+        std::fs::write(&a, "---\nsubject: \"A2 {{ n }}\"\nto: a@x.test\n---\n{% extends \"_base.html\" %}{% block b %}<p>new {{ n }}</p>{% endblock %}").unwrap();
+        let next = set.reload(&[a]).unwrap();
+        assert!(
+            Arc::ptr_eq(&set.stylesheets, &next.stylesheets),
+            "reloaded in place"
+        );
+        let rendered = render(&next, "a");
+        assert_eq!(rendered.subject(), "A2 1");
+        assert!(
+            rendered
+                .html()
+                .contains("<p style=\"color: red;\">new 1</p>"),
+            "{}",
+            rendered.html()
+        );
+        assert_eq!(
+            render(&set, "a").subject(),
+            "A 1",
+            "the old set is untouched"
+        );
+        assert_eq!(render(&next, "b").subject(), "B");
+        let txt = dir.path().join("templates/a.txt");
+        std::fs::write(&txt, "text two {{ n }}").unwrap();
+        let next = next.reload(&[txt]).unwrap();
+        assert_eq!(render(&next, "a").text(), Some("text two 1"));
+    }
+
+    #[test]
+    fn editing_what_others_use_loads_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = set_in(dir.path());
+        let base = dir.path().join("templates/_base.html");
+        std::fs::write(
+            &base,
+            "<html><body><div>{% block b %}{% endblock %}</div></body></html>",
+        )
+        .unwrap();
+        let next = set.reload(&[base]).unwrap();
+        assert!(
+            !Arc::ptr_eq(&set.stylesheets, &next.stylesheets),
+            "loaded anew"
+        );
+        assert!(render(&next, "a").html().contains("<div><p>a 1</p></div>"));
+        let added = dir.path().join("templates/c.html");
+        std::fs::write(&added, "---\nsubject: C\n---\nc").unwrap();
+        assert!(next.reload(&[added]).unwrap().entries.contains_key("c"));
+    }
+
+    #[test]
+    fn a_broken_edit_is_reported_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = set_in(dir.path());
+        let b = dir.path().join("templates/b.html");
+        std::fs::write(&b, "---\nsubject: B\n---\n\n{% if %}").unwrap();
+        let err = set.reload(&[b]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Template);
+        assert_eq!(err.location().unwrap().line, 5, "{err}");
+    }
 }

@@ -75,6 +75,20 @@ pub fn repo() -> (PathBuf, PathBuf) {
     (root.join("templates"), root.join("schemas"))
 }
 
+/// Copies a folder tree, e.g. the example set into a temporary folder tests can edit.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy");
+        }
+    }
+}
+
 /// Asserts the error's location names `file` (a path ending) and `line`.
 pub fn assert_at(err: &missive::Error, file: &str, line: usize) {
     let location = err

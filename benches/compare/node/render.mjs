@@ -9,9 +9,9 @@
 // nunjucks adaptations (in the loader, never in the templates; see README.md):
 //   * the YAML front-matter is stripped before nunjucks sees the file.
 //
-// Protocol shared by every runner: one warm-up round whose outputs go to
-// OUT/outputs.json, then whole rounds until --budget seconds and --min-messages are
-// both reached; one JSON line on stdout.
+// Protocol shared by every runner: one round whose outputs go to OUT/outputs.json,
+// more untimed rounds for --warmup seconds (JIT, caches), then whole rounds until
+// --budget seconds and --min-messages are both reached; one JSON line on stdout.
 
 import fs from "node:fs";
 import path from "node:path";
@@ -29,6 +29,7 @@ const { values: args } = parseArgs({
     templates: { type: "string" },
     out: { type: "string" },
     budget: { type: "string", default: "3" },
+    warmup: { type: "string", default: "1" },
     "min-messages": { type: "string", default: "200" },
   },
 });
@@ -107,18 +108,30 @@ for (const entry of corpus) {
 fs.mkdirSync(args.out, { recursive: true });
 fs.writeFileSync(path.join(args.out, "outputs.json"), JSON.stringify(outputs));
 
+const warmupEnd = process.hrtime.bigint() + BigInt(Math.round(Number(args.warmup) * 1e9));
+while (process.hrtime.bigint() < warmupEnd) {
+  for (const entry of corpus) await render(entry);
+}
+
 let messages = 0;
 let rounds = 0;
 let seconds = 0;
+const perEntry = Object.fromEntries(corpus.map((e) => [e.id, 0]));
+const cpuStart = process.cpuUsage();
 const start = process.hrtime.bigint();
 for (;;) {
-  for (const entry of corpus) await render(entry);
+  for (const entry of corpus) {
+    const one = process.hrtime.bigint();
+    await render(entry);
+    perEntry[entry.id] += Number(process.hrtime.bigint() - one) / 1e9;
+  }
   messages += corpus.length;
   rounds += 1;
   seconds = Number(process.hrtime.bigint() - start) / 1e9;
   if (seconds >= budget && messages >= minMessages) break;
 }
 
+const cpuSeconds = ({ user, system }) => (user + system) / 1e6;
 const version = (name) => require(`${name}/package.json`).version;
 console.log(
   JSON.stringify({
@@ -127,5 +140,7 @@ console.log(
     messages,
     rounds,
     seconds,
+    cpu_seconds: cpuSeconds(process.cpuUsage(cpuStart)),
+    per_entry: perEntry,
   }),
 );

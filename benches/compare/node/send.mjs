@@ -58,9 +58,11 @@ async function sendAll(n) {
 }
 
 await sendAll(connections * 4); // warm-up: open the pool's connections
+const cpuStart = process.cpuUsage();
 const start = process.hrtime.bigint();
 await sendAll(count);
 const seconds = Number(process.hrtime.bigint() - start) / 1e9;
+const cpu = process.cpuUsage(cpuStart);
 transport.close();
 
 console.log(
@@ -70,5 +72,6 @@ console.log(
     messages: count,
     connections,
     seconds,
+    cpu_seconds: (cpu.user + cpu.system) / 1e6,
   }),
 );

@@ -9,9 +9,10 @@ pulls in with <link rel="stylesheet" href="styles/email.css">, read from the loc
 file the way each inliner supports (never over the network). Compiled templates are
 cached by the environments, as in any long-running app.
 
-Protocol shared by every runner (see benches/compare/README.md): one warm-up round
-over the corpus whose outputs are written to OUT/outputs.json, then whole rounds until
-both --budget seconds and --min-messages are reached; one JSON line on stdout.
+Protocol shared by every runner (see benches/compare/README.md): one round over the
+corpus whose outputs are written to OUT/outputs.json, more untimed rounds for --warmup
+seconds, then whole rounds until both --budget seconds and --min-messages are reached;
+one JSON line on stdout.
 """
 
 import argparse
@@ -123,6 +124,7 @@ def main():
     parser.add_argument("--templates", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--budget", type=float, default=3.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--min-messages", type=int, default=200)
     args = parser.parse_args()
 
@@ -137,11 +139,20 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "outputs.json").write_text(json.dumps(outputs, ensure_ascii=False), encoding="utf-8")
 
+    warmup_end = time.perf_counter() + args.warmup
+    while time.perf_counter() < warmup_end:
+        for entry in corpus:
+            render(entry)
+
     messages = rounds = 0
+    per_entry = {entry["id"]: 0.0 for entry in corpus}
+    cpu_start = time.process_time()
     start = time.perf_counter()
     while True:
         for entry in corpus:
+            one = time.perf_counter()
             render(entry)
+            per_entry[entry["id"]] += time.perf_counter() - one
         messages += len(corpus)
         rounds += 1
         seconds = time.perf_counter() - start
@@ -155,6 +166,8 @@ def main():
                 "messages": messages,
                 "rounds": rounds,
                 "seconds": seconds,
+                "cpu_seconds": time.process_time() - cpu_start,
+                "per_entry": per_entry,
             }
         )
     )

@@ -282,16 +282,31 @@ def machine(loads):
 TARGETS = {"nunjucks-juice": 25, "minijinja-css-inline": 2, "nodemailer": 10}
 
 
-def rate_row(peer, runs, reference_rate):
-    rates = [r["messages"] / r["seconds"] for r in runs]
-    rate = statistics.median(rates)
-    ratio = f"{reference_rate / rate:.2f}×" if reference_rate else "n/a"
-    if peer in TARGETS and reference_rate:
-        met = reference_rate / rate >= TARGETS[peer]
-        ratio += f" (target ≥ {TARGETS[peer]}×: {'met' if met else 'NOT met'})"
-    spread = f"{min(rates):,.0f}–{max(rates):,.0f}" if len(rates) > 1 else "-"
+def rates(runs):
+    """(median messages/s by wall clock, median CPU ms per message or None)."""
+    wall = statistics.median(r["messages"] / r["seconds"] for r in runs)
+    cpu = [1000 * r["cpu_seconds"] / r["messages"] for r in runs if r.get("cpu_seconds") is not None]
+    return wall, (statistics.median(cpu) if cpu else None)
+
+
+HEADER = ["peer", "messages/s", "range (runs)", "ms/message", "CPU ms/message", "missive ÷ peer", "versions"]
+
+
+def rate_row(peer, runs, reference):
+    """A table row; `reference` is missive's rates(), or None when missive has none."""
+    per_run = [r["messages"] / r["seconds"] for r in runs]
+    rate, cpu = rates(runs)
+    spread = f"{min(per_run):,.0f}–{max(per_run):,.0f}" if len(per_run) > 1 else "-"
+    ratio = "n/a"
+    if reference:
+        ratio = f"{reference[0] / rate:.2f}×"
+        if peer in TARGETS:
+            ratio += f" (target ≥ {TARGETS[peer]}×: {'met' if reference[0] / rate >= TARGETS[peer] else 'NOT met'})"
+        if cpu and reference[1] and peer != REFERENCE:
+            ratio += f"; by CPU time {cpu / reference[1]:.2f}×"
     versions = ", ".join(f"{k} {v}" for k, v in runs[0].get("versions", {}).items())
-    return [PEER_LABELS.get(peer, peer), f"{rate:,.1f}", spread, f"{1000 / rate:.3f}", ratio, versions]
+    cpu_text = f"{cpu:.3f}" if cpu is not None else "-"
+    return [PEER_LABELS.get(peer, peer), f"{rate:,.1f}", spread, f"{1000 / rate:.3f}", cpu_text, ratio, versions]
 
 
 def table(header, rows):
@@ -300,18 +315,49 @@ def table(header, rows):
     return [fmt(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(r) for r in rows]
 
 
+def per_template(corpus, runs, peers, ref_outputs):
+    """Rows: template file, examples, HTML size, then ms/message per peer (× missive)."""
+    files = sorted({c["file"] for c in corpus}, key=lambda f: [c["file"] for c in corpus].index(f))
+    ms = {}
+    for peer in peers:
+        for f in files:
+            ids = [c["id"] for c in corpus if c["file"] == f]
+            samples = [
+                1000 * sum(r["per_entry"][i] for i in ids) / (r["rounds"] * len(ids))
+                for r in runs[peer]
+                if "per_entry" in r
+            ]
+            ms[peer, f] = statistics.median(samples) if samples else None
+    rows = []
+    for f in files:
+        ids = [c["id"] for c in corpus if c["file"] == f]
+        size = sum(len(ref_outputs[i]["html"].encode()) for i in ids) / len(ids) / 1024
+        row = [f, str(len(ids)), f"{size:.1f}"]
+        for peer in peers:
+            mine, theirs = ms[REFERENCE, f], ms[peer, f]
+            if theirs is None:
+                row.append("-")
+            elif peer == REFERENCE or not mine:
+                row.append(f"{theirs:.3f}")
+            else:
+                row.append(f"{theirs:.3f} ({theirs / mine:.1f}×)")
+        rows.append(row)
+    header = ["template", "examples", "HTML KiB (avg)"] + [f"{PEER_LABELS[p]} ms" for p in peers]
+    return table(header, rows)
+
+
 def render_report(directory, allow_mismatch):
     runs = read_results(directory)
     if REFERENCE not in runs:
         sys.exit("no missive result")
     peers = [p for p in ["missive", "nunjucks-juice", "jinja2-premailer", "minijinja-css-inline"] if p in runs]
-    ref_rate = statistics.median(r["messages"] / r["seconds"] for r in runs[REFERENCE])
+    reference = rates(runs[REFERENCE])
     corpus = json.loads((directory / "corpus.json").read_text(encoding="utf-8"))
-    header = ["peer", "messages/s", "range (runs)", "ms/message", "missive ÷ peer", "versions"]
-    rows = [rate_row(p, runs[p], ref_rate) for p in peers]
+    rows = [rate_row(p, runs[p], reference) for p in peers]
     repeats = max(len(r) for r in runs.values())
 
     found = check(directory, peers)
+    ref_outputs = json.loads((directory / "out" / REFERENCE / "outputs.json").read_text(encoding="utf-8"))
     details = []
     total = 0
     summary = []
@@ -335,7 +381,14 @@ def render_report(directory, allow_mismatch):
         f"{max(c['bytes'] for c in corpus) / 1024:.0f} KiB data set); whole rounds for at least the time budget, "
         f"median of {repeats} run{'s' if repeats != 1 else ''} per peer, peers interleaved.",
         "",
-        *table(header, rows),
+        *table(HEADER, rows),
+        "",
+        "messages/s and ms/message are by wall clock; CPU ms/message is the process's own CPU time "
+        "(user + system), which other work on the machine does not inflate.",
+        "",
+        "Per template (ms/message by wall clock, median of the runs; × = peer time ÷ missive time):",
+        "",
+        *per_template(corpus, runs, peers, ref_outputs),
         "",
         "Output agreement (subject, visible text, styled elements and their CSS properties, per template × example;"
         " \"(note)\" = rules kept in the head differ, reported but not failing):",
@@ -365,18 +418,16 @@ def send_report(directory):
     node = runs.get("nodemailer")
     ours = [r for r in runs.get("missive", []) if r.get("available")]
     rows = []
-    node_rate = statistics.median(r["messages"] / r["seconds"] for r in node) if node else None
-    our_rate = statistics.median(r["messages"] / r["seconds"] for r in ours) if ours else None
+    reference = rates(ours) if ours else None
     if ours:
-        rows.append(rate_row("missive", ours, our_rate))
+        rows.append(rate_row("missive", ours, reference))
     else:
         reason = next((r.get("reason") for r in runs.get("missive", [])), "no result")
         lines.append(f"missive: {reason}")
         lines.append("")
     if node:
-        rows.append(rate_row("nodemailer", node, our_rate))
-    header = ["peer", "messages/s", "range (runs)", "ms/message", "missive ÷ peer", "versions"]
-    lines += table(header, rows)
+        rows.append(rate_row("nodemailer", node, reference))
+    lines += table(HEADER, rows)
     sink = directory / "sink-count.txt"
     if sink.exists():
         lines += ["", sink.read_text(encoding="utf-8").strip()]
