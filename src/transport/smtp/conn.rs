@@ -158,18 +158,29 @@ impl Endpoint {
             TlsMode::Implicit => self.tls_parameters.clone(),
             _ => None,
         };
-        let mut conn = self
-            .step(
-                Stage::Connect,
-                AsyncSmtpConnection::connect_tokio1(
-                    (self.host.as_str(), self.port),
-                    Some(self.timeout),
-                    &self.hello,
-                    implicit,
-                    None,
-                ),
-            )
-            .await?;
+        let mut conn = match implicit {
+            Some(parameters) => {
+                self.step(
+                    Stage::Connect,
+                    AsyncSmtpConnection::connect_tokio1(
+                        (self.host.as_str(), self.port),
+                        Some(self.timeout),
+                        &self.hello,
+                        Some(parameters),
+                        None,
+                    ),
+                )
+                .await?
+            }
+            None => {
+                let tcp = self.tcp().await?;
+                self.step(
+                    Stage::Connect,
+                    AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello),
+                )
+                .await?
+            }
+        };
         if self.tls == TlsMode::Starttls {
             let Some(parameters) = self.tls_parameters.clone() else {
                 return Err(Failure::Fatal(Error::new(
@@ -192,6 +203,26 @@ impl Endpoint {
                 .await?;
         }
         Ok(conn)
+    }
+
+    /// A TCP connection with Nagle's algorithm off. lettre writes a message's body and
+    /// its final `.` separately; with Nagle on, the second write waits for the server's
+    /// delayed ACK of the first, some 40 ms per message.
+    async fn tcp(&self) -> Result<tokio::net::TcpStream, Failure> {
+        let failed = |detail: String| Failure::Connection {
+            stage: Stage::Connect,
+            detail,
+        };
+        let tcp = tokio::time::timeout(
+            self.timeout,
+            tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| failed(format!("no answer within {}s", self.timeout.as_secs())))?
+        .map_err(|e| failed(format!("cannot connect to {}:{}: {e}", self.host, self.port)))?;
+        tcp.set_nodelay(true)
+            .map_err(|e| failed(format!("cannot set TCP_NODELAY: {e}")))?;
+        Ok(tcp)
     }
 
     /// Ends a connection with QUIT, without waiting long for a server that stopped
