@@ -219,7 +219,12 @@ impl Endpoint {
         )
         .await
         .map_err(|_| failed(format!("no answer within {}s", self.timeout.as_secs())))?
-        .map_err(|e| failed(format!("cannot connect to {}:{}: {e}", self.host, self.port)))?;
+        .map_err(|e| {
+            failed(format!(
+                "cannot connect to {}:{}: {e}",
+                self.host, self.port
+            ))
+        })?;
         tcp.set_nodelay(true)
             .map_err(|e| failed(format!("cannot set TCP_NODELAY: {e}")))?;
         Ok(tcp)
