@@ -427,13 +427,47 @@ impl Endpoint {
             return Ok(outcome);
         }
         self.step(Stage::Data, conn.command(Data)).await?;
-        let response: Response = self.step(Stage::Data, conn.message(raw)).await?;
+        // Built messages are 7-bit; anything else goes through lettre's own writer.
+        let response: Response = match std::str::from_utf8(raw) {
+            Ok(text) => {
+                let payload = data_payload(text);
+                self.step(Stage::Data, conn.command(Payload(&payload)))
+                    .await?
+            }
+            Err(_) => self.step(Stage::Data, conn.message(raw)).await?,
+        };
         outcome.reply = format!(
             "{} {}",
             response.code(),
             response.message().collect::<Vec<_>>().join(" ")
         );
         Ok(outcome)
+    }
+}
+
+/// The DATA section as it goes on the wire: dot-stuffed, then the terminating `.` line,
+/// in one buffer. lettre writes the body and the terminator separately, escaping byte
+/// by byte: two packets and two system calls per message instead of one.
+fn data_payload(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len() + raw.len() / 64 + 5);
+    let mut after_crlf = true;
+    for line in raw.split_inclusive('\n') {
+        if after_crlf && line.starts_with('.') {
+            out.push('.');
+        }
+        out.push_str(line);
+        after_crlf = line.ends_with("\r\n");
+    }
+    out.push_str("\r\n.\r\n");
+    out
+}
+
+/// Text written to the server exactly as it is.
+struct Payload<'a>(&'a str);
+
+impl std::fmt::Display for Payload<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
     }
 }
 
@@ -483,5 +517,46 @@ fn decode_challenge(response: &Response) -> Option<String> {
     match serde_json::from_str::<serde_json::Value>(&text) {
         Ok(json) => Some(json.to_string()),
         Err(_) => Some(text.chars().filter(|c| !c.is_control()).take(300).collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// lettre's transparency rule, byte by byte, as its client codec applies it.
+    fn lettre_stuffing(raw: &[u8]) -> Vec<u8> {
+        let (mut out, mut state) = (Vec::new(), 0u8); // 0 line start, 1 after CR, 2 middle
+        for &b in raw {
+            out.push(b);
+            state = match (b, state) {
+                (b'\r', _) => 1,
+                (b'\n', 1) => 0,
+                (b'.', 0) => {
+                    out.push(b'.');
+                    2
+                }
+                _ => 2,
+            };
+        }
+        out.extend_from_slice(b"\r\n.\r\n");
+        out
+    }
+
+    #[test]
+    fn data_payload_stuffs_dots_like_lettre() {
+        for raw in [
+            "plain\r\nbody",
+            ".starts with a dot\r\n..two\r\n.\r\nend\r\n",
+            "bare\n.lf is no line start\r\n\r\n.",
+            "cr\r.not\r\r\n.yes",
+            "",
+        ] {
+            assert_eq!(
+                data_payload(raw).as_bytes(),
+                lettre_stuffing(raw.as_bytes()),
+                "{raw:?}"
+            );
+        }
     }
 }
