@@ -355,40 +355,17 @@ impl Smtp {
                 user,
                 tokens,
             } => {
-                // The token first: no connection is opened for credentials that are dead.
-                let token = tokens.get().await.map_err(Failure::Fatal)?;
-                let mut conn = endpoint.connect().await?;
-                let first = match endpoint
-                    .oauth(&mut conn, *mechanism, user, token.secret())
-                    .await
-                {
-                    Ok(None) => return Ok(conn),
-                    Ok(Some(rejection)) => rejection,
-                    Err(failure) => {
-                        endpoint.close(conn).await;
-                        return Err(failure);
-                    }
+                let first = match sign_in(endpoint, *mechanism, user, tokens).await? {
+                    Ok(conn) => return Ok(conn),
+                    Err(rejection) => rejection,
                 };
                 // lettre cannot change the credentials of a connection it built, and a
-                // server may close after a failed AUTH: renew, then start over.
+                // server may close after a failed AUTH: renew, then start over, once.
                 tracing::warn!(rejection = %first, "the server refused the access token; renewing it");
-                endpoint.close(conn).await;
-                tokens.reject(&token);
-                let token = tokens.get().await.map_err(Failure::Fatal)?;
-                let mut conn = endpoint.connect().await?;
-                let second = match endpoint
-                    .oauth(&mut conn, *mechanism, user, token.secret())
-                    .await
-                {
-                    Ok(None) => return Ok(conn),
-                    Ok(Some(rejection)) => rejection,
-                    Err(failure) => {
-                        endpoint.close(conn).await;
-                        return Err(failure);
-                    }
+                let second = match sign_in(endpoint, *mechanism, user, tokens).await? {
+                    Ok(conn) => return Ok(conn),
+                    Err(rejection) => rejection,
                 };
-                endpoint.close(conn).await;
-                tokens.reject(&token);
                 Err(Failure::Fatal(
                     Error::new(
                         ErrorKind::Auth,
@@ -403,6 +380,34 @@ impl Smtp {
                     .with_smtp_code(second.code),
                 ))
             }
+        }
+    }
+}
+
+/// One connection signed in with the cached access token. A token the server refuses
+/// is dropped from the cache, so the next call renews it.
+async fn sign_in(
+    endpoint: &Endpoint,
+    mechanism: Mechanism,
+    user: &str,
+    tokens: &TokenCache,
+) -> Result<Result<AsyncSmtpConnection, conn::Rejection>, Failure> {
+    // The token first: no connection is opened for credentials that are dead.
+    let token = tokens.get().await.map_err(Failure::Fatal)?;
+    let mut conn = endpoint.connect().await?;
+    match endpoint
+        .oauth(&mut conn, mechanism, user, token.secret())
+        .await
+    {
+        Ok(None) => Ok(Ok(conn)),
+        Ok(Some(rejection)) => {
+            endpoint.close(conn).await;
+            tokens.reject(&token);
+            Ok(Err(rejection))
+        }
+        Err(failure) => {
+            endpoint.close(conn).await;
+            Err(failure)
         }
     }
 }
