@@ -53,6 +53,8 @@ struct Split {
     keep: String,
     /// Attribute names the inlinable selectors test, lower-cased.
     selector_attributes: Vec<String>,
+    /// Hash of `inline`, computed once so plan keys need not hash the CSS per message.
+    inline_hash: u64,
 }
 
 /// The final `style` of every start tag of one document shape, by position.
@@ -105,7 +107,7 @@ impl Stylesheets {
     }
 
     fn plan(&self, html: &str, split: &Split, shape: &Shape, file: &Path) -> Result<Arc<Plan>> {
-        let key = shape.key(&split.inline);
+        let key = shape.key(split.inline_hash);
         if let Some(plan) = self.plans.read().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(plan);
         }
@@ -263,10 +265,10 @@ impl Shape {
         }
     }
 
-    fn key(&self, css: &str) -> u128 {
+    fn key(&self, css_hash: u64) -> u128 {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        css.hash(&mut hasher);
+        css_hash.hash(&mut hasher);
         self.tags.len().hash(&mut hasher);
         (u128::from(hasher.finish()) << 64) | u128::from(self.hash)
     }
@@ -536,6 +538,12 @@ fn split_rules(css: &str) -> Split {
         rest = &rest[close..];
     }
     split.selector_attributes = selector_attributes(&split.inline);
+    split.inline_hash = {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        split.inline.hash(&mut hasher);
+        hasher.finish()
+    };
     split
 }
 

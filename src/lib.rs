@@ -7,7 +7,8 @@
 //!
 //! The pipeline, one module per stage: `templates` (loading, front-matter, the set) →
 //! `render` (minijinja, schema check) → `inline` (CSS) → `text` → `message` (MIME) →
-//! `transport` (outbox, memory, smtp), with `auth` beside it for OAuth2 tokens.
+//! `transport` (outbox, memory, smtp), with `auth` beside it for OAuth2 tokens, and
+//! `watch` (hot reload) on top of the set.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]

@@ -382,7 +382,7 @@ impl TemplateMessage {
 
     /// Renders without sending: subject, addresses, HTML and text.
     pub fn render(&self) -> Result<Rendered> {
-        render_message(&self.mailer.set(), &self.parts()?)
+        render_message(&self.mailer.set(), &self.parts()?, self.checked_data()?)
     }
 
     /// The whole MIME message as it would be sent, without sending it.
@@ -395,13 +395,16 @@ impl TemplateMessage {
         message::build(rendered, &self.attachments, Some(&self.mailer.inner.from))
     }
 
-    fn parts(&self) -> Result<Parts> {
-        let data = self.data.clone().map_err(|e| {
+    fn checked_data(&self) -> Result<&serde_json::Value> {
+        self.data.as_ref().map_err(|e| {
             Error::new(
                 ErrorKind::InvalidData,
                 format!("data for `{}` cannot be serialized: {e}", self.name),
             )
-        })?;
+        })
+    }
+
+    fn parts(&self) -> Result<Parts> {
         let list = |v: &Option<Vec<String>>| -> Result<Option<Vec<Mailbox>>> {
             v.as_ref()
                 .map(|items| {
@@ -416,7 +419,6 @@ impl TemplateMessage {
         Ok(Parts {
             name: self.name.clone(),
             locale: self.locale.clone(),
-            data,
             to: list(&self.to)?,
             cc: list(&self.cc)?,
             bcc: list(&self.bcc)?,
@@ -427,11 +429,14 @@ impl TemplateMessage {
     /// Renders (off the async worker threads) and sends through the mailer's transport.
     pub async fn send(self) -> Result<Receipt> {
         let parts = self.parts()?;
+        self.checked_data()?;
+        // Checked above; moved rather than cloned, as the message is consumed.
+        let data = self.data.unwrap_or_default();
         let set = self.mailer.set();
         let from = self.mailer.inner.from.clone();
         let attachments = self.attachments;
         let outgoing = tokio::task::spawn_blocking(move || {
-            let rendered = render_message(&set, &parts)?;
+            let rendered = render_message(&set, &parts, &data)?;
             message::build(rendered, &attachments, Some(&from))
         })
         .await
@@ -471,15 +476,14 @@ impl TemplateMessage {
 struct Parts {
     name: String,
     locale: Option<String>,
-    data: serde_json::Value,
     to: Option<Vec<Mailbox>>,
     cc: Option<Vec<Mailbox>>,
     bcc: Option<Vec<Mailbox>>,
     reply_to: Option<Mailbox>,
 }
 
-fn render_message(set: &TemplateSet, parts: &Parts) -> Result<Rendered> {
-    let mut rendered = render::render(set, &parts.name, parts.locale.as_deref(), &parts.data)?;
+fn render_message(set: &TemplateSet, parts: &Parts, data: &serde_json::Value) -> Result<Rendered> {
+    let mut rendered = render::render(set, &parts.name, parts.locale.as_deref(), data)?;
     if let Some(to) = &parts.to {
         rendered.to = to.clone();
     }

@@ -22,6 +22,17 @@ fn missive() -> Command {
     command
 }
 
+/// `missive auth generic` with the fake client secret, waiting for the browser step.
+fn spawn_auth(config: &std::path::Path) -> tokio::process::Child {
+    missive()
+        .arg("--config")
+        .arg(config)
+        .args(["auth", "generic"])
+        .env("MISSIVE_TEST_SECRET", CLIENT_SECRET)
+        .spawn()
+        .unwrap()
+}
+
 fn config(dir: &std::path::Path, smtp_port: u16, token_url: &str) -> std::path::PathBuf {
     let yaml = format!(
         "  type: smtp\n  host: 127.0.0.1\n  port: {smtp_port}\n  tls: none\n  auth:\n    \
@@ -81,13 +92,7 @@ async fn auth_signs_in_with_pkce_on_a_loopback_redirect_and_status_tells_no_secr
     let tokens = FakeTokenEndpoint::start(Duration::from_secs(3600), false).await;
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), 25, &tokens.url);
-    let mut child = missive()
-        .arg("--config")
-        .arg(&config)
-        .args(["auth", "generic"])
-        .env("MISSIVE_TEST_SECRET", CLIENT_SECRET)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_auth(&config);
     let url = authorize_url(&mut child).await;
     let query = |name: &str| {
         url.query_pairs()
@@ -144,13 +149,7 @@ async fn a_redirect_with_the_wrong_state_is_refused() {
     let tokens = FakeTokenEndpoint::start(Duration::from_secs(3600), false).await;
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), 25, &tokens.url);
-    let mut child = missive()
-        .arg("--config")
-        .arg(&config)
-        .args(["auth", "generic"])
-        .env("MISSIVE_TEST_SECRET", CLIENT_SECRET)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_auth(&config);
     let url = authorize_url(&mut child).await;
     let redirect = url
         .query_pairs()

@@ -455,12 +455,7 @@ async fn auth(
                 .find_map(|f| f.strip_prefix("user="))
                 .unwrap_or_default()
                 .to_string();
-            let token = text
-                .split('\x01')
-                .find_map(|f| f.strip_prefix("auth=Bearer "))
-                .unwrap_or_default()
-                .to_string();
-            (user, token)
+            (user, bearer(&text))
         }
         "OAUTHBEARER" => {
             let text = decode(initial.as_deref().unwrap_or_default());
@@ -470,12 +465,7 @@ async fn auth(
                 .unwrap_or_default()
                 .replace("=2C", ",")
                 .replace("=3D", "=");
-            let token = text
-                .split('\x01')
-                .find_map(|f| f.strip_prefix("auth=Bearer "))
-                .unwrap_or_default()
-                .to_string();
-            (user, token)
+            (user, bearer(&text))
         }
         "PLAIN" => {
             let text = decode(initial.as_deref().unwrap_or_default());
@@ -537,4 +527,12 @@ async fn auth(
 /// The set of addresses as a lowercase set, for assertions.
 pub fn addresses(list: &[String]) -> HashSet<String> {
     list.iter().map(|a| a.to_ascii_lowercase()).collect()
+}
+
+/// The token of an `auth=Bearer …` field, as XOAUTH2 and OAUTHBEARER both carry it.
+fn bearer(text: &str) -> String {
+    text.split('\x01')
+        .find_map(|f| f.strip_prefix("auth=Bearer "))
+        .unwrap_or_default()
+        .to_string()
 }
