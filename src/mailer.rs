@@ -46,6 +46,8 @@ pub(crate) struct Inner {
     pub(crate) set: ArcSwap<TemplateSet>,
     from: Mailbox,
     transport: Transport,
+    /// Bounds the messages rendered and not yet delivered; see [`Transport::in_flight`].
+    in_flight: tokio::sync::Semaphore,
     pub(crate) live: Live,
 }
 
@@ -203,6 +205,7 @@ impl MailerBuilder {
         let inner = Arc::new(Inner {
             set: ArcSwap::from_pointee(set),
             from,
+            in_flight: tokio::sync::Semaphore::new(transport.in_flight()),
             transport,
             live,
         });
@@ -435,6 +438,13 @@ impl TemplateMessage {
         let set = self.mailer.set();
         let from = self.mailer.inner.from.clone();
         let attachments = self.attachments;
+        let _in_flight = self
+            .mailer
+            .inner
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| Error::new(ErrorKind::Transient, "the mailer is shutting down"))?;
         let outgoing = tokio::task::spawn_blocking(move || {
             let rendered = render_message(&set, &parts, &data)?;
             message::build(rendered, &attachments, Some(&from))

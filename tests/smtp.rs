@@ -1,5 +1,7 @@
 //! SMTP delivery against the scripted fake server: pool bounds, stale connections,
-//! TLS policy, password auth and the retry policy (issue 3, points 1, 2 and 8).
+//! TLS policy, password auth, the retry policy (issue 3, points 1, 2 and 8) and
+//! command pipelining. The fake offers PIPELINING unless a test says otherwise; the
+//! reply-handling tests run against both kinds of server.
 
 mod support;
 
@@ -140,21 +142,87 @@ async fn transient_replies_at_any_stage_are_retried() {
         (Stage::Data, "451 4.3.0 try again"),
         (Stage::EndOfData, "452 4.3.1 insufficient storage"),
     ];
-    for (stage, reply) in cases {
-        let server = FakeSmtp::start(Options::default()).await;
-        server.fault(stage, Action::Reply(reply.into()));
+    for pipelining in [true, false] {
+        for (stage, reply) in cases {
+            let server = FakeSmtp::start(with_pipelining(pipelining)).await;
+            server.fault(stage, Action::Reply(reply.into()));
+            let (mailer, _dir) = smtp_mailer(server.port, "").await;
+            let case = format!("{stage:?} {reply}, pipelining {pipelining}");
+            let receipt = send_welcome(&mailer, &["ada@example.test"])
+                .await
+                .unwrap_or_else(|e| panic!("{case}: {e}"));
+            assert_eq!(receipt.attempts, 2, "{case}");
+            assert_eq!(server.received().len(), 1, "{case}");
+        }
+    }
+}
+
+fn with_pipelining(pipelining: bool) -> Options {
+    Options {
+        pipelining,
+        ..Options::default()
+    }
+}
+
+#[tokio::test]
+async fn mail_rcpt_and_data_go_in_one_write_only_where_pipelining_is_offered() {
+    for pipelining in [true, false] {
+        let server = FakeSmtp::start(with_pipelining(pipelining)).await;
         let (mailer, _dir) = smtp_mailer(server.port, "").await;
-        let receipt = send_welcome(&mailer, &["ada@example.test"])
+        for _ in 0..3 {
+            send_welcome(&mailer, &["a@example.test", "b@example.test"])
+                .await
+                .unwrap();
+        }
+        assert_eq!(server.received().len(), 3);
+        assert_eq!(server.mail_commands(), 3);
+        let expected = if pipelining { 3 } else { 0 };
+        assert_eq!(server.pipelined(), expected, "pipelining {pipelining}");
+        assert_eq!(server.connections(), 1);
+    }
+}
+
+#[tokio::test]
+async fn when_every_recipient_is_refused_nothing_is_sent_and_the_connection_stays() {
+    let late = Options {
+        late_no_recipients: true,
+        ..Options::default()
+    };
+    for options in [with_pipelining(true), with_pipelining(false), late] {
+        let pipelining = options.pipelining;
+        let server = FakeSmtp::start(options).await;
+        for address in ["x@example.test", "y@example.test"] {
+            server.refuse_recipient(address, &format!("550 5.1.1 <{address}>: user unknown"));
+        }
+        let (mailer, _dir) = smtp_mailer(server.port, "").await;
+        let err = send_welcome(&mailer, &["x@example.test", "y@example.test"])
             .await
-            .unwrap_or_else(|e| panic!("{stage:?} {reply}: {e}"));
-        assert_eq!(receipt.attempts, 2, "{stage:?} {reply}");
-        assert_eq!(server.received().len(), 1, "{stage:?} {reply}");
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+        assert!(
+            err.message().contains("x@example.test") && err.message().contains("y@example.test"),
+            "{err}"
+        );
+        assert!(server.received().is_empty());
+        // The refused transaction was reset, not left half open: the next message
+        // goes out on the same connection.
+        let receipt = send_welcome(&mailer, &["ada@example.test"]).await.unwrap();
+        assert_eq!(receipt.attempts, 1);
+        assert_eq!(server.received().len(), 1);
+        assert_eq!(server.received()[0].to, ["ada@example.test"]);
+        assert_eq!(server.connections(), 1, "pipelining {pipelining}");
     }
 }
 
 #[tokio::test]
 async fn a_deferred_recipient_is_retried_alone() {
-    let server = FakeSmtp::start(Options::default()).await;
+    for pipelining in [true, false] {
+        deferred_recipient(pipelining).await;
+    }
+}
+
+async fn deferred_recipient(pipelining: bool) {
+    let server = FakeSmtp::start(with_pipelining(pipelining)).await;
     server.fault(
         Stage::Rcpt,
         Action::Reply("452 4.5.3 too many recipients".into()),
@@ -173,11 +241,13 @@ async fn a_deferred_recipient_is_retried_alone() {
 
 #[tokio::test]
 async fn permanent_replies_are_not_retried() {
-    for (stage, reply, code) in [
-        (Stage::Mail, "550 5.7.1 sender rejected", 550),
-        (Stage::EndOfData, "554 5.6.0 message refused", 554),
+    for (stage, reply, code, pipelining) in [
+        (Stage::Mail, "550 5.7.1 sender rejected", 550, true),
+        (Stage::Mail, "550 5.7.1 sender rejected", 550, false),
+        (Stage::Data, "554 5.3.4 message too big", 554, true),
+        (Stage::EndOfData, "554 5.6.0 message refused", 554, true),
     ] {
-        let server = FakeSmtp::start(Options::default()).await;
+        let server = FakeSmtp::start(with_pipelining(pipelining)).await;
         server.fault(stage, Action::Reply(reply.into()));
         let (mailer, _dir) = smtp_mailer(server.port, "").await;
         let err = send_welcome(&mailer, &["ada@example.test"])
@@ -193,7 +263,13 @@ async fn permanent_replies_are_not_retried() {
 
 #[tokio::test]
 async fn one_bad_recipient_fails_only_itself() {
-    let server = FakeSmtp::start(Options::default()).await;
+    for pipelining in [true, false] {
+        one_bad_recipient(pipelining).await;
+    }
+}
+
+async fn one_bad_recipient(pipelining: bool) {
+    let server = FakeSmtp::start(with_pipelining(pipelining)).await;
     server.refuse_recipient(
         "nobody@example.test",
         "550 5.1.1 <nobody@example.test>: user unknown",

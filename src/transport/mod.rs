@@ -53,6 +53,21 @@ impl Transport {
         }
     }
 
+    /// How many messages may be rendered and on their way at once. Past this, `send`
+    /// waits before rendering, so a burst of sends neither renders everything up
+    /// front (memory) nor fills the blocking pool with hundreds of threads. Twice the
+    /// transport's own parallelism: one message on the wire and the next being
+    /// rendered, per connection.
+    pub fn in_flight(&self) -> usize {
+        let parallel = match self {
+            Transport::Smtp(smtp) => smtp.max_connections(),
+            Transport::Outbox(_) | Transport::Memory(_) => {
+                std::thread::available_parallelism().map_or(1, usize::from)
+            }
+        };
+        parallel * 2
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Transport::Outbox(_) => "outbox",

@@ -115,6 +115,8 @@ struct State {
     received: Vec<Received>,
     auths: Vec<AuthSeen>,
     mail_commands: usize,
+    /// MAIL commands that came with the DATA command already sent behind them.
+    pipelined: usize,
     connections: usize,
     active: usize,
     max_active: usize,
@@ -132,6 +134,11 @@ pub struct Options {
     pub require_auth: bool,
     /// Close the connection after each message, as a server's idle timeout would.
     pub close_after_message: bool,
+    /// Offer PIPELINING (RFC 2920) in the EHLO reply, as Postfix does.
+    pub pipelining: bool,
+    /// Answer DATA with 354 even when no recipient was accepted (which RFC 2920 3.1
+    /// forbids), and refuse the message only after its final dot.
+    pub late_no_recipients: bool,
 }
 
 impl Default for Options {
@@ -143,6 +150,8 @@ impl Default for Options {
             passwords: HashMap::new(),
             require_auth: false,
             close_after_message: false,
+            pipelining: true,
+            late_no_recipients: false,
         }
     }
 }
@@ -225,6 +234,10 @@ impl FakeSmtp {
     pub fn mail_commands(&self) -> usize {
         self.state.lock().unwrap().mail_commands
     }
+    /// How many MAIL commands arrived with their RCPT and DATA commands in one batch.
+    pub fn pipelined(&self) -> usize {
+        self.state.lock().unwrap().pipelined
+    }
 }
 
 fn take_fault(state: &Mutex<State>, stage: Stage) -> Option<Action> {
@@ -298,17 +311,23 @@ async fn session(
     }
     conn.send("220 fake.test ESMTP ready").await?;
     let mut authed = false;
+    let mut in_transaction = false;
     let mut from = String::new();
     let mut to: Vec<String> = Vec::new();
     while let Some(line) = conn.line().await? {
         let upper = line.to_ascii_uppercase();
         let flow = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+            in_transaction = false;
+            to.clear();
             conn.send("250-fake.test").await?;
             if matches!(options.tls, Some(ServerTls::Starttls(_))) && !encrypted {
                 conn.send("250-STARTTLS").await?;
             }
             conn.send("250-AUTH XOAUTH2 OAUTHBEARER PLAIN LOGIN")
                 .await?;
+            if options.pipelining {
+                conn.send("250-PIPELINING").await?;
+            }
             conn.send("250-8BITMIME").await?;
             conn.send("250 SMTPUTF8").await?;
             Flow::Continue
@@ -334,15 +353,28 @@ async fn session(
                 Flow::Continue
             }
         } else if upper.starts_with("MAIL FROM:") {
-            state.lock().unwrap().mail_commands += 1;
+            // The client may send only what is already in the read buffer.
+            let batched = String::from_utf8_lossy(conn.reader.buffer())
+                .to_ascii_uppercase()
+                .contains("DATA\r\n");
+            {
+                let mut s = state.lock().unwrap();
+                s.mail_commands += 1;
+                s.pipelined += usize::from(batched);
+            }
             if let Some(flow) = conn.apply(take_fault(state, Stage::Mail)).await? {
                 flow
             } else if options.require_auth && !authed {
                 conn.send("530 5.7.0 Authentication required").await?;
                 Flow::Continue
+            } else if in_transaction {
+                // As Postfix: a transaction must end (DATA or RSET) before the next.
+                conn.send("503 5.5.1 Error: nested MAIL command").await?;
+                Flow::Continue
             } else {
                 from = between_brackets(&line);
                 to.clear();
+                in_transaction = true;
                 conn.send("250 2.1.0 OK").await?;
                 Flow::Continue
             }
@@ -354,7 +386,10 @@ async fn session(
                 .rcpt_replies
                 .get(&address.to_ascii_lowercase())
                 .cloned();
-            if let Some(flow) = conn.apply(take_fault(state, Stage::Rcpt)).await? {
+            if !in_transaction {
+                conn.send("503 5.5.1 need MAIL command").await?;
+                Flow::Continue
+            } else if let Some(flow) = conn.apply(take_fault(state, Stage::Rcpt)).await? {
                 flow
             } else if let Some(reply) = refusal {
                 conn.send(&reply).await?;
@@ -365,7 +400,19 @@ async fn session(
                 Flow::Continue
             }
         } else if upper == "DATA" {
-            if let Some(flow) = conn.apply(take_fault(state, Stage::Data)).await? {
+            if to.is_empty() && options.late_no_recipients {
+                conn.send("354 go ahead").await?;
+                while let Some(body_line) = conn.line().await? {
+                    if body_line == "." {
+                        break;
+                    }
+                }
+                conn.send("554 5.5.1 no valid recipients").await?;
+                Flow::Continue
+            } else if to.is_empty() {
+                conn.send("554 5.5.1 no valid recipients").await?;
+                Flow::Continue
+            } else if let Some(flow) = conn.apply(take_fault(state, Stage::Data)).await? {
                 flow
             } else {
                 conn.send("354 go ahead").await?;
@@ -402,6 +449,8 @@ async fn session(
                         });
                         s.received.len()
                     };
+                    in_transaction = false;
+                    to.clear();
                     conn.send(&format!("250 2.0.0 OK queued as {n}")).await?;
                     if options.close_after_message {
                         Flow::Close
@@ -410,7 +459,12 @@ async fn session(
                     }
                 }
             }
-        } else if upper == "RSET" || upper == "NOOP" {
+        } else if upper == "RSET" {
+            in_transaction = false;
+            to.clear();
+            conn.send("250 2.0.0 OK").await?;
+            Flow::Continue
+        } else if upper == "NOOP" {
             conn.send("250 2.0.0 OK").await?;
             Flow::Continue
         } else if upper == "QUIT" {

@@ -1,5 +1,5 @@
-//! One SMTP connection: connect with the configured TLS, authenticate, run one mail
-//! transaction recipient by recipient.
+//! One SMTP connection: connect with the configured TLS, authenticate, run mail
+//! transactions, pipelined (RFC 2920) where the server offers it.
 
 use std::fmt;
 use std::time::Duration;
@@ -7,7 +7,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use lettre::address::Address;
 use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
-use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
+use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use lettre::transport::smtp::response::Response;
 use secrecy::{ExposeSecret, SecretString};
@@ -142,6 +142,21 @@ impl fmt::Display for Line<'_> {
     }
 }
 
+/// An open connection and what its server offers beyond what lettre's `ServerInfo`
+/// keeps.
+pub(crate) struct Session {
+    smtp: AsyncSmtpConnection,
+    /// MAIL, RCPT and DATA go in one write and their replies are read after: one round
+    /// trip instead of two plus one per recipient.
+    pipelining: bool,
+}
+
+impl Session {
+    pub fn has_broken(&self) -> bool {
+        self.smtp.has_broken()
+    }
+}
+
 /// How to reach the server.
 pub(crate) struct Endpoint {
     pub host: String,
@@ -153,7 +168,7 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
-    pub async fn connect(&self) -> Result<AsyncSmtpConnection, Failure> {
+    pub async fn connect(&self) -> Result<Session, Failure> {
         let implicit = match self.tls {
             TlsMode::Implicit => self.tls_parameters.clone(),
             _ => None,
@@ -189,7 +204,7 @@ impl Endpoint {
                 )));
             };
             if !conn.server_info().supports_feature(Extension::StartTls) {
-                self.close(conn).await;
+                self.abandon(conn).await;
                 return Err(Failure::Fatal(Error::new(
                     ErrorKind::Config,
                     format!(
@@ -202,7 +217,23 @@ impl Endpoint {
             self.step(Stage::Connect, conn.starttls(parameters, &self.hello))
                 .await?;
         }
-        Ok(conn)
+        // lettre's `ServerInfo` drops the extensions it has no use for, PIPELINING among
+        // them, so the server is asked once more, once per connection. A repeated EHLO
+        // only resets the (empty) mail transaction (RFC 5321 4.1.4).
+        let pipelining = match self
+            .step(Stage::Connect, conn.command(Ehlo::new(self.hello.clone())))
+            .await
+        {
+            Ok(reply) => offers_pipelining(&reply),
+            Err(failure) => {
+                self.abandon(conn).await;
+                return Err(failure);
+            }
+        };
+        Ok(Session {
+            smtp: conn,
+            pipelining,
+        })
     }
 
     /// A TCP connection with Nagle's algorithm off. lettre writes a message's body and
@@ -232,7 +263,11 @@ impl Endpoint {
 
     /// Ends a connection with QUIT, without waiting long for a server that stopped
     /// answering.
-    pub async fn close(&self, mut conn: AsyncSmtpConnection) {
+    pub async fn close(&self, session: Session) {
+        self.abandon(session.smtp).await;
+    }
+
+    async fn abandon(&self, mut conn: AsyncSmtpConnection) {
         let wait = self.timeout.min(Duration::from_millis(500));
         let _ = tokio::time::timeout(wait, conn.abort()).await;
     }
@@ -257,11 +292,12 @@ impl Endpoint {
     /// refusal of the token (the caller renews it and tries once more).
     pub async fn oauth(
         &self,
-        conn: &mut AsyncSmtpConnection,
+        session: &mut Session,
         mechanism: Mechanism,
         user: &str,
         token: &SecretString,
     ) -> Result<Option<Rejection>, Failure> {
+        let conn = &mut session.smtp;
         let b64 = base64::engine::general_purpose::STANDARD;
         let (initial, dummy) = match mechanism {
             Mechanism::Oauthbearer => {
@@ -340,11 +376,12 @@ impl Endpoint {
     /// Authenticates with user name and password (PLAIN or LOGIN).
     pub async fn password(
         &self,
-        conn: &mut AsyncSmtpConnection,
+        session: &mut Session,
         mechanism: Mechanism,
         user: &str,
         password: &SecretString,
     ) -> Result<(), Failure> {
+        let conn = &mut session.smtp;
         use lettre::transport::smtp::authentication::{Credentials, Mechanism as M};
         let lettre_mechanism = match mechanism {
             Mechanism::Login => M::Login,
@@ -377,11 +414,12 @@ impl Endpoint {
     /// own, and the message goes to those accepted.
     pub async fn transaction(
         &self,
-        conn: &mut AsyncSmtpConnection,
+        session: &mut Session,
         from: Option<&Address>,
         recipients: &[Address],
         raw: &[u8],
     ) -> Result<Transaction, Failure> {
+        let conn = &mut session.smtp;
         let mut parameters = Vec::new();
         let non_ascii_address = from
             .into_iter()
@@ -399,34 +437,50 @@ impl Endpoint {
         if !raw.is_ascii() && conn.server_info().supports_feature(Extension::EightBitMime) {
             parameters.push(MailParameter::Body(MailBodyParameter::EightBitMime));
         }
-        self.step(
-            Stage::Mail,
-            conn.command(Mail::new(from.cloned(), parameters)),
-        )
-        .await?;
+        let mail = Mail::new(from.cloned(), parameters);
         let mut outcome = Transaction::default();
-        for recipient in recipients {
-            match self
-                .step(
-                    Stage::Rcpt,
-                    conn.command(Rcpt::new(recipient.clone(), vec![])),
-                )
-                .await
-            {
-                Ok(_) => outcome.accepted.push(recipient.clone()),
-                Err(Failure::Reply { code, text, .. }) => outcome.refused.push(Refusal {
-                    recipient: recipient.clone(),
-                    code,
-                    text,
-                }),
-                Err(other) => return Err(other),
+        let data = if session.pipelining {
+            let mut batch = mail.to_string();
+            for recipient in recipients {
+                batch.push_str(&Rcpt::new(recipient.clone(), vec![]).to_string());
             }
-        }
+            batch.push_str(&Data.to_string());
+            // The replies come in order; after a refused MAIL the connection is closed
+            // by the caller, so the RCPT and DATA replies need not be read.
+            self.step(Stage::Mail, conn.command(Payload(&batch)))
+                .await?;
+            for recipient in recipients {
+                let reply = self.step(Stage::Rcpt, conn.read_response()).await;
+                outcome.record(recipient, reply)?;
+            }
+            self.step(Stage::Data, conn.read_response()).await
+        } else {
+            self.step(Stage::Mail, conn.command(mail)).await?;
+            for recipient in recipients {
+                let reply = self
+                    .step(
+                        Stage::Rcpt,
+                        conn.command(Rcpt::new(recipient.clone(), vec![])),
+                    )
+                    .await;
+                outcome.record(recipient, reply)?;
+            }
+            if outcome.accepted.is_empty() {
+                let _ = self.step(Stage::Rcpt, conn.command(Rset)).await;
+                return Ok(outcome);
+            }
+            self.step(Stage::Data, conn.command(Data)).await
+        };
         if outcome.accepted.is_empty() {
+            // RFC 2920 3.1: with no recipient the server refuses DATA; one that takes
+            // it anyway gets an empty message, which it cannot deliver to anyone.
+            if data.is_ok() {
+                let _ = self.step(Stage::Data, conn.command(Payload(".\r\n"))).await;
+            }
             let _ = self.step(Stage::Rcpt, conn.command(Rset)).await;
             return Ok(outcome);
         }
-        self.step(Stage::Data, conn.command(Data)).await?;
+        data?;
         // Built messages are 7-bit; anything else goes through lettre's own writer.
         let response: Response = match std::str::from_utf8(raw) {
             Ok(text) => {
@@ -443,6 +497,15 @@ impl Endpoint {
         );
         Ok(outcome)
     }
+}
+
+/// Whether an EHLO reply lists PIPELINING (RFC 2920).
+fn offers_pipelining(reply: &Response) -> bool {
+    reply.message().skip(1).any(|line| {
+        line.split_ascii_whitespace()
+            .next()
+            .is_some_and(|keyword| keyword.eq_ignore_ascii_case("PIPELINING"))
+    })
 }
 
 /// The DATA section as it goes on the wire: dot-stuffed, then the terminating `.` line,
@@ -477,6 +540,27 @@ pub(crate) struct Transaction {
     pub accepted: Vec<Address>,
     pub refused: Vec<Refusal>,
     pub reply: String,
+}
+
+impl Transaction {
+    /// Files a recipient under accepted or refused by the server's reply to its RCPT;
+    /// anything but a reply ends the transaction.
+    fn record(
+        &mut self,
+        recipient: &Address,
+        reply: Result<Response, Failure>,
+    ) -> Result<(), Failure> {
+        match reply {
+            Ok(_) => self.accepted.push(recipient.clone()),
+            Err(Failure::Reply { code, text, .. }) => self.refused.push(Refusal {
+                recipient: recipient.clone(),
+                code,
+                text,
+            }),
+            Err(other) => return Err(other),
+        }
+        Ok(())
+    }
 }
 
 /// A recipient the server refused at RCPT TO.

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lettre::address::Address;
-use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use secrecy::SecretString;
 use tokio::sync::Semaphore;
@@ -21,7 +21,7 @@ use crate::auth::{self, TokenCache};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::Outgoing;
 use crate::transport::{Delivery, Rejected};
-use conn::{Endpoint, Failure, Refusal};
+use conn::{Endpoint, Failure, Refusal, Session};
 
 /// The SMTP transport of a mailer. Clones share the pool and the token cache.
 #[derive(Clone)]
@@ -42,6 +42,7 @@ struct Inner {
     endpoint: Endpoint,
     login: SmtpLogin,
     retry: RetryConfig,
+    max_connections: usize,
     /// One permit per connection in use: lettre's own pool only caps idle connections.
     permits: Semaphore,
     idle: Mutex<Vec<Idle>>,
@@ -49,7 +50,7 @@ struct Inner {
 }
 
 struct Idle {
-    conn: AsyncSmtpConnection,
+    conn: Session,
     since: Instant,
 }
 
@@ -109,11 +110,16 @@ impl Smtp {
                 },
                 login,
                 retry: config.retry.clone(),
+                max_connections: config.pool.max_connections,
                 permits: Semaphore::new(config.pool.max_connections),
                 idle: Mutex::new(Vec::new()),
                 idle_timeout: Duration::from_secs(config.pool.idle_timeout_secs),
             }),
         })
+    }
+
+    pub fn max_connections(&self) -> usize {
+        self.inner.max_connections
     }
 
     /// Delivers `message`, retrying transient failures within the retry policy.
@@ -299,7 +305,7 @@ impl Smtp {
         }
     }
 
-    fn checkout(&self) -> Option<AsyncSmtpConnection> {
+    fn checkout(&self) -> Option<Session> {
         let mut idle = self.inner.idle.lock().unwrap_or_else(|p| p.into_inner());
         while let Some(entry) = idle.pop() {
             if entry.since.elapsed() < self.inner.idle_timeout && !entry.conn.has_broken() {
@@ -309,7 +315,7 @@ impl Smtp {
         None
     }
 
-    fn checkin(&self, conn: AsyncSmtpConnection) {
+    fn checkin(&self, conn: Session) {
         if conn.has_broken() {
             return;
         }
@@ -322,7 +328,7 @@ impl Smtp {
 
     /// A new connection, authenticated. A refused access token is dropped, renewed and
     /// tried once more on a new connection; a second refusal is the caller's error.
-    async fn open(&self) -> Result<AsyncSmtpConnection, Failure> {
+    async fn open(&self) -> Result<Session, Failure> {
         let endpoint = &self.inner.endpoint;
         match &self.inner.login {
             SmtpLogin::None => endpoint.connect().await,
@@ -391,7 +397,7 @@ async fn sign_in(
     mechanism: Mechanism,
     user: &str,
     tokens: &TokenCache,
-) -> Result<Result<AsyncSmtpConnection, conn::Rejection>, Failure> {
+) -> Result<Result<Session, conn::Rejection>, Failure> {
     // The token first: no connection is opened for credentials that are dead.
     let token = tokens.get().await.map_err(Failure::Fatal)?;
     let mut conn = endpoint.connect().await?;
