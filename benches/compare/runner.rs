@@ -269,10 +269,7 @@ fn send(args: &Args) -> Fallible<()> {
     )?;
 
     let runtime = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    // Driven from a task on the runtime, as an application's handlers would send: a
-    // future under `block_on` runs on the main thread, and every finished send would
-    // wake that thread across a futex.
-    let driver = runtime.spawn(async move {
+    runtime.block_on(async move {
         let mailer = match Mailer::from_config(&config).await {
             Ok(mailer) => mailer,
             Err(e) if e.to_string().contains("unknown variant `smtp`") => {
@@ -300,10 +297,7 @@ fn send(args: &Args) -> Fallible<()> {
                    "cpu_seconds": cpu})
         );
         Ok(())
-    });
-    runtime
-        .block_on(driver)
-        .map_err(|e| format!("send driver: {e}"))?
+    })
 }
 
 /// Sends `count` copies at once and waits for all; any failure fails the run.
