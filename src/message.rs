@@ -224,13 +224,7 @@ pub(crate) fn build(
 /// and its quoted-printable encoder goes character by character; together they cost
 /// more than rendering the template.
 fn text_part(content_type: ContentType, text: &str) -> SinglePart {
-    let bare_cr = text
-        .split('\r')
-        .skip(1)
-        .any(|after| !after.starts_with('\n'));
-    let seven_bit =
-        text.is_ascii() && !text.contains('\0') && !bare_cr && text.lines().all(|l| l.len() <= 998);
-    let body = if seven_bit {
+    let body = if is_seven_bit(text.as_bytes()) {
         lettre::message::Body::dangerous_pre_encoded(
             crlf(text).into_bytes(),
             ContentTransferEncoding::SevenBit,
@@ -244,68 +238,111 @@ fn text_part(content_type: ContentType, text: &str) -> SinglePart {
     SinglePart::builder().header(content_type).body(body)
 }
 
+/// Whether `text` may go as 7bit (RFC 2045 2.7): ASCII without NUL, CR only before LF,
+/// and no line over 998 characters.
+fn is_seven_bit(text: &[u8]) -> bool {
+    if !text.is_ascii() || memchr::memchr(0, text).is_some() {
+        return false;
+    }
+    let bare_cr = memchr::memchr_iter(b'\r', text).any(|at| text.get(at + 1) != Some(&b'\n'));
+    if bare_cr {
+        return false;
+    }
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', text).chain(std::iter::once(text.len())) {
+        let line = &text[start..end];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.len() > 998 {
+            return false;
+        }
+        start = end + 1;
+    }
+    true
+}
+
 /// `text` with CRLF line ends, as MIME wants them.
 fn crlf(text: &str) -> String {
+    let bytes = text.as_bytes();
     let mut out = String::with_capacity(text.len() + text.len() / 16);
-    for line in text.split_inclusive('\n') {
-        match line.strip_suffix('\n') {
-            Some(body) if !body.ends_with('\r') => {
-                out.push_str(body);
-                out.push_str("\r\n");
-            }
-            _ => out.push_str(line),
+    let mut start = 0;
+    for at in memchr::memchr_iter(b'\n', bytes) {
+        // Both slices end at ASCII bytes, so they are whole characters.
+        if at == 0 || bytes[at - 1] != b'\r' {
+            out.push_str(&text[start..at]);
+            out.push_str("\r\n");
+            start = at + 1;
         }
     }
+    out.push_str(&text[start..]);
     out
 }
 
 /// Quoted-printable (RFC 2045 §6.7): lines of at most 76 characters, line ends as CRLF.
+///
+/// One pass over the bytes: runs of characters that go as they are are copied whole,
+/// so the cost is close to a copy for text that is mostly ASCII.
 fn quoted_printable(text: &str) -> Vec<u8> {
     const MAX: usize = 76;
-    let mut out = Vec::with_capacity(text.len() + text.len() / 8);
-    for line in text.split('\n') {
-        let line = line.strip_suffix('\r').unwrap_or(line).as_bytes();
-        // White space at the end of a line would be eaten by transports: encode it.
-        let keep = line.len() - usize::from(matches!(line.last(), Some(b' ' | b'\t')));
-        let mut width = 0;
-        let mut i = 0;
-        while i < line.len() {
-            // Copy a run of plain characters, leaving room for a soft break's `=`
-            // unless the run reaches the end of the line.
-            let run = line[i..keep]
+    let bytes = text.as_bytes();
+    let n = bytes.len();
+    let mut out = Vec::with_capacity(n + n / 4);
+    // Whether position `at` starts a line end (LF or CRLF) or is the end of the text.
+    let line_end_at = |at: usize| match bytes.get(at) {
+        None | Some(b'\n') => true,
+        Some(b'\r') => bytes.get(at + 1) == Some(&b'\n'),
+        Some(_) => false,
+    };
+    let mut width = 0;
+    let mut i = 0;
+    while i < n {
+        let b = bytes[i];
+        if b == b'\n' || (b == b'\r' && bytes.get(i + 1) == Some(&b'\n')) {
+            out.extend_from_slice(b"\r\n");
+            width = 0;
+            i += if b == b'\r' { 2 } else { 1 };
+            continue;
+        }
+        let mut end = i;
+        if QP_LITERAL[usize::from(b)] {
+            end = bytes[i..]
                 .iter()
                 .position(|&b| !QP_LITERAL[usize::from(b)])
-                .map_or(keep, |p| i + p);
-            if run > i {
-                let room = MAX - 1 - width;
-                let end = if run == line.len() && run - i <= room + 1 {
-                    run
+                .map_or(n, |p| i + p);
+            // White space at the end of a line would be eaten by transports: it is
+            // left out of the run and encoded below.
+            if line_end_at(end) && matches!(bytes[end - 1], b' ' | b'\t') {
+                end -= 1;
+            }
+        }
+        if end > i {
+            let run_ends_line = line_end_at(end);
+            while i < end {
+                // Room before the soft break's `=`, or for one more character when
+                // the run ends the line.
+                let room = (MAX - 1).saturating_sub(width);
+                let left = end - i;
+                if left <= room || (run_ends_line && left == room + 1) {
+                    out.extend_from_slice(&bytes[i..end]);
+                    width += left;
+                    i = end;
                 } else {
-                    run.min(i + room)
-                };
-                out.extend_from_slice(&line[i..end]);
-                width += end - i;
-                i = end;
-                if i < line.len() && width >= MAX - 1 {
+                    out.extend_from_slice(&bytes[i..i + room]);
                     out.extend_from_slice(b"=\r\n");
                     width = 0;
+                    i += room;
                 }
-                continue;
             }
-            let limit = if i + 1 == line.len() { MAX } else { MAX - 1 };
-            if width + 3 > limit {
-                out.extend_from_slice(b"=\r\n");
-                width = 0;
-            }
-            let b = line[i];
-            out.extend_from_slice(&[b'=', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
-            width += 3;
-            i += 1;
+            continue;
         }
-        out.extend_from_slice(b"\r\n");
+        let limit = if line_end_at(i + 1) { MAX } else { MAX - 1 };
+        if width + 3 > limit {
+            out.extend_from_slice(b"=\r\n");
+            width = 0;
+        }
+        out.extend_from_slice(&[b'=', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        width += 3;
+        i += 1;
     }
-    // `split` yields one more (empty) line after a final `\n` than the text has.
-    out.truncate(out.len() - 2);
     out
 }
 
@@ -340,7 +377,7 @@ impl Body {
 
 #[cfg(test)]
 mod tests {
-    use super::{crlf, quoted_printable};
+    use super::{crlf, is_seven_bit, quoted_printable};
 
     #[test]
     fn quoted_printable_round_trips_and_keeps_lines_short() {
@@ -368,6 +405,38 @@ mod tests {
                 }
             }
         }
+        // And random mixes of every kind of character and line end.
+        let alphabet = [
+            "a",
+            "b",
+            " ",
+            "\t",
+            "=",
+            ".",
+            "\u{e9}",
+            "\u{1f600}",
+            "\r",
+            "\n",
+            "\r\n",
+            "\0",
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..3000 {
+            let mut s = String::new();
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 240) as usize;
+            for _ in 0..len {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                // Mostly plain letters, as real text is, so lines reach the edge.
+                let pick = (seed % 40) as usize;
+                s.push_str(alphabet.get(pick).copied().unwrap_or("x"));
+            }
+            samples.push(s);
+        }
         for sample in &samples {
             let sample = sample.as_str();
             let encoded = quoted_printable(sample);
@@ -388,8 +457,32 @@ mod tests {
     }
 
     #[test]
+    fn quoted_printable_breaks_only_lines_that_need_it() {
+        let fits = "x".repeat(76);
+        assert_eq!(quoted_printable(&fits), fits.as_bytes());
+        let encoded = String::from_utf8(quoted_printable(&"x".repeat(77))).unwrap();
+        assert_eq!(encoded, format!("{}=\r\nxx", "x".repeat(75)));
+    }
+
+    #[test]
     fn line_ends_become_crlf_once() {
         assert_eq!(crlf("a\nb\r\nc\n"), "a\r\nb\r\nc\r\n");
         assert_eq!(crlf("é\n\n"), "é\r\n\r\n");
+        assert_eq!(crlf("\nx\r"), "\r\nx\r");
+    }
+
+    #[test]
+    fn seven_bit_only_for_short_lines_of_ascii() {
+        let line = |n: usize| "x".repeat(n);
+        assert!(is_seven_bit(b""));
+        assert!(is_seven_bit(
+            format!("{}\r\n{}", line(998), line(998)).as_bytes()
+        ));
+        assert!(!is_seven_bit(format!("a\n{}", line(999)).as_bytes()));
+        assert!(!is_seven_bit(line(999).as_bytes()));
+        assert!(!is_seven_bit("caf\u{e9}".as_bytes()));
+        assert!(!is_seven_bit(b"a\0b"));
+        assert!(!is_seven_bit(b"a\rb\r\n"));
+        assert!(!is_seven_bit(b"ends in\r"));
     }
 }

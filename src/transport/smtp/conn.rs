@@ -512,15 +512,18 @@ fn offers_pipelining(reply: &Response) -> bool {
 /// in one buffer. lettre writes the body and the terminator separately, escaping byte
 /// by byte: two packets and two system calls per message instead of one.
 fn data_payload(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len() + raw.len() / 64 + 5);
-    let mut after_crlf = true;
-    for line in raw.split_inclusive('\n') {
-        if after_crlf && line.starts_with('.') {
-            out.push('.');
-        }
-        out.push_str(line);
-        after_crlf = line.ends_with("\r\n");
+    let mut out = String::with_capacity(raw.len() + 16);
+    if raw.starts_with('.') {
+        out.push('.');
     }
+    let mut start = 0;
+    for at in memchr::memmem::find_iter(raw.as_bytes(), b"\r\n.") {
+        // `at + 2` is the dot: an ASCII byte, so a character boundary.
+        out.push_str(&raw[start..at + 2]);
+        out.push('.');
+        start = at + 2;
+    }
+    out.push_str(&raw[start..]);
     out.push_str("\r\n.\r\n");
     out
 }
@@ -638,6 +641,21 @@ mod tests {
         ] {
             assert_eq!(
                 data_payload(raw).as_bytes(),
+                lettre_stuffing(raw.as_bytes()),
+                "{raw:?}"
+            );
+        }
+        // Every string of up to 7 of these pieces.
+        let pieces = [".", "\r", "\n", "\r\n", "a"];
+        let mut raw = String::new();
+        for mut n in 0..pieces.len().pow(7) {
+            raw.clear();
+            while n > 0 {
+                raw.push_str(pieces[n % pieces.len()]);
+                n /= pieces.len();
+            }
+            assert_eq!(
+                data_payload(&raw).as_bytes(),
                 lettre_stuffing(raw.as_bytes()),
                 "{raw:?}"
             );

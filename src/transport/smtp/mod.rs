@@ -143,10 +143,14 @@ impl Smtp {
                 server = %self.inner.endpoint.host,
                 outcome = tracing::field::Empty,
             );
-            let result = self
-                .attempt(message.envelope.from(), &pending, &message.raw)
-                .instrument(span.clone())
-                .await;
+            // Boxed, as the attempt's future (connection, TLS, AUTH, transaction) is
+            // kilobytes: inline, every send's future is that large and is copied
+            // whole when spawned and moved.
+            let result = Box::pin(
+                self.attempt(message.envelope.from(), &pending, &message.raw)
+                    .instrument(span.clone()),
+            )
+            .await;
             let error = match result {
                 Ok(tx) => {
                     accepted.extend(tx.accepted.iter().map(ToString::to_string));
@@ -292,7 +296,8 @@ impl Smtp {
                 }
             }
         }
-        let mut conn = self.open().await?;
+        // Boxed for the same reason: opening is rare, and its future the largest.
+        let mut conn = Box::pin(self.open()).await?;
         match endpoint.transaction(&mut conn, from, recipients, raw).await {
             Ok(tx) => {
                 self.checkin(conn);
