@@ -175,6 +175,10 @@ impl FakeSmtp {
                 let Ok((socket, _)) = listener.accept().await else {
                     return;
                 };
+                // Replies are written line by line; with Nagle's algorithm on, each
+                // reply to a pipelined command would wait for the client's delayed ACK
+                // of the one before (real servers buffer them and flush once).
+                let _ = socket.set_nodelay(true);
                 let state = shared.clone();
                 let options = options.clone();
                 tokio::spawn(async move {

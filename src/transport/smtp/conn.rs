@@ -236,9 +236,10 @@ impl Endpoint {
         })
     }
 
-    /// A TCP connection with Nagle's algorithm off. lettre writes a message's body and
-    /// its final `.` separately; with Nagle on, the second write waits for the server's
-    /// delayed ACK of the first, some 40 ms per message.
+    /// A TCP connection with Nagle's algorithm off. lettre's own DATA writer (used for
+    /// bodies that are not UTF-8) writes the body and its final `.` separately; with
+    /// Nagle on, the second write waits for the server's delayed ACK of the first, some
+    /// 40 ms per message.
     async fn tcp(&self) -> Result<tokio::net::TcpStream, Failure> {
         let failed = |detail: String| Failure::Connection {
             stage: Stage::Connect,
