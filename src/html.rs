@@ -69,11 +69,8 @@ impl<'a> Iterator for Scanner<'a> {
         let rest = &html[start..];
         if !rest.starts_with('<') || !starts_markup(rest) {
             // `<` is ASCII, so any byte position of one is a character boundary.
-            let end = rest
-                .bytes()
-                .skip(1)
-                .position(|b| b == b'<')
-                .map_or(html.len(), |i| start + 1 + i);
+            let end =
+                memchr::memchr(b'<', &rest.as_bytes()[1..]).map_or(html.len(), |i| start + 1 + i);
             let end = next_markup(html, start, end);
             self.pos = end;
             return Some((Token::Text(&html[start..end]), start..end));
@@ -153,9 +150,7 @@ pub(crate) fn tag_end(tag: &str) -> Option<usize> {
     let bytes = tag.as_bytes();
     let mut i = 0;
     loop {
-        i += bytes[i..]
-            .iter()
-            .position(|b| matches!(b, b'>' | b'"' | b'\''))?;
+        i += memchr::memchr3(b'>', b'"', b'\'', &bytes[i..])?;
         let b = bytes[i];
         if b == b'>' {
             return Some(i + 1);
@@ -164,7 +159,7 @@ pub(crate) fn tag_end(tag: &str) -> Option<usize> {
         let opens = tag[..i].trim_end().ends_with('=');
         i += 1;
         if opens {
-            i += bytes[i..].iter().position(|&c| c == b)? + 1;
+            i += memchr::memchr(b, &bytes[i..])? + 1;
         }
     }
 }

@@ -36,6 +36,9 @@ mod inline;
 mod mailer;
 mod message;
 mod render;
+#[cfg(feature = "bench-internals")]
+#[doc(hidden)]
+pub mod stages;
 mod templates;
 mod text;
 mod transport;

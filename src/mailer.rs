@@ -321,6 +321,11 @@ impl Mailer {
             .collect()
     }
 
+    #[cfg(feature = "bench-internals")]
+    pub(crate) fn default_from(&self) -> &Mailbox {
+        &self.inner.from
+    }
+
     pub(crate) fn set(&self) -> Arc<TemplateSet> {
         self.inner.set.load_full()
     }

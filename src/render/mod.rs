@@ -215,7 +215,7 @@ fn render_fields(
     Ok(values)
 }
 
-fn render_body(set: &TemplateSet, name: &str, ctx: &minijinja::Value) -> Result<String> {
+pub(crate) fn render_body(set: &TemplateSet, name: &str, ctx: &minijinja::Value) -> Result<String> {
     set.env
         .get_template(name)
         .and_then(|t| t.render(ctx))
