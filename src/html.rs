@@ -171,44 +171,50 @@ pub(crate) fn attributes(attrs: &str) -> impl Iterator<Item = (&str, &str)> {
 
 /// Like [`attributes`], with the byte range each whole attribute takes in `attrs`.
 pub(crate) fn attribute_spans(attrs: &str) -> impl Iterator<Item = (&str, &str, Range<usize>)> {
+    // Byte by byte: every delimiter is ASCII, so each cut is a character boundary, and
+    // HTML separates attributes with ASCII white space only.
+    let bytes = attrs.as_bytes();
+    let len = bytes.len();
+    // Past white space from `i`, and past `/` too between attributes.
+    let skip = move |mut i: usize, slash: bool| {
+        while i < len && (bytes[i].is_ascii_whitespace() || (slash && bytes[i] == b'/')) {
+            i += 1;
+        }
+        i
+    };
     let mut pos = 0;
     std::iter::from_fn(move || {
-        let s = &attrs[pos..];
-        let skipped = s.len()
-            - s.trim_start_matches(|c: char| c.is_ascii_whitespace() || c == '/')
-                .len();
-        let start = pos + skipped;
-        let s = &attrs[start..];
-        if s.is_empty() {
+        let start = skip(pos, true);
+        if start >= len {
             return None;
         }
-        let name_end = s
-            .find(|c: char| c == '=' || c.is_ascii_whitespace())
-            .unwrap_or(s.len());
-        let name = &s[..name_end];
-        let after_name = &s[name_end..];
-        let trimmed = after_name.trim_start();
-        let Some(after_eq) = trimmed.strip_prefix('=') else {
-            pos = start + name_end;
+        let name_end = bytes[start..]
+            .iter()
+            .position(|&b| b == b'=' || b.is_ascii_whitespace())
+            .map_or(len, |e| start + e);
+        let name = &attrs[start..name_end];
+        let eq = skip(name_end, false);
+        if bytes.get(eq) != Some(&b'=') {
+            pos = name_end;
             return Some((name, "", start..pos));
-        };
-        let value_start = after_eq.trim_start();
-        let offset = start + (s.len() - value_start.len());
-        let (value, used) = match value_start.as_bytes().first() {
-            Some(&q @ (b'"' | b'\'')) => {
-                let close = value_start[1..]
-                    .find(q as char)
-                    .map_or(value_start.len(), |e| e + 1);
-                (&value_start[1..close], (close + 1).min(value_start.len()))
+        }
+        let value_start = skip(eq + 1, false);
+        let value = match bytes.get(value_start) {
+            Some(&quote @ (b'"' | b'\'')) => {
+                let close = memchr::memchr(quote, &bytes[value_start + 1..])
+                    .map_or(len, |e| value_start + 1 + e);
+                pos = (close + 1).min(len);
+                &attrs[value_start + 1..close]
             }
             _ => {
-                let end = value_start
-                    .find(|c: char| c.is_ascii_whitespace())
-                    .unwrap_or(value_start.len());
-                (&value_start[..end], end)
+                let end = bytes[value_start..]
+                    .iter()
+                    .position(u8::is_ascii_whitespace)
+                    .map_or(len, |e| value_start + e);
+                pos = end;
+                &attrs[value_start..end]
             }
         };
-        pos = offset + used;
         Some((name, value, start..pos))
     })
 }
