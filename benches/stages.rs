@@ -1,9 +1,10 @@
-//! Each stage of a message on its own: validate, render, inline, text, MIME and send,
-//! so a regression shows in the stage that made it.
+//! Each stage of a message on its own: validate, render, inline (alone, and with the
+//! text part made from the HTML), MIME and send, so a regression shows in the stage
+//! that made it.
 //!
 //! `cargo bench --features bench-internals --bench stages`
 //!
-//! Render, inline, text and MIME run over the largest example of each template that
+//! Validate, render, inline and MIME run over the largest example of each template that
 //! has one. Send runs `send_template` through the memory transport (no network) and
 //! through the SMTP transport with 4 connections to an in-process sink on 127.0.0.1
 //! that answers like Postfix's smtp-sink (PIPELINING, replies flushed once per batch).
@@ -32,7 +33,6 @@ fn stages(c: &mut Criterion) {
         let stages = Stages::new(&mailer, name).expect("template");
         let data = largest_example(&mailer, name);
         let raw = stages.render(&data).expect("renders");
-        let html = stages.inline(&raw).expect("inlines");
         let mut group = c.benchmark_group(name);
         group.throughput(Throughput::Elements(1));
         group.bench_function("validate", |b| {
@@ -44,7 +44,9 @@ fn stages(c: &mut Criterion) {
         group.bench_function("inline", |b| {
             b.iter(|| stages.inline(black_box(&raw)).expect("inlines"))
         });
-        group.bench_function("text", |b| b.iter(|| stages.text(black_box(&html))));
+        group.bench_function("inline+text", |b| {
+            b.iter(|| stages.inline_and_text(black_box(&raw)).expect("inlines"))
+        });
         group.bench_function("mime", |b| {
             b.iter_batched(
                 || stages.rendered(&data).expect("renders"),

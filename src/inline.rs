@@ -18,6 +18,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::html::{self, Scanner, Token};
+use crate::text;
 
 /// How many distinct gathered stylesheets the split cache keeps; templates that print
 /// data into `<style>` would otherwise grow it without bound.
@@ -81,20 +82,41 @@ impl Stylesheets {
 
     /// Inlines the CSS of `html`, rendered from `file`.
     pub fn inline(&self, html: &str, file: &Path) -> Result<String> {
+        Ok(self.inline_and_text(html, file, false)?.0)
+    }
+
+    /// Inlines the CSS of `html` and, if `want_text`, makes the text part of the
+    /// result ([`text::from_html`] of it). With a plan, the text comes from the smaller
+    /// document before inlining, each element seen with the style the plan gives it:
+    /// the same text, without reading every inlined `style` again.
+    pub fn inline_and_text(
+        &self,
+        html: &str,
+        file: &Path,
+        want_text: bool,
+    ) -> Result<(String, Option<String>)> {
         let mut gathered = self.gather(html, file)?;
         let split = self.split(&gathered.css);
         let head = head(&split, &gathered);
-        let inlined = if split.inline.is_empty() {
-            std::mem::take(&mut gathered.html)
+        let (inlined, text) = if split.inline.is_empty() {
+            let text = want_text.then(|| text::from_html(&gathered.html));
+            (std::mem::take(&mut gathered.html), text)
         } else {
             let shape = Shape::of(&gathered.html, &split);
             let plan = self.plan(&gathered.html, &split, &shape, file)?;
             match &*plan {
-                Plan::Styles(styles) => apply(&gathered.html, &shape, styles),
-                Plan::Direct => css_inline_direct(&gathered.html, &split.inline, file)?,
+                Plan::Styles(styles) => {
+                    let text = want_text.then(|| text::from_planned_html(&gathered.html, styles));
+                    (apply(&gathered.html, &shape, styles), text)
+                }
+                Plan::Direct => {
+                    let inlined = css_inline_direct(&gathered.html, &split.inline, file)?;
+                    let text = want_text.then(|| text::from_html(&inlined));
+                    (inlined, text)
+                }
             }
         };
-        Ok(insert_into_head(inlined, &head))
+        Ok((insert_into_head(inlined, &head), text))
     }
 
     /// The straightforward pipeline, without plans: what [`Self::inline`] must equal.
@@ -755,6 +777,26 @@ mod tests {
             small.contains("<p class=\"small\" style=\"color: red;\">Hello Linus</p>"),
             "{small}"
         );
+    }
+
+    #[test]
+    fn the_text_of_a_planned_document_sees_the_styles_it_was_given() {
+        let s = sheets(&[(
+            "a.css",
+            ".pre { display: none } p { color: red } .show { display: block }",
+        )]);
+        let doc = "<html><head><link rel=stylesheet href=a.css></head><body>\
+                   <div class=\"pre\">preheader</div><p style=\"display:none\">own style</p>\
+                   <p>shown</p><div class=\"pre show\">overridden</div></body></html>";
+        for _ in 0..2 {
+            let (html, text) = s.inline_and_text(doc, Path::new("t"), true).unwrap();
+            assert!(matches!(
+                s.plans.read().unwrap().values().next().map(|p| &**p),
+                Some(Plan::Styles(_))
+            ));
+            assert_eq!(text.as_deref(), Some("shown\n\noverridden\n"));
+            assert_eq!(text.unwrap(), crate::text::from_html(&html));
+        }
     }
 
     fn sheets(files: &[(&str, &str)]) -> Stylesheets {

@@ -50,9 +50,12 @@ impl Stages {
         self.set.stylesheets.inline(html, &variant.file)
     }
 
-    /// The text part made from an inlined body, as for templates without a `.txt`.
-    pub fn text(&self, html: &str) -> String {
-        crate::text::from_html(html)
+    /// Inlines, and makes the text part as templates without a `.txt` have it made.
+    pub fn inline_and_text(&self, html: &str) -> Result<(String, Option<String>)> {
+        let variant = self.set.variant(&self.name, None)?;
+        self.set
+            .stylesheets
+            .inline_and_text(html, &variant.file, true)
     }
 
     /// Every stage at once, as `send` runs them before MIME.

@@ -10,14 +10,30 @@ use crate::html::{self, Scanner, Token};
 
 /// The text a reader of `html` would see.
 pub(crate) fn from_html(html: &str) -> String {
+    derive(html, None)
+}
+
+/// The text a reader would see once start tag number `i` of `html` has the `style`
+/// given by `styles[i]` (and no other): what [`from_html`] gives for the inlined
+/// document, without reading its long `style` attributes.
+pub(crate) fn from_planned_html(html: &str, styles: &[Option<Box<str>>]) -> String {
+    derive(html, Some(styles))
+}
+
+fn derive(html: &str, styles: Option<&[Option<Box<str>>]>) -> String {
     let mut state = State::default();
+    let mut index = 0;
     for (token, _) in Scanner::new(html) {
         match token {
             Token::Start {
                 name,
                 attrs,
                 self_closing,
-            } => state.start(&lower(name), attrs, self_closing),
+            } => {
+                let style = styles.map(|s| s.get(index).and_then(|s| s.as_deref()));
+                index += 1;
+                state.start(&lower(name), attrs, self_closing, style);
+            }
             Token::End { name } => state.end(&lower(name)),
             Token::Text(text) if state.hidden.is_none() => {
                 state.text(&html::decode_entities(text));
@@ -104,17 +120,19 @@ impl State {
         self.pending_space = false;
     }
 
-    fn start(&mut self, name: &str, attrs: &str, self_closing: bool) {
+    /// `style`, when given, is the element's style in place of its `style` attribute.
+    fn start(&mut self, name: &str, attrs: &str, self_closing: bool, style: Option<Option<&str>>) {
         if let Some((hidden, depth)) = &mut self.hidden {
             if hidden == name && !VOID.contains(&name) {
                 *depth += 1;
             }
             return;
         }
-        let (mut href, mut alt, mut invisible) = (None, None, false);
+        let (mut href, mut alt) = (None, None);
+        let mut invisible = style.flatten().is_some_and(hides);
         for (key, value) in html::attributes(attrs) {
             if key.eq_ignore_ascii_case("style") {
-                invisible |= hides(value);
+                invisible |= style.is_none() && hides(value);
             } else if key.eq_ignore_ascii_case("hidden") {
                 invisible = true;
             } else if key.eq_ignore_ascii_case("href") {

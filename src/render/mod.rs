@@ -169,11 +169,14 @@ pub(crate) fn render(
         headers.push((header.clone(), value));
     }
     let raw_html = render_body(set, &variant.html, &ctx)?;
-    let html = set.stylesheets.inline(&raw_html, &variant.file)?;
+    let from_html = variant.text_mode == TextMode::Auto && variant.text.is_none();
+    let (html, text) = set
+        .stylesheets
+        .inline_and_text(&raw_html, &variant.file, from_html)?;
     let text = match (variant.text_mode, &variant.text) {
         (TextMode::Off, _) => None,
         (TextMode::Auto, Some(text)) => Some(render_body(set, text, &ctx)?),
-        (TextMode::Auto, None) => Some(crate::text::from_html(&html)),
+        (TextMode::Auto, None) => text,
     };
     Ok(Rendered {
         template: variant.name.clone(),
@@ -291,11 +294,20 @@ mod tests {
                 let raw = render_body(&set, &variant.html, &ctx).unwrap();
                 let direct = set.stylesheets.inline_direct(&raw, &variant.file).unwrap();
                 for _ in 0..2 {
-                    let planned = set.stylesheets.inline(&raw, &variant.file).unwrap();
+                    let (planned, text) = set
+                        .stylesheets
+                        .inline_and_text(&raw, &variant.file, true)
+                        .unwrap();
                     assert_eq!(
                         crate::inline::normalize(&planned),
                         crate::inline::normalize(&direct),
                         "{}",
+                        variant.file.display()
+                    );
+                    assert_eq!(
+                        text.as_deref(),
+                        Some(crate::text::from_html(&direct).as_str()),
+                        "text of {}",
                         variant.file.display()
                     );
                 }
