@@ -10,6 +10,14 @@ use missive::{Config, Mailer};
 use serde_json::{json, Value};
 
 fn main() {
+    let mut args = std::env::args().skip_while(|a| a != RSS_AFTER_LOAD);
+    if let Some(templates) = args.nth(1) {
+        let before = rss_kib();
+        let (mailer, _) = Mailer::for_tests(templates);
+        println!("{}", rss_kib().saturating_sub(before));
+        drop(mailer);
+        return;
+    }
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     println!("machine: {} cores, {}\n", cores(), cpu_model());
     template_count(repo);
@@ -71,11 +79,10 @@ fn template_count(repo: &Path) {
     println!("| ---: | ---: | ---: | ---: | ---: |");
     for n in [10, 100, 1000] {
         let dir = generate(repo, n);
-        let before = rss_kib();
+        let rss = rss_after_load(&dir.path().join("templates"));
         let start = Instant::now();
         let (mailer, _) = Mailer::for_tests(dir.path().join("templates"));
         let load = start.elapsed();
-        let rss = rss_kib().saturating_sub(before);
         let config = Config {
             templates: dir.path().join("templates"),
             schemas: dir.path().join("schemas"),
@@ -98,6 +105,30 @@ fn template_count(repo: &Path) {
         );
     }
     println!();
+}
+
+/// Passed to this binary: load the set in the folder that follows and print the RSS that
+/// grew, in KiB.
+const RSS_AFTER_LOAD: &str = "--rss-after-load";
+
+/// The RSS a load of `templates` adds, measured in a process of its own: in this one,
+/// the load would reuse pages that earlier sets and renders freed and look smaller.
+fn rss_after_load(templates: &Path) -> u64 {
+    let exe = std::env::current_exe().expect("bench binary");
+    let out = std::process::Command::new(exe)
+        .arg(RSS_AFTER_LOAD)
+        .arg(templates)
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("KiB")
 }
 
 /// From writing one template to the watcher having swapped in the new set: median and

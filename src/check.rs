@@ -64,13 +64,22 @@ fn check_set(set: &TemplateSet, from: &Mailbox, report: &mut Report) {
             Some(locale) => format!("{} ({locale})", variant.name),
             None => variant.name.clone(),
         };
-        let Some(schema) = variant.schema.as_ref().filter(|s| !s.examples.is_empty()) else {
+        let Some(schema) = variant.schema.as_ref().filter(|s| s.example_count() > 0) else {
             report.without_examples.push(label);
             continue;
         };
         let first_time = validated.insert(Arc::as_ptr(schema));
-        for (index, example) in schema.examples.iter().enumerate() {
-            let violations = schema.violations(example);
+        for (index, example) in schema.examples().enumerate() {
+            let example = match example {
+                Ok(example) => example,
+                Err(e) => {
+                    if first_time {
+                        report.problems.push(e);
+                    }
+                    continue;
+                }
+            };
+            let violations = schema.violations(&example);
             if !violations.is_empty() {
                 if first_time {
                     report.problems.push(
@@ -85,7 +94,7 @@ fn check_set(set: &TemplateSet, from: &Mailbox, report: &mut Report) {
                 continue;
             }
             report.renders += 1;
-            let result = render::render(set, &variant.name, variant.locale.as_deref(), example)
+            let result = render::render(set, &variant.name, variant.locale.as_deref(), &example)
                 .and_then(|rendered| message::build(rendered, &[], Some(from)));
             if let Err(e) = result {
                 report

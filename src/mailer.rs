@@ -284,17 +284,18 @@ impl Mailer {
     pub fn example(&self, name: &str, index: usize) -> Result<serde_json::Value> {
         let set = self.set();
         let variant = set.variant(name, None)?;
-        let examples = variant.schema.as_ref().map_or(&[][..], |s| &s.examples[..]);
-        examples.get(index).cloned().ok_or_else(|| {
-            Error::new(
-                ErrorKind::NotFound,
-                format!(
-                    "`{name}` has {} schema example{}, so there is no example {index}; pass data instead",
-                    examples.len(),
-                    if examples.len() == 1 { "" } else { "s" }
-                ),
-            )
-        })
+        let schema = variant.schema.as_ref();
+        if let Some(example) = schema.and_then(|s| s.example(index)) {
+            return example;
+        }
+        let count = schema.map_or(0, |s| s.example_count());
+        Err(Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "`{name}` has {count} schema example{}, so there is no example {index}; pass data instead",
+                if count == 1 { "" } else { "s" }
+            ),
+        ))
     }
 
     /// Names of every sendable template, sorted.
@@ -316,7 +317,7 @@ impl Mailer {
                     .values()
                     .filter_map(|v| v.locale.clone())
                     .collect(),
-                examples: entry.base.schema.as_ref().map_or(0, |s| s.examples.len()),
+                examples: entry.base.schema.as_ref().map_or(0, |s| s.example_count()),
             })
             .collect()
     }

@@ -289,8 +289,9 @@ mod tests {
             let Some(schema) = &variant.schema else {
                 continue;
             };
-            for example in &schema.examples {
-                let ctx = minijinja::Value::from_serialize(example);
+            for example in schema.examples() {
+                let example = example.unwrap();
+                let ctx = minijinja::Value::from_serialize(&example);
                 let raw = render_body(&set, &variant.html, &ctx).unwrap();
                 let direct = set.stylesheets.inline_direct(&raw, &variant.file).unwrap();
                 for _ in 0..2 {

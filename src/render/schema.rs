@@ -10,7 +10,11 @@ use crate::error::{Error, ErrorKind, Result, Violation};
 pub(crate) struct Schema {
     pub file: PathBuf,
     validator: jsonschema::Validator,
-    pub examples: Vec<Value>,
+    /// Each example as compact JSON text: as `Value`s, sample data takes about six times
+    /// the room of its text (a B-tree node per object, an allocation per string), in
+    /// every schema of a set, while only `check`, the preview and `Mailer::example`
+    /// read it.
+    examples: Vec<Box<str>>,
     /// Where `examples` starts in the file, for problems with an example.
     pub examples_line: usize,
 }
@@ -46,7 +50,10 @@ impl Schema {
             })?;
         let examples = match examples {
             None => Vec::new(),
-            Some(Value::Array(items)) => items,
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| item.to_string().into_boxed_str())
+                .collect(),
             Some(_) => {
                 return Err(Error::new(
                     ErrorKind::Template,
@@ -61,6 +68,28 @@ impl Schema {
             examples,
             examples_line: line_of_pointer(text, "/examples"),
         })
+    }
+
+    /// How many examples the schema has.
+    pub fn example_count(&self) -> usize {
+        self.examples.len()
+    }
+
+    /// The examples, each read back from its text.
+    pub fn examples(&self) -> impl Iterator<Item = Result<Value>> + '_ {
+        (0..self.examples.len()).filter_map(|index| self.example(index))
+    }
+
+    /// Example `index`, or `None` past the last.
+    pub fn example(&self, index: usize) -> Option<Result<Value>> {
+        let text = self.examples.get(index)?;
+        Some(serde_json::from_str(text).map_err(|e| {
+            Error::new(
+                ErrorKind::Template,
+                format!("example {index} does not read back: {e}"),
+            )
+            .at(&self.file, self.examples_line, 1)
+        }))
     }
 
     /// Every way in which `data` fails the schema; empty when it passes.
@@ -129,8 +158,11 @@ mod tests {
     #[test]
     fn lists_every_violation_with_its_pointer() {
         let schema = Schema::compile(Path::new("s.json"), SCHEMA).unwrap();
-        assert_eq!(schema.examples.len(), 1);
-        assert!(schema.check("t", &schema.examples[0]).is_ok());
+        assert_eq!(schema.example_count(), 1);
+        let example = schema.example(0).unwrap().unwrap();
+        assert_eq!(example, json!({"user": {"email": "a@b.test", "name": "A"}}));
+        assert!(schema.check("t", &example).is_ok());
+        assert!(schema.example(1).is_none());
         let err = schema
             .check("t", &json!({"user": {"email": "nope"}}))
             .unwrap_err();
@@ -143,6 +175,22 @@ mod tests {
         assert!(pointers.contains(&"/user/email"), "{pointers:?}");
         assert!(pointers.contains(&"/user"), "{pointers:?}");
         assert_eq!(pointers.len(), 2);
+    }
+
+    #[test]
+    fn examples_read_back_as_written() {
+        let example = json!({
+            "n": [0, -1, 18446744073709551615u64, -9223372036854775808i64, 1.5, -0.0, 1e300],
+            "s": "é \" \\ \n \u{1e} 😀",
+            "o": {"b": null, "a": [true, false, {}, []]}
+        });
+        let text = json!({"type": "object", "examples": [example, {}]}).to_string();
+        let schema = Schema::compile(Path::new("s.json"), &text).unwrap();
+        assert_eq!(schema.example_count(), 2);
+        let back = schema.example(0).unwrap().unwrap();
+        assert_eq!(back, example);
+        assert_eq!(back.to_string(), example.to_string());
+        assert_eq!(schema.example(1).unwrap().unwrap(), json!({}));
     }
 
     #[test]

@@ -316,7 +316,7 @@ struct Builder {
     sources: HashMap<String, Source>,
     stylesheets: HashMap<String, Arc<str>>,
     entries: BTreeMap<String, Entry>,
-    /// HTML sources added since links were last checked: name, file, text.
+    /// HTML sources with a `<link>` added since links were last checked: name, file, text.
     html: Vec<(String, PathBuf, String)>,
 }
 
@@ -366,7 +366,13 @@ impl Builder {
         file: &Path,
         line_map: Option<Vec<(usize, usize)>>,
     ) -> Result<()> {
-        if line_map.is_none() && name.ends_with(".html") {
+        // Only a `<link>` start tag can fail the check, so text without one (most
+        // sendables: they extend a layout) is not held until the check runs.
+        let has_link = text
+            .as_bytes()
+            .windows(5)
+            .any(|w| w.eq_ignore_ascii_case(b"<link"));
+        if line_map.is_none() && name.ends_with(".html") && has_link {
             self.html
                 .push((name.clone(), file.to_path_buf(), text.clone()));
         }
