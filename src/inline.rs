@@ -80,7 +80,9 @@ impl Stylesheets {
         &self.files
     }
 
-    /// Inlines the CSS of `html`, rendered from `file`.
+    /// Inlines the CSS of `html`, rendered from `file`. (Rendering wants the text part
+    /// too and calls [`Self::inline_and_text`].)
+    #[cfg(any(test, feature = "bench-internals"))]
     pub fn inline(&self, html: &str, file: &Path) -> Result<String> {
         Ok(self.inline_and_text(html, file, false)?.0)
     }
