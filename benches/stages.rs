@@ -106,7 +106,9 @@ async fn burst(mailer: &Mailer, data: &serde_json::Value) {
 }
 
 /// A minimal SMTP sink: accepts every message, offers PIPELINING, and writes the
-/// replies to a batch of commands at once. Returns its port.
+/// replies to a batch of commands at once. Returns its port. Not the tests' `FakeSmtp`:
+/// that one keeps every message it receives for assertions, and a bench sends hundreds
+/// of thousands.
 async fn sink() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("address").port();

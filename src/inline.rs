@@ -61,7 +61,11 @@ struct Split {
 /// The final `style` of every start tag of one document shape, by position.
 #[derive(Debug)]
 enum Plan {
-    Styles(Vec<Option<Box<str>>>),
+    Styles {
+        styles: Vec<Option<Box<str>>>,
+        /// Whether each element's planned style hides it, for the text part.
+        hidden: Vec<bool>,
+    },
     /// The parser adds or merges styled elements for this shape: run css-inline each time.
     Direct,
 }
@@ -107,8 +111,8 @@ impl Stylesheets {
             let shape = Shape::of(&gathered.html, &split);
             let plan = self.plan(&gathered.html, &split, &shape, file)?;
             match &*plan {
-                Plan::Styles(styles) => {
-                    let text = want_text.then(|| text::from_planned_html(&gathered.html, styles));
+                Plan::Styles { styles, hidden } => {
+                    let text = want_text.then(|| text::from_planned_html(&gathered.html, hidden));
                     (apply(&gathered.html, &shape, styles), text)
                 }
                 Plan::Direct => {
@@ -351,7 +355,11 @@ fn make_plan(html: &str, split: &Split, shape: &Shape, file: &Path) -> Result<Pl
     if seen.iter().any(|s| !s) {
         return Ok(Plan::Direct);
     }
-    Ok(Plan::Styles(styles))
+    let hidden = styles
+        .iter()
+        .map(|style| style.as_deref().is_some_and(text::hides))
+        .collect();
+    Ok(Plan::Styles { styles, hidden })
 }
 
 /// Where a new attribute goes in the tag at `range`: before its `>`, or its `/>`.
@@ -794,7 +802,7 @@ mod tests {
             let (html, text) = s.inline_and_text(doc, Path::new("t"), true).unwrap();
             assert!(matches!(
                 s.plans.read().unwrap().values().next().map(|p| &**p),
-                Some(Plan::Styles(_))
+                Some(Plan::Styles { .. })
             ));
             assert_eq!(text.as_deref(), Some("shown\n\noverridden\n"));
             assert_eq!(text.unwrap(), crate::text::from_html(&html));

@@ -13,14 +13,14 @@ pub(crate) fn from_html(html: &str) -> String {
     derive(html, None)
 }
 
-/// The text a reader would see once start tag number `i` of `html` has the `style`
-/// given by `styles[i]` (and no other): what [`from_html`] gives for the inlined
-/// document, without reading its long `style` attributes.
-pub(crate) fn from_planned_html(html: &str, styles: &[Option<Box<str>>]) -> String {
-    derive(html, Some(styles))
+/// The text a reader would see once start tag number `i` of `html` is hidden by its
+/// style exactly when `hidden[i]`: what [`from_html`] gives for the inlined document,
+/// without reading its long `style` attributes.
+pub(crate) fn from_planned_html(html: &str, hidden: &[bool]) -> String {
+    derive(html, Some(hidden))
 }
 
-fn derive(html: &str, styles: Option<&[Option<Box<str>>]>) -> String {
+fn derive(html: &str, hidden_by_style: Option<&[bool]>) -> String {
     let mut state = State::default();
     let mut index = 0;
     for (token, _) in Scanner::new(html) {
@@ -30,9 +30,9 @@ fn derive(html: &str, styles: Option<&[Option<Box<str>>]>) -> String {
                 attrs,
                 self_closing,
             } => {
-                let style = styles.map(|s| s.get(index).and_then(|s| s.as_deref()));
+                let planned = hidden_by_style.map(|h| h.get(index).copied().unwrap_or(false));
                 index += 1;
-                state.start(&lower(name), attrs, self_closing, style);
+                state.start(&lower(name), attrs, self_closing, planned);
             }
             Token::End { name } => state.end(&lower(name)),
             Token::Text(text) if state.hidden.is_none() => {
@@ -53,7 +53,7 @@ fn lower(name: &str) -> Cow<'_, str> {
 }
 
 /// Whether a `style` attribute hides its element (`display: none`).
-fn hides(style: &str) -> bool {
+pub(crate) fn hides(style: &str) -> bool {
     // Inlined styles run to hundreds of bytes on every element: jump between d's.
     memchr::memchr2_iter(b'd', b'D', style.as_bytes()).any(|at| {
         // `d` is ASCII, so `at` is a character boundary.
@@ -120,8 +120,15 @@ impl State {
         self.pending_space = false;
     }
 
-    /// `style`, when given, is the element's style in place of its `style` attribute.
-    fn start(&mut self, name: &str, attrs: &str, self_closing: bool, style: Option<Option<&str>>) {
+    /// `hidden_by_style`, when given, says whether the element's style hides it, in
+    /// place of its `style` attribute.
+    fn start(
+        &mut self,
+        name: &str,
+        attrs: &str,
+        self_closing: bool,
+        hidden_by_style: Option<bool>,
+    ) {
         if let Some((hidden, depth)) = &mut self.hidden {
             if hidden == name && !VOID.contains(&name) {
                 *depth += 1;
@@ -129,10 +136,10 @@ impl State {
             return;
         }
         let (mut href, mut alt) = (None, None);
-        let mut invisible = style.flatten().is_some_and(hides);
+        let mut invisible = hidden_by_style.unwrap_or(false);
         for (key, value) in html::attributes(attrs) {
             if key.eq_ignore_ascii_case("style") {
-                invisible |= style.is_none() && hides(value);
+                invisible |= hidden_by_style.is_none() && hides(value);
             } else if key.eq_ignore_ascii_case("hidden") {
                 invisible = true;
             } else if key.eq_ignore_ascii_case("href") {

@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use notify::{EventKind, RecursiveMode};
-use notify_debouncer_full::{new_debouncer_opt, DebounceEventResult, NoCache, RecommendedCache};
+use notify_debouncer_full::{
+    new_debouncer_opt, DebounceEventHandler, DebounceEventResult, FileIdCache, NoCache,
+    RecommendedCache,
+};
 use tokio::sync::broadcast;
 
 use crate::error::{Error, ErrorKind, Result};
@@ -148,44 +151,25 @@ pub(crate) fn start(live: &Live, mode: Mode) -> Result<()> {
             format!("cannot watch {}: {e}", live.templates.display()),
         )
     };
-    let watcher: Box<dyn Send> = match mode {
-        Mode::Native => {
-            let mut debouncer = new_debouncer_opt::<_, notify::RecommendedWatcher, _>(
-                DEBOUNCE,
-                None,
-                handler,
-                RecommendedCache::new(),
-                notify::Config::default(),
-            )
-            .map_err(watch_error)?;
-            for root in &roots {
-                debouncer
-                    .watch(root, RecursiveMode::Recursive)
-                    .map_err(watch_error)?;
-            }
-            Box::new(debouncer)
-        }
-        Mode::Poll(interval) => {
-            let mut debouncer = new_debouncer_opt::<_, notify::PollWatcher, _>(
-                DEBOUNCE,
-                None,
-                handler,
-                NoCache,
-                // Modification times are compared in whole seconds, so a second save
-                // within the same second would go unseen without comparing contents.
-                notify::Config::default()
-                    .with_poll_interval(interval)
-                    .with_compare_contents(true),
-            )
-            .map_err(watch_error)?;
-            for root in &roots {
-                debouncer
-                    .watch(root, RecursiveMode::Recursive)
-                    .map_err(watch_error)?;
-            }
-            Box::new(debouncer)
-        }
-    };
+    let watcher = match mode {
+        Mode::Native => debounce::<notify::RecommendedWatcher, _>(
+            handler,
+            RecommendedCache::new(),
+            notify::Config::default(),
+            &roots,
+        ),
+        // Modification times are compared in whole seconds, so a second save within
+        // the same second would go unseen without comparing contents.
+        Mode::Poll(interval) => debounce::<notify::PollWatcher, _>(
+            handler,
+            NoCache,
+            notify::Config::default()
+                .with_poll_interval(interval)
+                .with_compare_contents(true),
+            &roots,
+        ),
+    }
+    .map_err(watch_error)?;
     tracing::info!(templates = %live.templates.display(), ?mode, "watching for changes");
     *lock(&live.watcher) = Some(watcher);
     Ok(())
@@ -207,6 +191,24 @@ pub(crate) fn attach(inner: &Arc<Inner>) {
 /// A lock that a panic elsewhere does not poison for good: the data is plain.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A debouncer with watcher `W` over every root; the two watchers are different types.
+fn debounce<W, C>(
+    handler: impl DebounceEventHandler,
+    cache: C,
+    config: notify::Config,
+    roots: &[PathBuf],
+) -> notify::Result<Box<dyn Send>>
+where
+    W: notify::Watcher + Send + 'static,
+    C: FileIdCache + Send + 'static,
+{
+    let mut debouncer = new_debouncer_opt::<_, W, C>(DEBOUNCE, None, handler, cache, config)?;
+    for root in roots {
+        debouncer.watch(root, RecursiveMode::Recursive)?;
+    }
+    Ok(Box::new(debouncer))
 }
 
 /// The changed files a reload should care about: not reads (our own reload opens

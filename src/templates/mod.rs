@@ -368,10 +368,7 @@ impl Builder {
     ) -> Result<()> {
         // Only a `<link>` start tag can fail the check, so text without one (most
         // sendables: they extend a layout) is not held until the check runs.
-        let has_link = text
-            .as_bytes()
-            .windows(5)
-            .any(|w| w.eq_ignore_ascii_case(b"<link"));
+        let has_link = crate::html::find_ci(&text, "<link").is_some();
         if line_map.is_none() && name.ends_with(".html") && has_link {
             self.html
                 .push((name.clone(), file.to_path_buf(), text.clone()));

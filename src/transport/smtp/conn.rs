@@ -425,7 +425,7 @@ impl Endpoint {
         let non_ascii_address = from
             .into_iter()
             .chain(recipients)
-            .any(|a| !a.to_string().is_ascii());
+            .any(|a| !AsRef::<str>::as_ref(a).is_ascii());
         if non_ascii_address {
             if !conn.server_info().supports_feature(Extension::SmtpUtfEight) {
                 return Err(Failure::Fatal(Error::new(
