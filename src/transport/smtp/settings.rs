@@ -220,7 +220,9 @@ mod tests {
         };
         assert_eq!(smtp.tls, TlsMode::Starttls);
         assert_eq!(smtp.pool.max_connections, 4);
-        assert_eq!(smtp.retry.deadline_secs, 120);
+        assert_eq!(smtp.retry.deadline_secs, 600);
+        assert_eq!(smtp.timeouts, Timeouts::default());
+        assert_eq!(smtp.timeouts.final_dot, 600);
         assert_eq!(smtp.auth.mechanism, Mechanism::Xoauth2);
         let oauth = smtp.auth.oauth.expect("oauth");
         assert_eq!(oauth.provider, Provider::Google);
