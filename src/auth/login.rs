@@ -201,6 +201,7 @@ pub async fn login(options: &LoginOptions, show: impl Fn(&str)) -> Result<PathBu
         )
     })?;
     let path = credentials_path(oauth);
+    let now = store::now_unix();
     let credentials = Credentials {
         provider: Some(oauth.provider.name().to_string()),
         user: options.user.clone(),
@@ -209,9 +210,12 @@ pub async fn login(options: &LoginOptions, show: impl Fn(&str)) -> Result<PathBu
         token_url: Some(token_url),
         scopes: resolved.scopes,
         refresh_token: Some(SecretString::from(refresh.secret().to_string())),
-        access_token_expires_at: response
+        // The first send (or the next command) uses this one rather than renewing.
+        access_token: response
             .expires_in()
-            .map(|d| store::now_unix() + d.as_secs()),
+            .map(|_| SecretString::from(response.access_token().secret().to_string())),
+        access_token_expires_at: response.expires_in().map(|d| now + d.as_secs()),
+        access_token_issued_at: response.expires_in().map(|_| now),
         updated_at: 0,
     };
     store::save(&path, &credentials)?;

@@ -33,8 +33,11 @@ pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// An access token as the provider issued it.
 pub(crate) struct Issued {
     pub access_token: SecretString,
-    /// `expires_in` of the token response, when the provider said.
+    /// How long it stays valid from now, when the provider said.
     pub expires_in: Option<Duration>,
+    /// Its whole lifetime, when it was issued earlier (a token kept in the
+    /// credentials file): the renewal margin is a fraction of it.
+    pub lifetime: Option<Duration>,
 }
 
 /// Something that can mint a new access token: one grant against one provider.
@@ -42,8 +45,10 @@ pub(crate) struct Issued {
 /// Implementations do their own retrying of transient endpoint failures and return
 /// [`crate::ErrorKind::Auth`] for refusals; the [`TokenCache`] decides when to call.
 pub(crate) trait TokenSource: Send + Sync {
-    /// Asks the provider for a new access token.
-    fn fetch(&self) -> BoxFuture<'_, crate::Result<Issued>>;
+    /// An access token: one kept from an earlier run while it is valid and
+    /// `reuse_stored` (false after a server refused a token), else a new one from the
+    /// provider.
+    fn fetch(&self, reuse_stored: bool) -> BoxFuture<'_, crate::Result<Issued>>;
     /// Which credential this is, for logs and errors (never a secret).
     fn describe(&self) -> String;
 }
