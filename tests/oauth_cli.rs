@@ -102,6 +102,11 @@ async fn auth_signs_in_with_pkce_on_a_loopback_redirect_and_status_tells_no_secr
     };
     assert_eq!(query("code_challenge_method"), "S256");
     assert_eq!(query("scope"), "smtp offline_access");
+    assert_eq!(
+        query("prompt"),
+        "consent",
+        "offline_access asks for consent"
+    );
     assert_eq!(query("client_id"), CLIENT_ID);
     let redirect = query("redirect_uri");
     assert!(redirect.starts_with("http://127.0.0.1:"), "{redirect}");
@@ -127,10 +132,25 @@ async fn auth_signs_in_with_pkce_on_a_loopback_redirect_and_status_tells_no_secr
         assert_eq!(mode, 0o600);
     }
 
+    // The config names the client secret's variable: unset, the credential is not ready.
     let status = missive()
         .arg("--config")
         .arg(&config)
         .args(["auth", "status"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(!status.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("MISSIVE_TEST_SECRET (the client secret) is not set"),
+        "{stdout}"
+    );
+    let status = missive()
+        .arg("--config")
+        .arg(&config)
+        .args(["auth", "status"])
+        .env("MISSIVE_TEST_SECRET", CLIENT_SECRET)
         .output()
         .await
         .unwrap();

@@ -1,5 +1,5 @@
 //! OAuth2 for SMTP: the settings of `auth.oauth`, `missive auth` sign-in
-//! ([`login`]) and its report ([`status`]).
+//! ([`login`]), its report ([`status`]) and a renewal on demand ([`check`]).
 //!
 //! Inside, the SMTP transport asks a token cache (one per mailer) for a token before
 //! it authenticates a connection, and drops a token the server refused; the cache
@@ -22,7 +22,7 @@ use secrecy::SecretString;
 
 pub(crate) use cache::TokenCache;
 pub(crate) use http::is_loopback;
-pub use login::{login, status, CredentialStatus, LoginOptions};
+pub use login::{check, login, status, CredentialStatus, LoginOptions, TokenCheck};
 pub use settings::{ClientAuth, Grant, OAuthConfig, Provider};
 pub(crate) use sources::build as build_source;
 pub use store::default_credentials_file;
