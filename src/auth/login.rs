@@ -126,9 +126,7 @@ pub async fn login(options: &LoginOptions, show: impl Fn(&str)) -> Result<PathBu
             .add_scopes(scopes.clone())
             .request_async(&http)
             .await
-            .map_err(|e| {
-                Error::new(ErrorKind::Auth, format!("device authorization failed: {e}"))
-            })?;
+            .map_err(|e| device_error("device authorization failed", e))?;
         show(&format!(
             "Open {} and enter the code {}",
             details.verification_uri().as_str(),
@@ -138,7 +136,7 @@ pub async fn login(options: &LoginOptions, show: impl Fn(&str)) -> Result<PathBu
             .exchange_device_access_token(&details)
             .request_async(&http, tokio::time::sleep, None)
             .await
-            .map_err(|e| Error::new(ErrorKind::Auth, format!("device sign-in failed: {e}")))?
+            .map_err(|e| device_error("device sign-in failed", e))?
     } else {
         let auth_url = resolved
             .auth_url
@@ -220,6 +218,28 @@ pub async fn login(options: &LoginOptions, show: impl Fn(&str)) -> Result<PathBu
     };
     store::save(&path, &credentials)?;
     Ok(path)
+}
+
+/// A failed device-flow request. oauth2's own message for a transport failure is
+/// only "Request failed": the reason (an untrusted certificate, say) is ours to tell.
+fn device_error<T: oauth2::ErrorResponse + 'static>(
+    what: &str,
+    error: oauth2::RequestTokenError<crate::auth::http::HttpError, T>,
+) -> Error {
+    match error {
+        oauth2::RequestTokenError::Request(e) => Error::new(
+            if e.is_retryable() {
+                ErrorKind::Transient
+            } else {
+                ErrorKind::Config
+            },
+            format!("{what}: {e}"),
+        ),
+        oauth2::RequestTokenError::ServerResponse(response) => {
+            Error::new(ErrorKind::Auth, format!("{what}: {response}"))
+        }
+        other => Error::new(ErrorKind::Auth, format!("{what}: {other}")),
+    }
 }
 
 /// Listens where the browser is to be sent back: the configured redirect URI (a

@@ -158,7 +158,7 @@ fn use_colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
 /// link included) while CSS is inlined. Below INFO they never reach missive's
 /// output, whatever `RUST_LOG` asks for (the `log` ones are also compiled out by
 /// the `cap-dependency-logs` feature).
-const WIRE_TARGETS: &[&str] = &[
+const PRIVATE_DETAIL_TARGETS: &[&str] = &[
     "lettre",
     "reqwest",
     "hyper",
@@ -172,9 +172,9 @@ const WIRE_TARGETS: &[&str] = &[
     "css_inline",
 ];
 
-fn is_wire_detail(meta: &tracing::Metadata<'_>) -> bool {
+fn is_private_detail(meta: &tracing::Metadata<'_>) -> bool {
     *meta.level() > tracing::Level::INFO
-        && WIRE_TARGETS.iter().any(|t| {
+        && PRIVATE_DETAIL_TARGETS.iter().any(|t| {
             meta.target()
                 .strip_prefix(t)
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
@@ -192,7 +192,7 @@ where
     use tracing_subscriber::filter::FilterExt;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::Layer;
-    let safe = tracing_subscriber::filter::filter_fn(|meta| !is_wire_detail(meta));
+    let safe = tracing_subscriber::filter::filter_fn(|meta| !is_private_detail(meta));
     tracing_subscriber::registry().with(
         tracing_subscriber::fmt::layer()
             .with_writer(writer)
