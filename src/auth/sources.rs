@@ -147,6 +147,7 @@ pub(crate) fn build(
             },
             common,
             rotated: Mutex::new(None),
+            refused: Mutex::new(None),
         }),
         Grant::ClientCredentials => Box::new(ClientCredentialsGrant { common }),
         Grant::JwtBearer => {
@@ -246,13 +247,26 @@ pub(crate) fn token_client(
     Ok(client)
 }
 
+/// A failed token request, and whether the provider refused the grant itself
+/// (`invalid_grant`): then no later request with the same refresh token can succeed.
+pub(crate) struct Failed {
+    pub error: Error,
+    pub grant_refused: bool,
+}
+
+impl From<Failed> for Error {
+    fn from(failed: Failed) -> Error {
+        failed.error
+    }
+}
+
 /// Runs one token request, again after a backoff while the endpoint times out or
-/// answers 5xx; refusals (`invalid_grant`, ...) end at once.
+/// answers 5xx; refusals (`invalid_grant`, ...) and certificate problems end at once.
 pub(crate) async fn request_with_retries<F, Fut>(
     http: &Http,
     hint: &str,
     mut call: F,
-) -> Result<BasicTokenResponse>
+) -> std::result::Result<BasicTokenResponse, Failed>
 where
     F: FnMut() -> Fut,
     Fut: Future<
@@ -265,12 +279,19 @@ where
             Ok(response) => return Ok(response),
             Err(e) => e,
         };
-        let retryable = matches!(error, RequestTokenError::Request(_));
+        let retryable = matches!(&error, RequestTokenError::Request(e) if e.is_retryable());
+        let grant_refused = matches!(
+            &error,
+            RequestTokenError::ServerResponse(r) if *r.error() == BasicErrorResponseType::InvalidGrant
+        );
         let error = token_error(error, hint);
         if !retryable || attempt >= http.attempts {
-            return Err(error);
+            return Err(Failed {
+                error,
+                grant_refused,
+            });
         }
-        tracing::warn!(attempt, error = %error, "token endpoint failed; retrying");
+        tracing::info!(attempt, error = %error, "token endpoint failed; retrying");
         Http::backoff(attempt).await;
         attempt += 1;
     }
@@ -306,7 +327,11 @@ pub(crate) fn token_error(
             Error::new(ErrorKind::Auth, message)
         }
         RequestTokenError::Request(e) => Error::new(
-            ErrorKind::Transient,
+            if e.is_retryable() {
+                ErrorKind::Transient
+            } else {
+                ErrorKind::Config
+            },
             format!("cannot get an access token: {e}"),
         ),
         RequestTokenError::Parse(_, _) => Error::new(
@@ -324,6 +349,7 @@ fn issued(response: &BasicTokenResponse) -> Issued {
     Issued {
         access_token: SecretString::from(response.access_token().secret().to_string()),
         expires_in: response.expires_in(),
+        lifetime: None,
     }
 }
 
@@ -339,10 +365,14 @@ struct RefreshGrant {
     /// A rotated refresh token that could not be written back (it came from the
     /// environment, or the file was not writable): used until the process ends.
     rotated: Mutex<Option<SecretString>>,
+    /// A refresh token the provider refused (`invalid_grant`), with its answer: given
+    /// again without asking until the file (or variable) holds another one, so that
+    /// every later send does not knock on the endpoint with a dead grant.
+    refused: Mutex<Option<(SecretString, Error)>>,
 }
 
 impl RefreshGrant {
-    async fn renew(&self) -> Result<Issued> {
+    async fn renew(&self, reuse_stored: bool) -> Result<Issued> {
         let _lock = match &self.origin {
             Origin::File(path) => Some(store::lock_for_renewal(path).await?),
             Origin::Env(_) => None,
@@ -351,6 +381,11 @@ impl RefreshGrant {
             Origin::File(path) => Some(store::load(path)?),
             Origin::Env(_) => None,
         };
+        if reuse_stored {
+            if let Some(kept) = file.as_ref().and_then(|f| self.still_valid(f)) {
+                return Ok(kept);
+            }
+        }
         let kept = self
             .rotated
             .lock()
@@ -373,6 +408,11 @@ impl RefreshGrant {
                     )
                 })?,
         };
+        if let Some((dead, answer)) = &*self.refused.lock().unwrap_or_else(|p| p.into_inner()) {
+            if dead.expose_secret() == refresh.expose_secret() {
+                return Err(answer.clone_shallow());
+            }
+        }
         let client = self.common.client(file.as_ref())?;
         let http = &self.common.http;
         let token = RefreshToken::new(refresh.expose_secret().to_string());
@@ -382,33 +422,60 @@ impl RefreshGrant {
                 .add_scopes(self.common.scopes())
                 .request_async(http)
         })
-        .await?;
-        let expires_at = response
-            .expires_in()
-            .map(|d| store::now_unix() + d.as_secs());
+        .await
+        .map_err(|failed| {
+            if failed.grant_refused {
+                *self.refused.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((refresh.clone(), failed.error.clone_shallow()));
+            }
+            failed.error
+        })?;
         let rotated = response
             .refresh_token()
             .map(|t| SecretString::from(t.secret().to_string()))
             .filter(|t| t.expose_secret() != refresh.expose_secret());
         // The old refresh token may be dead from now on: save the new one before the
         // access token is used, so a crash right after cannot lose it.
-        self.remember(file, rotated, expires_at);
-        Ok(issued(&response))
+        let issued = issued(&response);
+        self.remember(file, rotated, &issued);
+        Ok(issued)
     }
 
-    fn remember(
-        &self,
-        file: Option<Credentials>,
-        rotated: Option<SecretString>,
-        expires_at: Option<u64>,
-    ) {
+    /// The access token the file keeps, when it is valid for longer than the renewal
+    /// margin the cache would apply to it.
+    fn still_valid(&self, file: &Credentials) -> Option<Issued> {
+        let token = file.access_token.clone()?;
+        let expires_at = file.access_token_expires_at?;
+        let now = store::now_unix();
+        let lifetime = expires_at.saturating_sub(file.access_token_issued_at.unwrap_or(now));
+        let margin = self
+            .common
+            .config
+            .renew_before_secs
+            .min(lifetime / 5)
+            .max(1);
+        (expires_at > now.saturating_add(margin)).then(|| Issued {
+            access_token: token,
+            expires_in: Some(Duration::from_secs(expires_at - now)),
+            lifetime: Some(Duration::from_secs(lifetime)),
+        })
+    }
+
+    fn remember(&self, file: Option<Credentials>, rotated: Option<SecretString>, issued: &Issued) {
         let mut kept = self.rotated.lock().unwrap_or_else(|p| p.into_inner());
         match (&self.origin, file) {
             (Origin::File(path), Some(mut credentials)) => {
                 if let Some(new) = &rotated {
                     credentials.refresh_token = Some(new.clone());
                 }
-                credentials.access_token_expires_at = expires_at;
+                let now = store::now_unix();
+                // Without an expiry a later run could not tell whether it is valid.
+                credentials.access_token = issued
+                    .expires_in
+                    .is_some()
+                    .then(|| issued.access_token.clone());
+                credentials.access_token_issued_at = issued.expires_in.map(|_| now);
+                credentials.access_token_expires_at = issued.expires_in.map(|d| now + d.as_secs());
                 match store::save(path, &credentials) {
                     Ok(()) => {
                         if rotated.is_some() {
@@ -441,8 +508,8 @@ impl RefreshGrant {
 }
 
 impl TokenSource for RefreshGrant {
-    fn fetch(&self) -> BoxFuture<'_, Result<Issued>> {
-        Box::pin(self.renew())
+    fn fetch(&self, reuse_stored: bool) -> BoxFuture<'_, Result<Issued>> {
+        Box::pin(self.renew(reuse_stored))
     }
     fn describe(&self) -> String {
         let from = match &self.origin {
@@ -481,7 +548,7 @@ impl ClientCredentialsGrant {
 }
 
 impl TokenSource for ClientCredentialsGrant {
-    fn fetch(&self) -> BoxFuture<'_, Result<Issued>> {
+    fn fetch(&self, _reuse_stored: bool) -> BoxFuture<'_, Result<Issued>> {
         Box::pin(self.renew())
     }
     fn describe(&self) -> String {
@@ -605,6 +672,7 @@ impl ServiceAccountGrant {
                     return Ok(Issued {
                         access_token: SecretString::from(token.access_token),
                         expires_in: token.expires_in.map(Duration::from_secs),
+                        lifetime: None,
                     });
                 }
                 Ok(response) => {
@@ -626,14 +694,18 @@ impl ServiceAccountGrant {
                         ),
                     ));
                 }
-                Err(e) if attempt < self.common.http.attempts => {
-                    tracing::warn!(attempt, error = %e, "token endpoint failed; retrying");
+                Err(e) if e.is_retryable() && attempt < self.common.http.attempts => {
+                    tracing::info!(attempt, error = %e, "token endpoint failed; retrying");
                     Http::backoff(attempt).await;
                     attempt += 1;
                 }
                 Err(e) => {
                     return Err(Error::new(
-                        ErrorKind::Transient,
+                        if e.is_retryable() {
+                            ErrorKind::Transient
+                        } else {
+                            ErrorKind::Config
+                        },
                         format!("cannot get an access token: {e}"),
                     ))
                 }
@@ -643,7 +715,7 @@ impl ServiceAccountGrant {
 }
 
 impl TokenSource for ServiceAccountGrant {
-    fn fetch(&self) -> BoxFuture<'_, Result<Issued>> {
+    fn fetch(&self, _reuse_stored: bool) -> BoxFuture<'_, Result<Issued>> {
         Box::pin(self.renew())
     }
     fn describe(&self) -> String {

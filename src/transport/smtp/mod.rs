@@ -273,7 +273,7 @@ impl Smtp {
                 };
                 // lettre cannot change the credentials of a connection it built, and a
                 // server may close after a failed AUTH: renew, then start over, once.
-                tracing::warn!(rejection = %first, "the server refused the access token; renewing it");
+                tracing::info!(rejection = %first, "the server refused the access token; renewing it");
                 let second = match sign_in(endpoint, *mechanism, user, tokens).await? {
                     Ok(conn) => return Ok(conn),
                     Err(rejection) => rejection,
