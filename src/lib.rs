@@ -50,8 +50,8 @@ pub use error::{Error, ErrorKind, Location, Result, Violation};
 pub use mailer::{Mailer, MailerBuilder, Receipt, TemplateInfo, TemplateMessage};
 pub use message::Attachment;
 pub use render::Rendered;
+pub use templates::ReloadEvent;
 pub use transport::smtp::{AuthConfig, Mechanism, PoolConfig, SmtpConfig, Timeouts, TlsMode};
 pub use transport::{
     async_trait, Delivery, Email, Inbox, Rejected, RetryConfig, SentMessage, Transport,
 };
-pub use watch::ReloadEvent;
