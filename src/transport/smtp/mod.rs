@@ -2,7 +2,9 @@
 //! one mail transaction per attempt with the outcome of each recipient.
 
 mod conn;
+mod sasl;
 mod settings;
+mod stream;
 
 pub use settings::{AuthConfig, Mechanism, PoolConfig, SmtpConfig, Timeouts, TlsMode};
 
@@ -303,7 +305,7 @@ async fn sign_in(
     mechanism: Mechanism,
     user: &str,
     tokens: &TokenCache,
-) -> Result<Result<Session, conn::Rejection>, Failure> {
+) -> Result<Result<Session, sasl::Rejection>, Failure> {
     // The token first: no connection is opened for credentials that are dead.
     let token = tokens.get().await.map_err(Failure::Fatal)?;
     let mut conn = endpoint.connect().await?;
