@@ -55,3 +55,8 @@ pub use transport::smtp::{AuthConfig, Mechanism, PoolConfig, SmtpConfig, Timeout
 pub use transport::{
     async_trait, Delivery, Email, Inbox, Rejected, RetryConfig, SentMessage, Transport,
 };
+
+/// The README's examples, compiled and run as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -60,10 +60,8 @@ impl SmtpConfig {
     /// smtp.auth.mechanism = missive::Mechanism::Xoauth2;
     /// smtp.auth.user = Some("sender@gmail.com".into());
     /// smtp.auth.oauth = Some(missive::auth::OAuthConfig::new(missive::auth::Provider::Google));
-    /// let config = missive::Config {
-    ///     transport: missive::TransportConfig::Smtp(Box::new(smtp)),
-    ///     ..missive::Config::default()
-    /// };
+    /// let mut config = missive::Config::default();
+    /// config.transport = missive::TransportConfig::Smtp(Box::new(smtp));
     /// # let _ = config;
     /// ```
     pub fn new(host: impl Into<String>) -> SmtpConfig {
