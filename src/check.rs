@@ -85,7 +85,7 @@ fn check_set(set: &TemplateSet, from: &Mailbox, report: &mut Report) {
                     report.problems.push(
                         Error::new(
                             ErrorKind::InvalidData,
-                            format!("example {index} does not match its own schema"),
+                            format!("`examples[{index}]` does not match its own schema"),
                         )
                         .at(&schema.file, schema.examples_line, 1)
                         .with_violations(violations),
@@ -97,9 +97,10 @@ fn check_set(set: &TemplateSet, from: &Mailbox, report: &mut Report) {
             let result = render::render(set, &variant.name, variant.locale.as_deref(), &example)
                 .and_then(|rendered| message::build(rendered, &[], Some(from)));
             if let Err(e) = result {
-                report
-                    .problems
-                    .push(e.note(format!("with example {index} of {}", schema.file.display())));
+                report.problems.push(e.note(format!(
+                    "with `examples[{index}]` of {}",
+                    schema.file.display()
+                )));
             }
         }
     }

@@ -74,12 +74,19 @@ impl fmt::Display for Location {
 }
 
 /// One way in which data fails a template's schema.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Errors end up in logs, and the data can hold secrets (a reset link carries its
+/// token): `Display` and `Debug` give the pointer and the rule only. [`detail`]
+/// (Violation::detail) quotes the offending value, for a designer's own screen.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Violation {
     /// JSON pointer into the data (`""` is the whole document).
     pub pointer: String,
-    /// What is wrong there.
+    /// The rule that fails there, without the value: `value is not a "uri"`.
     pub message: String,
+    /// The same, quoting the value: `"https://…?token=…" is not a "uri"`. Never put it
+    /// in logs.
+    pub detail: String,
 }
 
 impl fmt::Display for Violation {
@@ -90,6 +97,15 @@ impl fmt::Display for Violation {
             &self.pointer
         };
         write!(f, "{pointer}: {}", self.message)
+    }
+}
+
+impl fmt::Debug for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Violation")
+            .field("pointer", &self.pointer)
+            .field("message", &self.message)
+            .finish_non_exhaustive()
     }
 }
 
@@ -298,18 +314,21 @@ mod tests {
             .with_violations(vec![
                 Violation {
                     pointer: "/user/email".into(),
-                    message: "\"x\" is not a \"email\"".into(),
+                    message: "value is not a \"email\"".into(),
+                    detail: "\"x@secret\" is not a \"email\"".into(),
                 },
                 Violation {
                     pointer: String::new(),
                     message: "\"user\" is a required property".into(),
+                    detail: "{} has no \"user\"".into(),
                 },
             ]);
         assert_eq!(
             err.to_string(),
             "schemas/welcome.schema.json:3:1: data for `welcome` is invalid\n  \
-             /user/email: \"x\" is not a \"email\"\n  (root): \"user\" is a required property"
+             /user/email: value is not a \"email\"\n  (root): \"user\" is a required property"
         );
+        assert!(!format!("{err:?}").contains("x@secret"), "{err:?}");
         assert_eq!(err.kind(), ErrorKind::InvalidData);
     }
 

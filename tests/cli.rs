@@ -1,4 +1,5 @@
 //! The `missive` binary, black-box: exit codes, output formats, files written.
+//! `MISSIVE_BIN=target/release/missive` runs them against a release build.
 
 mod common;
 
@@ -7,7 +8,7 @@ use common::{repo, Fixture};
 use predicates::prelude::*;
 
 fn missive() -> Command {
-    let mut cmd = Command::cargo_bin("missive").expect("binary");
+    let mut cmd = Command::new(common::missive_bin());
     cmd.env_remove("MISSIVE_CONFIG").env_remove("RUST_LOG");
     cmd
 }
@@ -65,7 +66,7 @@ fn check_prints_one_line_per_schema_violation() {
         .assert()
         .code(1)
         .stdout(
-            predicate::str::contains("schemas/hello.schema.json:4:1: example 0 does not match its own schema: (root): \"name\" is a required property")
+            predicate::str::contains("schemas/hello.schema.json:4:1: `examples[0]` does not match its own schema: (root): \"name\" is a required property")
                 .and(predicate::str::contains("\"email\" is a required property")),
         );
 }
@@ -159,7 +160,7 @@ fn render_errors_name_the_file_and_exit_1() {
         .assert()
         .code(1)
         .stderr(predicate::str::contains(
-            "templates/hello.html:3:1: undefined value `email`",
+            "templates/hello.html:3:1: front-matter `to`: undefined value `email`",
         ));
     missive()
         .current_dir(f.dir.path())
@@ -275,4 +276,57 @@ fn verbose_logs_go_to_stderr() {
         .success()
         .stderr(predicate::str::contains("template set loaded"))
         .stdout(predicate::str::contains("template set loaded").not());
+}
+
+/// Issue 11.1: release builds (what `cargo install` makes) named no expression, because
+/// minijinja's debug info followed `debug_assertions`. CI runs this file against
+/// `target/release/missive` through `MISSIVE_BIN`.
+#[test]
+fn undefined_values_are_named_in_body_block_partial_and_subject() {
+    let f = Fixture::new();
+    f.write(
+        "templates/_partials/ui.html",
+        "{% macro nick(u) %}\n{{ u.nickname }}{% endmacro %}\n",
+    );
+    f.write(
+        "templates/body.html",
+        "---\nsubject: Hi\nto: a@x.test\n---\n<p>\n{{ user.nickname }}</p>\n",
+    );
+    f.write(
+        "templates/block.html",
+        "---\nsubject: Hi\nto: a@x.test\n---\n{% extends \"_layouts/base.html\" %}\n{% block content %}\n{{ user.nickname }}{% endblock %}\n",
+    );
+    f.write(
+        "templates/partial.html",
+        "---\nsubject: Hi\nto: a@x.test\n---\n{% import \"_partials/ui.html\" as ui %}\n{{ ui.nick(user) }}\n",
+    );
+    f.write(
+        "templates/subject.html",
+        "---\nsubject: \"Hi {{ user.nickname }}\"\nto: a@x.test\n---\nx\n",
+    );
+    for (name, expected) in [
+        (
+            "body",
+            "templates/body.html:6:1: undefined value `user.nickname`",
+        ),
+        (
+            "block",
+            "templates/block.html:7:1: undefined value `user.nickname`",
+        ),
+        (
+            "partial",
+            "templates/_partials/ui.html:2:1: undefined value `u.nickname`",
+        ),
+        ("subject", "templates/subject.html:2:1: "),
+    ] {
+        let assert = missive()
+            .current_dir(f.dir.path())
+            .args(["render", name, "--data", "-"])
+            .write_stdin(r#"{"user": {}}"#)
+            .assert()
+            .code(1);
+        let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+        assert!(stderr.contains("nickname`"), "{name}: {stderr}");
+    }
 }

@@ -23,19 +23,23 @@ use front_matter::{FrontMatter, TextMode};
 pub(crate) struct Source {
     pub file: PathBuf,
     /// For the template of a variant's front-matter values: the template line each value
-    /// starts on and the file line it stands on. Bodies keep file lines as they are.
-    pub line_map: Option<Vec<(usize, usize)>>,
+    /// starts on, the file line it stands on and its field. Bodies keep file lines as
+    /// they are.
+    pub line_map: Option<Vec<(usize, usize, String)>>,
 }
 
 impl Source {
-    fn file_line(&self, line: usize) -> usize {
+    /// The file line of template line `line`, and the front-matter field it is in.
+    fn file_line(&self, line: usize) -> (usize, Option<&str>) {
         match &self.line_map {
-            None => line,
+            None => (line, None),
             Some(map) => map
                 .iter()
-                .take_while(|(start, _)| *start <= line)
+                .take_while(|(start, _, _)| *start <= line)
                 .last()
-                .map_or(1, |(_, file_line)| *file_line),
+                .map_or((1, None), |(_, file_line, field)| {
+                    (*file_line, Some(field.as_str()))
+                }),
         }
     }
 }
@@ -53,6 +57,8 @@ pub(crate) struct Field {
     pub slot: Option<usize>,
     /// Its line in the file.
     pub line: usize,
+    /// Which field it is (`subject`, `to[1]`, `headers.X-Id`), for errors.
+    pub field: String,
 }
 
 /// The front-matter of one variant, ready to render.
@@ -248,23 +254,66 @@ impl TemplateSet {
 
     /// Turns a minijinja error into ours, with the file and line it happened at.
     pub fn jinja_error(&self, err: &minijinja::Error, kind: ErrorKind) -> Error {
-        jinja_error(&self.sources, err, kind)
+        let source_of = |name: &str| {
+            self.env
+                .get_template(name)
+                .ok()
+                .map(|t| t.source().to_string())
+        };
+        jinja_error(&self.sources, err, kind, &source_of)
     }
 }
 
 /// Maps a minijinja error onto the file and line it came from, naming the undefined
 /// variable where that is the problem.
+///
+/// An error inside an `{% include %}` or `{% import %}` comes wrapped once per level
+/// ("could not render include: error in …"); the innermost is the one that says what
+/// is wrong and where, and the levels say which files lead to it. `source_of` gives a
+/// template's text, to follow `{% extends %}` when inheritance goes round in a cycle.
 pub(crate) fn jinja_error(
     sources: &HashMap<String, Source>,
     err: &minijinja::Error,
     kind: ErrorKind,
+    source_of: &dyn Fn(&str) -> Option<String>,
 ) -> Error {
-    let source = err.name().and_then(|n| sources.get(n));
-    let mut message = match err.kind() {
+    let mut chain = vec![err];
+    let mut next = std::error::Error::source(err);
+    while let Some(cause) = next {
+        if let Some(inner) = cause.downcast_ref::<minijinja::Error>() {
+            chain.push(inner);
+        }
+        next = cause.source();
+    }
+    let inner = chain[chain.len() - 1];
+    let includes: Vec<&minijinja::Error> = chain
+        .iter()
+        .copied()
+        .filter(|e| e.kind() == minijinja::ErrorKind::BadInclude)
+        .collect();
+    let at = |name: Option<&str>, line: Option<usize>| -> Option<(&Source, usize, Option<&str>)> {
+        let source = sources.get(name?)?;
+        let (line, field) = source.file_line(line.unwrap_or(1));
+        Some((source, line, field))
+    };
+    if let Some((cycle, closing)) = include_cycle(&includes, inner) {
+        let mut error = Error::new(
+            kind,
+            format!(
+                "`include`/`import` cycle: {} (each file includes or imports the next;                  a template that includes itself needs a condition that ends it)",
+                cycle.join(" → ")
+            ),
+        );
+        if let Some((source, line, _)) = at(closing.name(), closing.line()) {
+            error = error.at(&source.file, line, 1);
+        }
+        return error;
+    }
+    let mut message = match inner.kind() {
         minijinja::ErrorKind::UndefinedError => {
-            let expr = err
+            let expr = inner
                 .range()
-                .zip(err.template_source())
+                .zip(inner.template_source())
                 .and_then(|(range, text)| text.get(range))
                 .map(|e| e.trim().to_string());
             match expr {
@@ -274,20 +323,102 @@ pub(crate) fn jinja_error(
                 _ => "undefined value".to_string(),
             }
         }
-        other => match err.detail() {
+        minijinja::ErrorKind::InvalidOperation
+            if inner
+                .detail()
+                .is_some_and(|d| d.starts_with("cycle in template inheritance")) =>
+        {
+            // "… \"_a.html\" was referenced more than once": the cycle starts there.
+            let again = inner.detail().and_then(|d| d.split('"').nth(1));
+            match extends_cycle(again, source_of) {
+                Some(cycle) => format!("`extends` cycle: {}", cycle.join(" → ")),
+                None => format!("`extends` cycle: {}", inner.detail().unwrap_or_default()),
+            }
+        }
+        other => match inner.detail() {
             Some(detail) => format!("{other}: {detail}"),
             None => other.to_string(),
         },
     };
-    if let (None, Some(name)) = (source, err.name()) {
+    let place = at(inner.name(), inner.line());
+    if let (None, Some(name)) = (&place, inner.name()) {
         message.push_str(&format!(" (in {name})"));
     }
-    let mut error = Error::new(kind, message);
-    if let Some(source) = source {
-        let line = source.file_line(err.line().unwrap_or(1));
-        error = error.at(&source.file, line, 1);
+    if let Some(outer) = includes.first() {
+        if let Some((source, line, _)) = at(outer.name(), outer.line()) {
+            message.push_str(&format!(
+                " (included from {}:{line})",
+                source.file.display()
+            ));
+        }
     }
-    error
+    match place {
+        Some((source, line, field)) => {
+            if let Some(field) = field {
+                message = format!("front-matter `{field}`: {message}");
+            }
+            Error::new(kind, message).at(&source.file, line, 1)
+        }
+        None => Error::new(kind, message),
+    }
+}
+
+/// When `includes` (outermost first) ended in minijinja's recursion limit because
+/// templates include each other: the names from the outermost to the first one met
+/// again, and the include that goes back.
+fn include_cycle<'e>(
+    includes: &[&'e minijinja::Error],
+    inner: &'e minijinja::Error,
+) -> Option<(Vec<String>, &'e minijinja::Error)> {
+    let limit = inner.kind() == minijinja::ErrorKind::InvalidOperation
+        && inner.detail() == Some("recursion limit exceeded");
+    if !limit || includes.is_empty() {
+        return None;
+    }
+    // Level i is the include statement in template i; template i + 1 is what it named.
+    let levels: Vec<&minijinja::Error> = includes.iter().copied().chain([inner]).collect();
+    let mut names: Vec<String> = Vec::new();
+    for (i, level) in levels.iter().enumerate() {
+        let name = level.name()?.to_string();
+        if names.contains(&name) {
+            names.push(name);
+            return Some((names, levels[i - 1]));
+        }
+        names.push(name);
+    }
+    None
+}
+
+/// The chain of literal `{% extends "…" %}` from `start` until a name comes again.
+fn extends_cycle(
+    start: Option<&str>,
+    source_of: &dyn Fn(&str) -> Option<String>,
+) -> Option<Vec<String>> {
+    let mut names = vec![start?.to_string()];
+    loop {
+        let parent = extends_target(&source_of(names.last()?)?)?;
+        let again = names.contains(&parent);
+        names.push(parent);
+        if again {
+            return Some(names);
+        }
+    }
+}
+
+/// The name in a template's first `{% extends "name" %}`, if it is a literal.
+fn extends_target(text: &str) -> Option<String> {
+    let mut rest = text;
+    while let Some(open) = rest.find("{%") {
+        let tag = rest[open + 2..].trim_start_matches(['-', '+']).trim_start();
+        if let Some(args) = tag.strip_prefix("extends") {
+            let args = args.trim_start();
+            let quote = args.chars().next().filter(|c| *c == '"' || *c == '\'')?;
+            let body = &args[1..];
+            return body.find(quote).map(|end| body[..end].to_string());
+        }
+        rest = &rest[open + 2..];
+    }
+    None
 }
 
 /// HTML-escapes what HTML needs escaped. minijinja's escaper also writes `/` as
@@ -323,6 +454,11 @@ struct Builder {
 impl Builder {
     fn new(templates_dir: &Path) -> Builder {
         let mut env = Environment::new();
+        // minijinja keeps the source and span an error needs to name the failing
+        // expression only in debug mode, which it otherwise ties to `debug_assertions`:
+        // release builds (what `cargo install` makes) would say just "undefined value".
+        // It costs nothing until an error is made.
+        env.set_debug(true);
         env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
         env.set_auto_escape_callback(|name| {
             if name.ends_with(".html") || name.ends_with(".htm") {
@@ -364,7 +500,7 @@ impl Builder {
         name: String,
         text: String,
         file: &Path,
-        line_map: Option<Vec<(usize, usize)>>,
+        line_map: Option<Vec<(usize, usize, String)>>,
     ) -> Result<()> {
         // Only a `<link>` start tag can fail the check, so text without one (most
         // sendables: they extend a layout) is not held until the check runs.
@@ -382,7 +518,7 @@ impl Builder {
         );
         self.env
             .add_template_owned(name, text)
-            .map_err(|e| jinja_error(&self.sources, &e, ErrorKind::Template))
+            .map_err(|e| jinja_error(&self.sources, &e, ErrorKind::Template, &|_| None))
     }
 
     /// Layouts, partials, `.txt` bodies and stylesheets: everything but sendables.
@@ -518,8 +654,11 @@ impl Builder {
                     .template_from_named_str(html, &value.source)
                     .map_err(|e| {
                         let detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();
-                        Error::new(ErrorKind::Template, format!("{}{detail}", e.kind()))
-                            .at(file, value.line, 1)
+                        Error::new(
+                            ErrorKind::Template,
+                            format!("front-matter `{}`: {}{detail}", value.field, e.kind()),
+                        )
+                        .at(file, value.line, 1)
                     })?;
                 dynamic.push(value);
                 Some(dynamic.len() - 1)
@@ -530,6 +669,7 @@ impl Builder {
                 text: value.source.clone(),
                 slot,
                 line: value.line,
+                field: value.field.clone(),
             })
         };
         let subject = field(&fm.subject)?;
@@ -555,7 +695,7 @@ impl Builder {
                     source.push_str(FIELD_SEPARATOR);
                     line += 1;
                 }
-                line_map.push((line, value.line));
+                line_map.push((line, value.line, value.field.clone()));
                 source.push_str(&value.source);
                 line += value.source.matches('\n').count();
             }
