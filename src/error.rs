@@ -121,6 +121,8 @@ struct Inner {
     violations: Vec<Violation>,
     smtp_code: Option<u16>,
     related: Vec<Error>,
+    /// Caused only by another file's failure, which has an error of its own.
+    follow_on: bool,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
@@ -135,6 +137,7 @@ impl Error {
                 violations: Vec::new(),
                 smtp_code: None,
                 related: Vec::new(),
+                follow_on: false,
                 source: None,
             }),
         }
@@ -183,6 +186,19 @@ impl Error {
         self
     }
 
+    /// Marks an error caused only by another file's failure: `missive check` reports
+    /// that one, not this.
+    pub(crate) fn follow_on(mut self) -> Error {
+        self.inner.follow_on = true;
+        self
+    }
+
+    /// Whether this error only follows from another file's failure (see
+    /// [`follow_on`](Self::follow_on)).
+    pub(crate) fn is_follow_on(&self) -> bool {
+        self.inner.follow_on
+    }
+
     /// A copy without the underlying source error (which need not be `Clone`).
     pub(crate) fn clone_shallow(&self) -> Error {
         Error {
@@ -193,6 +209,7 @@ impl Error {
                 violations: self.inner.violations.clone(),
                 smtp_code: self.inner.smtp_code,
                 related: Vec::new(),
+                follow_on: self.inner.follow_on,
                 source: None,
             }),
         }

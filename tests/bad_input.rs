@@ -591,3 +591,33 @@ fn an_error_in_an_included_partial_points_into_the_partial() {
     );
     assert_at(&err, "templates/_partials/card.html", 2);
 }
+
+/// Issue 11.4, for the preview's error view (a failed load): each problem once, none
+/// that only follows from another file's failure.
+#[test]
+fn a_failed_load_has_no_follow_on_problems() {
+    let f = Fixture::new();
+    f.write("templates/bye.html", "---\nsubject: [unclosed\n---\nx\n");
+    f.write("templates/bye.fr.html", "---\nsubject: Salut\n---\nx\n");
+    f.write("schemas/broken.schema.json", "{ oops }\n");
+    f.write(
+        "templates/uses.html",
+        "---\nsubject: Hi\nschema: broken.schema.json\n---\nx\n",
+    );
+    f.write("schemas/hello.schema.json", "{\n  \"type\": 7\n}\n");
+    let err = f.load_error();
+    let problems: Vec<String> = err.problems().map(|p| p.to_string()).collect();
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+    assert!(
+        problems.iter().any(|p| p.contains("bye.html:2:")),
+        "{problems:#?}"
+    );
+    assert!(
+        problems.iter().any(|p| p.contains("broken.schema.json:1:")),
+        "{problems:#?}"
+    );
+    assert!(
+        problems.iter().any(|p| p.contains("hello.schema.json:")),
+        "{problems:#?}"
+    );
+}

@@ -330,3 +330,78 @@ fn undefined_values_are_named_in_body_block_partial_and_subject() {
         assert!(stderr.contains("nickname`"), "{name}: {stderr}");
     }
 }
+
+/// Issue 11.4: one broken file does not hide the rest. Every problem of the set comes
+/// out of one run, each once, with no follow-on error from another file's failure,
+/// and everything that loads is still rendered.
+#[test]
+fn check_reports_every_problem_once_without_follow_on_errors() {
+    let f = Fixture::new();
+    f.write(
+        "schemas/hello.schema.json",
+        "{\n  \"type\": \"object\",\n  \"required\": [\"name\", \"email\"],\n  \"examples\": [\n    {\"name\": \"Ada\", \"email\": \"ada@x.test\"},\n    {\"name\": \"Bob\"}\n  ]\n}\n",
+    );
+    // Front-matter that does not parse, and a locale variant of it that is fine.
+    f.write(
+        "templates/welcome.html",
+        "---\nsubject: [unclosed\n---\nx\n",
+    );
+    f.write(
+        "templates/welcome.fr.html",
+        "---\nsubject: Bienvenue\nto: a@x.test\nschema: hello.schema.json\n---\n<p>{{ name }}</p>\n",
+    );
+    // Two problems in one file: a broken subject and a broken body.
+    f.write(
+        "templates/twice.html",
+        "---\nsubject: \"{{ name }\"\n---\n\n{% if %}\n",
+    );
+    // A schema that is not JSON, and a template naming it.
+    f.write(
+        "schemas/broken.schema.json",
+        "{\n  \"type\": \"object\",\n  oops\n}\n",
+    );
+    f.write(
+        "templates/uses-broken.html",
+        "---\nsubject: Hi\nschema: broken.schema.json\n---\nx\n",
+    );
+    // A broken partial, and a template including it that is otherwise fine.
+    f.write("templates/_partials/card.html", "<div>{% for %}</div>\n");
+    f.write(
+        "templates/card.html",
+        "---\nsubject: Hi\nto: a@x.test\nschema: hello.schema.json\n---\n{% include \"_partials/card.html\" %}\n",
+    );
+    let assert = missive()
+        .current_dir(f.dir.path())
+        .arg("check")
+        .assert()
+        .code(1);
+    let out = String::from_utf8_lossy(&assert.get_output().stdout).into_owned();
+    let err = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+    let lines: Vec<&str> = out.lines().collect();
+    let expect = [
+        "schemas/broken.schema.json:3:",
+        "templates/_partials/card.html:1:",
+        "templates/twice.html:2:1: front-matter `subject`: syntax error",
+        "templates/twice.html:5:1: syntax error",
+        "templates/welcome.html:2:",
+        "schemas/hello.schema.json:4:1: `examples[1]` does not match its own schema: (root): \"email\" is a required property",
+    ];
+    assert_eq!(lines.len(), expect.len(), "{out}\n{err}");
+    for want in expect {
+        assert_eq!(
+            lines.iter().filter(|l| l.starts_with(want)).count(),
+            1,
+            "{want} once in:\n{out}"
+        );
+    }
+    for follow_on in [
+        "no base template",
+        "not found",
+        "card.html:6",
+        "does not exist",
+    ] {
+        assert!(!out.contains(follow_on), "{follow_on}: {out}");
+    }
+    // hello and welcome.fr were rendered with their good example; card was tried.
+    assert!(err.contains("with 3 renders"), "{err}");
+}

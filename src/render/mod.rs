@@ -120,7 +120,17 @@ pub(crate) fn render(
     locale: Option<&str>,
     data: &serde_json::Value,
 ) -> Result<Rendered> {
-    let variant = set.variant(name, locale)?;
+    render_variant(set, set.variant(name, locale)?, data)
+}
+
+/// Renders one variant of a template with `data`, after checking `data` against its
+/// schema.
+pub(crate) fn render_variant(
+    set: &TemplateSet,
+    variant: &Variant,
+    data: &serde_json::Value,
+) -> Result<Rendered> {
+    let name = variant.name.as_str();
     let _span = tracing::debug_span!("render", template = name, locale = ?variant.locale).entered();
     if let Some(schema) = &variant.schema {
         schema.check(name, data)?;

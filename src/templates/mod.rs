@@ -7,7 +7,7 @@
 pub(crate) mod front_matter;
 pub(crate) mod walk;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -110,6 +110,9 @@ pub(crate) struct TemplateSet {
     pub entries: BTreeMap<String, Entry>,
     pub stylesheets: Arc<Stylesheets>,
     pub sources: HashMap<String, Source>,
+    /// Locale variants whose base template failed to load (only in a partial load):
+    /// still checked, never sendable.
+    pub orphans: Vec<Arc<Variant>>,
     /// What the set was loaded from, kept for reloading only what changed.
     origin: Arc<Origin>,
 }
@@ -137,6 +140,30 @@ impl TemplateSet {
     ///
     /// On failure the error lists every problem found ([`Error::problems`]).
     pub fn load(templates_dir: &Path, schemas_dir: &Path) -> Result<TemplateSet> {
+        let (set, errors) = TemplateSet::load_partial(templates_dir, schemas_dir)?;
+        if let Some(error) = Error::from_many(errors) {
+            tracing::warn!(
+                problems = error.problems().count(),
+                "template set has problems"
+            );
+            return Err(error);
+        }
+        tracing::info!(templates = set.entries.len(), "template set loaded");
+        Ok(set)
+    }
+
+    /// Loads what does load, for `missive check`: the set of every file that compiled,
+    /// and the problems of the others, each once. A file that only fails because one it
+    /// uses failed (a locale variant of a broken base, a template naming a schema that
+    /// does not parse, a `<link>` to a stylesheet that cannot be read) adds no problem
+    /// of its own; rendering one that extends, includes or imports a broken file fails
+    /// with an error that [`Error::is_follow_on`] marks.
+    ///
+    /// `Err` only when a folder cannot be read at all.
+    pub fn load_partial(
+        templates_dir: &Path,
+        schemas_dir: &Path,
+    ) -> Result<(TemplateSet, Vec<Error>)> {
         let _span = tracing::info_span!("load", templates = %templates_dir.display()).entered();
         let mut errors = Vec::new();
         let files = walk::walk(templates_dir, &mut errors)?;
@@ -146,26 +173,17 @@ impl TemplateSet {
             Vec::new()
         };
         let mut builder = Builder::new(templates_dir);
-        let schemas = load_schemas(&schema_files, &mut errors);
+        let schemas = load_schemas(&schema_files, &mut builder.broken_schemas, &mut errors);
         builder.add_files(&files, &mut errors);
         builder.add_sendables(&files, &schemas, schemas_dir, &mut errors);
         builder.check_links(None, &mut errors);
-        if let Some(error) = Error::from_many(errors) {
-            tracing::warn!(
-                problems = error.problems().count(),
-                "template set has problems"
-            );
-            return Err(error);
-        }
         let origin = Origin {
             root: templates_dir.canonicalize().ok(),
             schemas_dir: schemas_dir.to_path_buf(),
             files,
             schemas,
         };
-        let set = builder.finish(Arc::new(origin), None);
-        tracing::info!(templates = set.entries.len(), "template set loaded");
-        Ok(set)
+        Ok((builder.finish(Arc::new(origin), None), errors))
     }
 
     /// The set as it is on disk after `changed` files were saved.
@@ -352,7 +370,7 @@ pub(crate) fn jinja_error(
             ));
         }
     }
-    match place {
+    let error = match place {
         Some((source, line, field)) => {
             if let Some(field) = field {
                 message = format!("front-matter `{field}`: {message}");
@@ -360,6 +378,12 @@ pub(crate) fn jinja_error(
             Error::new(kind, message).at(&source.file, line, 1)
         }
         None => Error::new(kind, message),
+    };
+    // In a partial load: it uses a file that failed, whose own error says why.
+    if inner.detail().is_some_and(|d| d.ends_with(BROKEN)) {
+        error.follow_on()
+    } else {
+        error
     }
 }
 
@@ -449,6 +473,36 @@ struct Builder {
     entries: BTreeMap<String, Entry>,
     /// HTML sources with a `<link>` added since links were last checked: name, file, text.
     html: Vec<(String, PathBuf, String)>,
+    /// Files under the templates folder that failed to load, by name: whatever uses
+    /// them fails too, and must not report that as a problem of its own.
+    broken: HashSet<String>,
+    /// Schema files that failed to load, by name under the schemas folder.
+    broken_schemas: HashSet<String>,
+    orphans: Vec<Arc<Variant>>,
+}
+
+/// What the loader says of a template that is in the folder but failed to load.
+const BROKEN: &str = "failed to load; see its own error";
+
+/// Refuses names that leave the folder, and says of `broken` ones that they failed.
+/// Everything the set may include was added up front; the loader only runs for names
+/// that are not there, to say why they fail.
+fn set_loader(env: &mut Environment<'static>, broken: HashSet<String>) {
+    env.set_loader(move |name| {
+        if name.split('/').any(|part| part == "..") || name.starts_with('/') {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                format!("`{name}` is outside the templates folder and is never read"),
+            ))
+        } else if broken.contains(name) {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                format!("`{name}` {BROKEN}"),
+            ))
+        } else {
+            Ok(None)
+        }
+    });
 }
 
 impl Builder {
@@ -473,18 +527,7 @@ impl Builder {
             }
             _ => minijinja::escape_formatter(out, state, value),
         });
-        // Everything the set may include was added up front; the loader only runs for
-        // names that are not there, to say why a path that leaves the folder fails.
-        env.set_loader(|name| {
-            if name.split('/').any(|part| part == "..") || name.starts_with('/') {
-                Err(minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    format!("`{name}` is outside the templates folder and is never read"),
-                ))
-            } else {
-                Ok(None)
-            }
-        });
+        set_loader(&mut env, HashSet::new());
         Builder {
             templates_dir: templates_dir.to_path_buf(),
             env,
@@ -492,6 +535,9 @@ impl Builder {
             stylesheets: HashMap::new(),
             entries: BTreeMap::new(),
             html: Vec::new(),
+            broken: HashSet::new(),
+            broken_schemas: HashSet::new(),
+            orphans: Vec::new(),
         }
     }
 
@@ -534,6 +580,7 @@ impl Builder {
                 walk::Kind::Sendable | walk::Kind::Other => Ok(()),
             };
             if let Err(e) = result {
+                self.broken.insert(file.rel.clone());
                 errors.push(e);
             }
         }
@@ -559,7 +606,14 @@ impl Builder {
                         },
                     );
                 }
-                Err(e) => errors.push(e),
+                Err(e) => {
+                    self.broken.insert(file.rel.clone());
+                    errors.extend(
+                        e.problems()
+                            .map(Error::clone_shallow)
+                            .filter(|e| !e.is_follow_on()),
+                    );
+                }
             }
         }
         for file in files.iter().filter(|f| f.kind() == walk::Kind::Text) {
@@ -586,10 +640,13 @@ impl Builder {
                 .clone()
                 .unwrap_or_default()
                 .to_ascii_lowercase();
+            let base_file = format!("{}.html", variant.name);
             match self.entries.get_mut(&variant.name) {
                 Some(entry) => {
                     entry.locales.insert(key, Arc::new(variant));
                 }
+                // Its base has an error of its own; this variant is still checked.
+                None if self.broken.contains(&base_file) => self.orphans.push(Arc::new(variant)),
                 None => errors.push(
                     Error::new(
                         ErrorKind::Template,
@@ -618,14 +675,30 @@ impl Builder {
         let (name, locale) = walk::split_locale(stem);
         // The comment stands in for the front-matter, so body lines stay file lines.
         let body = format!("{{#{}#}}{}", "\n".repeat(split.lines), split.body);
-        self.add(file.rel.clone(), body, &file.path, None)?;
+        // The body, the fields and the schema are independent: one run reports all three.
+        let body = self.add(file.rel.clone(), body, &file.path, None);
         let text_name = format!("{stem}.txt");
         let text = files
             .iter()
             .any(|f| f.rel == text_name)
             .then_some(text_name);
-        let fields = self.compile_fields(&file.rel, &file.path, &fm)?;
-        let schema = resolve_schema(&fm, name, &file.path, schemas, schemas_dir)?;
+        let fields = self.compile_fields(&file.rel, &file.path, &fm);
+        let schema = resolve_schema(
+            &fm,
+            name,
+            &file.path,
+            schemas,
+            &self.broken_schemas,
+            schemas_dir,
+        );
+        let (fields, schema) = match (body, fields, schema) {
+            (Ok(()), Ok(fields), Ok(schema)) => (fields, schema),
+            (body, fields, schema) => {
+                let problems = [body.err(), fields.err(), schema.err()];
+                return Err(Error::from_many(problems.into_iter().flatten().collect())
+                    .unwrap_or_else(|| Error::new(ErrorKind::Template, "failed to load")));
+            }
+        };
         Ok(Variant {
             name: name.to_string(),
             locale: locale.map(str::to_string),
@@ -672,17 +745,34 @@ impl Builder {
                 field: value.field.clone(),
             })
         };
-        let subject = field(&fm.subject)?;
-        let from = fm.from.as_ref().map(&mut field).transpose()?;
-        let reply_to = fm.reply_to.as_ref().map(&mut field).transpose()?;
-        let to = fm.to.iter().map(&mut field).collect::<Result<Vec<_>>>()?;
-        let cc = fm.cc.iter().map(&mut field).collect::<Result<Vec<_>>>()?;
-        let bcc = fm.bcc.iter().map(&mut field).collect::<Result<Vec<_>>>()?;
-        let headers = fm
+        // Every broken value is reported, not only the first.
+        let mut problems = Vec::new();
+        let mut ok = |result: Result<Field>| match result {
+            Ok(f) => Some(f),
+            Err(e) => {
+                problems.push(e);
+                None
+            }
+        };
+        let subject = ok(field(&fm.subject));
+        let from = fm.from.as_ref().and_then(|v| ok(field(v)));
+        let reply_to = fm.reply_to.as_ref().and_then(|v| ok(field(v)));
+        let to: Vec<Field> = fm.to.iter().filter_map(|v| ok(field(v))).collect();
+        let cc: Vec<Field> = fm.cc.iter().filter_map(|v| ok(field(v))).collect();
+        let bcc: Vec<Field> = fm.bcc.iter().filter_map(|v| ok(field(v))).collect();
+        let headers: Vec<(String, Field)> = fm
             .headers
             .iter()
-            .map(|(n, v)| Ok((n.clone(), field(v)?)))
-            .collect::<Result<Vec<_>>>()?;
+            .filter_map(|(n, v)| Some((n.clone(), ok(field(v))?)))
+            .collect();
+        let subject = match (subject, Error::from_many(problems)) {
+            (Some(subject), None) => subject,
+            (_, problem) => {
+                return Err(
+                    problem.unwrap_or_else(|| Error::new(ErrorKind::Template, "`subject` failed"))
+                )
+            }
+        };
         let slots = dynamic.len();
         let template = if dynamic.is_empty() {
             None
@@ -722,7 +812,7 @@ impl Builder {
         html.sort_by(|a, b| a.0.cmp(&b.0));
         let sheets = sheets.unwrap_or(&self.stylesheets);
         for (_, file, text) in html {
-            if let Err(e) = crate::inline::check_static_links(&text, &file, sheets) {
+            if let Err(e) = crate::inline::check_static_links(&text, &file, sheets, &self.broken) {
                 errors.push(e);
             }
         }
@@ -737,6 +827,9 @@ impl Builder {
             stylesheets: HashMap::new(),
             entries: set.entries.clone(),
             html: Vec::new(),
+            broken: HashSet::new(),
+            broken_schemas: HashSet::new(),
+            orphans: Vec::new(),
         }
     }
 
@@ -769,9 +862,13 @@ impl Builder {
         Ok(())
     }
 
-    fn finish(self, origin: Arc<Origin>, stylesheets: Option<Arc<Stylesheets>>) -> TemplateSet {
+    fn finish(mut self, origin: Arc<Origin>, stylesheets: Option<Arc<Stylesheets>>) -> TemplateSet {
+        if !self.broken.is_empty() {
+            set_loader(&mut self.env, std::mem::take(&mut self.broken));
+        }
         TemplateSet {
             templates_dir: self.templates_dir,
+            orphans: self.orphans,
             env: self.env,
             entries: self.entries,
             stylesheets: stylesheets
@@ -782,7 +879,11 @@ impl Builder {
     }
 }
 
-fn load_schemas(files: &[walk::File], errors: &mut Vec<Error>) -> HashMap<String, Arc<Schema>> {
+fn load_schemas(
+    files: &[walk::File],
+    broken: &mut HashSet<String>,
+    errors: &mut Vec<Error>,
+) -> HashMap<String, Arc<Schema>> {
     let mut schemas = HashMap::new();
     for file in files.iter().filter(|f| f.rel.ends_with(".json")) {
         match file
@@ -792,7 +893,10 @@ fn load_schemas(files: &[walk::File], errors: &mut Vec<Error>) -> HashMap<String
             Ok(schema) => {
                 schemas.insert(file.rel.clone(), Arc::new(schema));
             }
-            Err(e) => errors.push(e),
+            Err(e) => {
+                broken.insert(file.rel.clone());
+                errors.push(e);
+            }
         }
     }
     schemas
@@ -804,10 +908,23 @@ fn resolve_schema(
     name: &str,
     file: &Path,
     schemas: &HashMap<String, Arc<Schema>>,
+    broken: &HashSet<String>,
     schemas_dir: &Path,
 ) -> Result<Option<Arc<Schema>>> {
+    // A schema that failed to load has its own error; the template cannot be checked.
+    let follow_on = |rel: &str| {
+        Error::new(
+            ErrorKind::Template,
+            format!("schema `{rel}` failed to load"),
+        )
+        .follow_on()
+    };
     let Some(value) = &fm.schema else {
-        return Ok(schemas.get(&format!("{name}.schema.json")).cloned());
+        let rel = format!("{name}.schema.json");
+        if broken.contains(&rel) {
+            return Err(follow_on(&rel));
+        }
+        return Ok(schemas.get(&rel).cloned());
     };
     let rel = value.source.trim_start_matches("./");
     if rel.starts_with('/') || rel.split('/').any(|p| p == "..") {
@@ -820,6 +937,9 @@ fn resolve_schema(
             ),
         )
         .at(file, value.line, 1));
+    }
+    if broken.contains(rel) {
+        return Err(follow_on(rel));
     }
     schemas.get(rel).cloned().map(Some).ok_or_else(|| {
         Error::new(
