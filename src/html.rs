@@ -115,6 +115,130 @@ impl<'a> Iterator for Scanner<'a> {
     }
 }
 
+/// How deep elements may nest in a document missive inlines CSS into. html5ever, under
+/// css-inline, takes time quadratic in the depth (every start tag looks down the stack
+/// of open elements) and recurses once per level, so a document thousands of levels
+/// deep takes seconds and then overflows the 2 MiB stack of a render thread. Browsers
+/// cap nesting too (Chromium's parser at 512); mail layouts nest a few dozen deep.
+pub(crate) const MAX_DEPTH: usize = 512;
+
+/// Elements that never have content.
+const VOID: &[&str] = &[
+    "area", "base", "basefont", "bgsound", "br", "col", "embed", "frame", "hr", "img", "input",
+    "keygen", "link", "meta", "param", "source", "track", "wbr",
+];
+
+/// Elements an end tag does not close past, as HTML's "has an element in scope".
+const SCOPE: &[&str] = &[
+    "applet", "caption", "html", "marquee", "object", "table", "td", "template", "th",
+];
+
+/// Table parts, whose end tags close past cells: HTML's "in table scope".
+const TABLE_PARTS: &[&str] = &[
+    "caption", "colgroup", "table", "tbody", "td", "tfoot", "th", "thead", "tr",
+];
+const TABLE_SCOPE: &[&str] = &["html", "table", "template"];
+
+/// Starts of elements that close a `<p>` left open.
+const CLOSES_P: &[&str] = &[
+    "address",
+    "article",
+    "aside",
+    "blockquote",
+    "center",
+    "details",
+    "dialog",
+    "dir",
+    "div",
+    "dl",
+    "fieldset",
+    "figcaption",
+    "figure",
+    "footer",
+    "form",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "header",
+    "hgroup",
+    "hr",
+    "main",
+    "menu",
+    "nav",
+    "ol",
+    "p",
+    "pre",
+    "section",
+    "summary",
+    "table",
+    "ul",
+];
+
+/// The open elements a start tag `name` closes when they are on top, as a parser would
+/// (`<li>` ends the `<li>` before it).
+fn implied_ends(name: &str) -> &'static [&'static str] {
+    match name {
+        "li" => &["li", "p"],
+        "dt" | "dd" => &["dt", "dd", "p"],
+        "option" => &["option"],
+        "optgroup" => &["option", "optgroup"],
+        "tr" => &["td", "th", "tr"],
+        "td" | "th" => &["td", "th"],
+        "thead" | "tbody" | "tfoot" => &["td", "th", "tr", "thead", "tbody", "tfoot"],
+        _ if CLOSES_P.contains(&name) => &["p"],
+        _ => &[],
+    }
+}
+
+fn is_one_of(name: &str, names: &[&str]) -> bool {
+    names.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// Where `html` first nests elements deeper than `max`: the byte offset of the start tag
+/// that goes past it, and its name.
+///
+/// It follows end tags and the ends HTML implies (`<p>`, `<li>`, table cells), close to
+/// the depth a parser builds; the stack it keeps never outgrows `max`, so the pass is
+/// linear in the document whatever its depth.
+pub(crate) fn too_deep(html: &str, max: usize) -> Option<(usize, &str)> {
+    let mut open: Vec<&str> = Vec::new();
+    for (token, range) in Scanner::new(html) {
+        match token {
+            Token::Start { name, .. } => {
+                if is_one_of(name, VOID) {
+                    continue;
+                }
+                let ends = implied_ends(&name.to_ascii_lowercase());
+                while open.last().is_some_and(|top| is_one_of(top, ends)) {
+                    open.pop();
+                }
+                open.push(name);
+                if open.len() > max {
+                    return Some((range.start, name));
+                }
+            }
+            Token::End { name } => {
+                let scope = if is_one_of(name, TABLE_PARTS) {
+                    TABLE_SCOPE
+                } else {
+                    SCOPE
+                };
+                let found = open
+                    .iter()
+                    .rposition(|n| n.eq_ignore_ascii_case(name) || is_one_of(n, scope));
+                if let Some(at) = found.filter(|&at| open[at].eq_ignore_ascii_case(name)) {
+                    open.truncate(at);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// Whether `<` at the start of `s` opens markup rather than being a literal `<`.
 fn starts_markup(s: &str) -> bool {
     matches!(s.as_bytes().get(1), Some(b) if b.is_ascii_alphabetic() || matches!(b, b'/' | b'!' | b'?'))
@@ -398,6 +522,25 @@ mod tests {
                 "data-x='y z'",
                 "alt=plain"
             ]
+        );
+    }
+
+    #[test]
+    fn nesting_depth_follows_end_tags_and_implied_ends() {
+        let deep = |n: usize| format!("{}x{}", "<div>".repeat(n), "</div>".repeat(n));
+        assert_eq!(too_deep(&deep(3), 3), None);
+        assert_eq!(too_deep(&deep(4), 3), Some((15, "div")));
+        // Siblings, void elements, self-closed void elements and closed elements add
+        // nothing; unclosed <li>, <p> and cells end where a parser ends them.
+        let flat = "<ul><li>a<li>b<li>c</ul><p>1<p>2<p>3<br><img src=x/><hr/>                    <table><tr><td>1<td>2<tr><td>3</table><dl><dt>a<dd>b<dt>c</dl>";
+        assert_eq!(too_deep(&flat.repeat(50), 3), None);
+        // An end tag does not close past a table cell, as in a parser.
+        let cells = "<div><table><tr><td></div>".repeat(2);
+        assert!(too_deep(&cells, 6).is_some());
+        // Stray end tags change nothing.
+        assert_eq!(
+            too_deep(&format!("<div></span></p>{}", "</b>".repeat(9)), 1),
+            None
         );
     }
 

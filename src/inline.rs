@@ -235,6 +235,19 @@ fn head(split: &Split, gathered: &Gathered) -> String {
 }
 
 fn css_inline_direct(html: &str, css: &str, file: &Path) -> Result<String> {
+    if let Some((at, name)) = html::too_deep(html, html::MAX_DEPTH) {
+        let line = html[..at].matches('\n').count() + 1;
+        return Err(Error::new(
+            ErrorKind::Render,
+            format!(
+                "the rendered HTML nests elements more than {} deep (the `<{name}>` on line \
+                 {line} of the rendered HTML); mail clients and browsers stop nesting long \
+                 before, and missive refuses such a document rather than take seconds over it",
+                html::MAX_DEPTH
+            ),
+        )
+        .at(file, 1, 1));
+    }
     let options = css_inline::InlineOptions::default()
         .load_remote_stylesheets(false)
         .keep_link_tags(true)

@@ -621,3 +621,46 @@ fn a_failed_load_has_no_follow_on_problems() {
         "{problems:#?}"
     );
 }
+
+/// Issue 11.6: html5ever (under css-inline) takes quadratic time in nesting depth and
+/// recurses per level. Past `MAX_DEPTH` (512) a document is refused with an error that
+/// names the file and the line; short of it, and with long flat lists, it renders.
+#[test]
+fn html_nested_past_the_limit_is_refused_clearly() {
+    let f = Fixture::new();
+    let body = |n: usize| {
+        format!(
+            "---\nsubject: Deep\nto: a@x.test\n---\n{{% extends \"_layouts/base.html\" %}}\n{{% block content %}}\n{}\n<p>x</p>{}{{% endblock %}}\n",
+            "<div>".repeat(n),
+            "</div>".repeat(n)
+        )
+    };
+    f.write("templates/deep.html", &body(100_000));
+    f.write("templates/ok.html", &body(400));
+    let items = "<li>item".repeat(5_000);
+    f.write(
+        "templates/list.html",
+        &format!(
+            "---\nsubject: List\nto: a@x.test\n---\n<ul>{items}</ul><p>{}</p>\n",
+            "<p>x".repeat(2_000)
+        ),
+    );
+    let (mailer, _) = f.mailer().unwrap();
+    let err = mailer.render("deep", &json!({})).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Render);
+    assert!(
+        err.message().contains(
+            "nests elements more than 512 deep (the `<div>` on line 4 of the rendered HTML)"
+        ),
+        "{err}"
+    );
+    assert_at(&err, "templates/deep.html", 1);
+    let ok = mailer.render("ok", &json!({})).unwrap();
+    assert!(
+        ok.html().contains("<p style=\"color: #333333;\">x</p>"),
+        "{}",
+        &ok.html()[..200]
+    );
+    let list = mailer.render("list", &json!({})).unwrap();
+    assert_eq!(list.text().unwrap().matches("- item").count(), 5_000);
+}
