@@ -664,3 +664,21 @@ fn html_nested_past_the_limit_is_refused_clearly() {
     let list = mailer.render("list", &json!({})).unwrap();
     assert_eq!(list.text().unwrap().matches("- item").count(), 5_000);
 }
+
+/// One file with several problems reports them all, in line order.
+#[test]
+fn every_problem_of_one_file_is_reported() {
+    let f = Fixture::new();
+    f.write(
+        "templates/hello.html",
+        "---\nsubject: \"{{ a }\"\nto: \"{{ b }\"\nschema: nope.schema.json\n---\n{% if %}\n",
+    );
+    let err = f.load_error();
+    let lines: Vec<usize> = err.problems().map(|p| p.location().unwrap().line).collect();
+    assert_eq!(
+        lines,
+        [2, 3, 4, 6],
+        "{:#?}",
+        err.problems().map(|p| p.to_string()).collect::<Vec<_>>()
+    );
+}

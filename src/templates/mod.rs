@@ -694,8 +694,14 @@ impl Builder {
         let (fields, schema) = match (body, fields, schema) {
             (Ok(()), Ok(fields), Ok(schema)) => (fields, schema),
             (body, fields, schema) => {
-                let problems = [body.err(), fields.err(), schema.err()];
-                return Err(Error::from_many(problems.into_iter().flatten().collect())
+                // Each may hold several (every broken field): one flat list, by line.
+                let mut problems: Vec<Error> = [body.err(), fields.err(), schema.err()]
+                    .iter()
+                    .flatten()
+                    .flat_map(|e| e.problems().map(Error::clone_shallow))
+                    .collect();
+                problems.sort_by_key(|e| e.location().map(|l| l.line));
+                return Err(Error::from_many(problems)
                     .unwrap_or_else(|| Error::new(ErrorKind::Template, "failed to load")));
             }
         };
