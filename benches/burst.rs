@@ -59,7 +59,10 @@ fn child(n: usize) {
             .transport(Slow(tokio::sync::Semaphore::new(4)))
             .build()
             .expect("mailer");
-        let data = Arc::new(with_items(&mailer.example("orders/receipt", 0).expect("example"), 50));
+        let data = Arc::new(with_items(
+            &mailer.example("orders/receipt", 0).expect("example"),
+            50,
+        ));
         let started = Instant::now();
         let sends: Vec<_> = (0..n)
             .map(|_| {

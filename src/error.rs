@@ -80,12 +80,19 @@ impl fmt::Display for Location {
 }
 
 /// One way in which data fails a template's schema.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Errors end up in logs, and the data can hold secrets (a reset link carries its
+/// token): `Display` and `Debug` give the pointer and the rule only. [`detail`]
+/// (Violation::detail) quotes the offending value, for a designer's own screen.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Violation {
     /// JSON pointer into the data (`""` is the whole document).
     pub pointer: String,
-    /// What is wrong there.
+    /// The rule that fails there, without the value: `value is not a "uri"`.
     pub message: String,
+    /// The same, quoting the value: `"https://…?token=…" is not a "uri"`. Never put it
+    /// in logs.
+    pub detail: String,
 }
 
 impl fmt::Display for Violation {
@@ -96,6 +103,15 @@ impl fmt::Display for Violation {
             &self.pointer
         };
         write!(f, "{pointer}: {}", self.message)
+    }
+}
+
+impl fmt::Debug for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Violation")
+            .field("pointer", &self.pointer)
+            .field("message", &self.message)
+            .finish_non_exhaustive()
     }
 }
 
@@ -115,6 +131,8 @@ struct Inner {
     /// multiply those retries with its own.
     retried: bool,
     related: Vec<Error>,
+    /// Caused only by another file's failure, which has an error of its own.
+    follow_on: bool,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
@@ -131,6 +149,7 @@ impl Error {
                 message_id: None,
                 retried: false,
                 related: Vec::new(),
+                follow_on: false,
                 source: None,
             }),
         }
@@ -193,6 +212,19 @@ impl Error {
         self
     }
 
+    /// Marks an error caused only by another file's failure: `missive check` reports
+    /// that one, not this.
+    pub(crate) fn follow_on(mut self) -> Error {
+        self.inner.follow_on = true;
+        self
+    }
+
+    /// Whether this error only follows from another file's failure (see
+    /// [`follow_on`](Self::follow_on)).
+    pub(crate) fn is_follow_on(&self) -> bool {
+        self.inner.follow_on
+    }
+
     /// A copy without the underlying source error (which need not be `Clone`).
     pub(crate) fn clone_shallow(&self) -> Error {
         Error {
@@ -205,6 +237,7 @@ impl Error {
                 message_id: self.inner.message_id.clone(),
                 retried: self.inner.retried,
                 related: Vec::new(),
+                follow_on: self.inner.follow_on,
                 source: None,
             }),
         }
@@ -343,18 +376,21 @@ mod tests {
             .with_violations(vec![
                 Violation {
                     pointer: "/user/email".into(),
-                    message: "\"x\" is not a \"email\"".into(),
+                    message: "value is not a \"email\"".into(),
+                    detail: "\"x@secret\" is not a \"email\"".into(),
                 },
                 Violation {
                     pointer: String::new(),
                     message: "\"user\" is a required property".into(),
+                    detail: "{} has no \"user\"".into(),
                 },
             ]);
         assert_eq!(
             err.to_string(),
             "schemas/welcome.schema.json:3:1: data for `welcome` is invalid\n  \
-             /user/email: \"x\" is not a \"email\"\n  (root): \"user\" is a required property"
+             /user/email: value is not a \"email\"\n  (root): \"user\" is a required property"
         );
+        assert!(!format!("{err:?}").contains("x@secret"), "{err:?}");
         assert_eq!(err.kind(), ErrorKind::InvalidData);
     }
 

@@ -235,6 +235,19 @@ fn head(split: &Split, gathered: &Gathered) -> String {
 }
 
 fn css_inline_direct(html: &str, css: &str, file: &Path) -> Result<String> {
+    if let Some((at, name)) = html::too_deep(html, html::MAX_DEPTH) {
+        let line = html[..at].matches('\n').count() + 1;
+        return Err(Error::new(
+            ErrorKind::Render,
+            format!(
+                "the rendered HTML nests elements more than {} deep (the `<{name}>` on line \
+                 {line} of the rendered HTML); mail clients and browsers stop nesting long \
+                 before, and missive refuses such a document rather than take seconds over it",
+                html::MAX_DEPTH
+            ),
+        )
+        .at(file, 1, 1));
+    }
     let options = css_inline::InlineOptions::default()
         .load_remote_stylesheets(false)
         .keep_link_tags(true)
@@ -453,11 +466,13 @@ fn local_path(href: &str) -> Result<&str> {
 }
 
 /// Fails on a literal `<link rel="stylesheet">` to a local file the set does not have,
-/// so `missive check` catches it before anything renders.
+/// so `missive check` catches it before anything renders. Files in `broken` are there
+/// but failed to load, and have errors of their own.
 pub(crate) fn check_static_links(
     source: &str,
     file: &Path,
     files: &HashMap<String, Arc<str>>,
+    broken: &std::collections::HashSet<String>,
 ) -> Result<()> {
     for (token, range) in Scanner::new(source) {
         let Token::Start { name, attrs, .. } = token else {
@@ -474,7 +489,7 @@ pub(crate) fn check_static_links(
         }
         let line = source[..range.start].matches('\n').count() + 1;
         let rel = local_path(&href).map_err(|e| e.at(file, line, 1))?;
-        if !files.contains_key(rel) {
+        if !files.contains_key(rel) && !broken.contains(rel) {
             return Err(Error::new(
                 ErrorKind::Template,
                 format!("stylesheet `{href}` is not in the templates folder"),
@@ -946,13 +961,15 @@ mod tests {
         assert!(check_static_links(
             "<link rel=\"stylesheet\" href=\"a.css\">",
             Path::new("t"),
-            &files
+            &files,
+            &Default::default()
         )
         .is_ok());
         let err = check_static_links(
             "x\n\n<link rel=\"stylesheet\" href=\"b.css\">",
             Path::new("t"),
             &files,
+            &Default::default(),
         )
         .unwrap_err();
         assert_eq!(err.location().unwrap().line, 3);

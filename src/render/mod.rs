@@ -120,7 +120,17 @@ pub(crate) fn render(
     locale: Option<&str>,
     data: &serde_json::Value,
 ) -> Result<Rendered> {
-    let variant = set.variant(name, locale)?;
+    render_variant(set, set.variant(name, locale)?, data)
+}
+
+/// Renders one variant of a template with `data`, after checking `data` against its
+/// schema.
+pub(crate) fn render_variant(
+    set: &TemplateSet,
+    variant: &Variant,
+    data: &serde_json::Value,
+) -> Result<Rendered> {
+    let name = variant.name.as_str();
     let _span = tracing::debug_span!("render", template = name, locale = ?variant.locale).entered();
     if let Some(schema) = &variant.schema {
         schema.check(name, data)?;
@@ -134,27 +144,24 @@ pub(crate) fn render(
             None => f.text.clone(),
         })
     };
-    let subject = header_value(
-        &variant.file,
-        "subject",
-        field(&fields.subject)?,
-        fields.subject.line,
-    )?;
+    let subject = header_value(&variant.file, &fields.subject, field(&fields.subject)?)?;
     let one = |f: &Option<Field>| -> Result<Option<Mailbox>> {
         let Some(f) = f else { return Ok(None) };
         let value = field(f)?;
         if value.trim().is_empty() {
             return Ok(None);
         }
-        parse_mailbox(&value)
+        field_mailbox(&value)
             .map(Some)
-            .map_err(|e| e.at(&variant.file, f.line, 1))
+            .map_err(|reason| field_error(&variant.file, f, &reason))
     };
     let many = |list: &[Field]| -> Result<Vec<Mailbox>> {
         let mut out = Vec::new();
         for f in list {
             let value = field(f)?;
-            out.extend(parse_mailboxes(&value).map_err(|e| e.at(&variant.file, f.line, 1))?);
+            out.extend(
+                field_mailboxes(&value).map_err(|reason| field_error(&variant.file, f, &reason))?,
+            );
         }
         Ok(out)
     };
@@ -165,7 +172,7 @@ pub(crate) fn render(
     let bcc = many(&fields.bcc)?;
     let mut headers = Vec::with_capacity(fields.headers.len());
     for (header, f) in &fields.headers {
-        let value = header_value(&variant.file, header, field(f)?, f.line)?;
+        let value = header_value(&variant.file, f, field(f)?)?;
         headers.push((header.clone(), value));
     }
     let raw_html = render_body(set, &variant.html, &ctx)?;
@@ -226,15 +233,83 @@ pub(crate) fn render_body(set: &TemplateSet, name: &str, ctx: &minijinja::Value)
 }
 
 /// Refuses a value that would break out of its header line.
-fn header_value(file: &Path, header: &str, value: String, line: usize) -> Result<String> {
+fn header_value(file: &Path, f: &Field, value: String) -> Result<String> {
     if value.contains(['\r', '\n']) {
-        return Err(Error::new(
-            ErrorKind::Address,
-            format!("rendered `{header}` contains a line break, which would inject headers"),
-        )
-        .at(file, line, 1));
+        return Err(field_error(
+            file,
+            f,
+            "the rendered value contains a line break, which would inject headers",
+        ));
     }
     Ok(value)
+}
+
+/// A problem with the rendered value of front-matter field `f`. The value itself is
+/// left out: it comes from the data, and errors end up in logs.
+fn field_error(file: &Path, f: &Field, reason: &str) -> Error {
+    Error::new(
+        ErrorKind::Address,
+        format!("front-matter `{}`: {reason}", f.field),
+    )
+    .at(file, f.line, 1)
+}
+
+/// One rendered address, or why not (without the value).
+fn field_mailbox(value: &str) -> Result<Mailbox, String> {
+    if value.contains(['\r', '\n']) {
+        return Err("the rendered address contains a line break".into());
+    }
+    Mailbox::from_str(value.trim()).map_err(|e| format!("not a valid address ({e})"))
+}
+
+/// A rendered comma-separated address list, or which entry is wrong (without values).
+fn field_mailboxes(value: &str) -> Result<Vec<Mailbox>, String> {
+    if value.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    if value.contains(['\r', '\n']) {
+        return Err("the rendered address list contains a line break".into());
+    }
+    Mailboxes::from_str(value.trim())
+        .map(|m| m.into_iter().collect())
+        .map_err(|e| {
+            let entries = split_addresses(value);
+            let bad = entries
+                .iter()
+                .position(|entry| Mailbox::from_str(entry.trim()).is_err());
+            match bad {
+                Some(i) if entries.len() > 1 => format!(
+                    "address {} of the {} in the list is not valid ({e})",
+                    i + 1,
+                    entries.len()
+                ),
+                _ => format!("not a valid address ({e})"),
+            }
+        })
+}
+
+/// The entries of an address list: cut at commas outside quotes and `<…>`.
+fn split_addresses(list: &str) -> Vec<&str> {
+    let mut entries = Vec::new();
+    let (mut quoted, mut angle, mut escaped) = (false, false, false);
+    let mut start = 0;
+    for (i, c) in list.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' if !angle => quoted = !quoted,
+            '<' if !quoted => angle = true,
+            '>' if !quoted => angle = false,
+            ',' if !quoted && !angle => {
+                entries.push(&list[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    entries.push(&list[start..]);
+    entries.retain(|e| !e.trim().is_empty());
+    entries
 }
 
 /// One address, `Name <addr>` or bare.
@@ -331,5 +406,21 @@ mod tests {
         let err = parse_mailbox("not an address").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Address);
         assert!(parse_mailbox("a@x.test\r\nBcc: evil@x.test").is_err());
+    }
+
+    #[test]
+    fn a_bad_list_entry_is_named_by_its_place_not_its_value() {
+        assert_eq!(
+            split_addresses("\"Doe, Jo\" <jo@x.test>, <a,b@x.test>, c@x.test,"),
+            ["\"Doe, Jo\" <jo@x.test>", " <a,b@x.test>", " c@x.test"]
+        );
+        let reason =
+            field_mailboxes("\"Doe, Jo\" <jo@x.test>, secret-token, c@x.test").unwrap_err();
+        assert!(
+            reason.starts_with("address 2 of the 3 in the list is not valid"),
+            "{reason}"
+        );
+        assert!(!reason.contains("secret-token"), "{reason}");
+        assert!(field_mailboxes("\"Doe, Jo\" <jo@x.test>, c@x.test").is_ok());
     }
 }
