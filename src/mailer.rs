@@ -312,8 +312,14 @@ impl Mailer {
     }
 
     /// Renders `name` with `data` and sends it to the recipients its front-matter names.
+    ///
+    /// It waits for room among the messages in flight before it copies `data`: a
+    /// burst of thousands of sends holds the callers' data, not a copy per send.
     pub async fn send_template(&self, name: &str, data: &impl Serialize) -> Result<Receipt> {
-        self.template(name).data(data).send().await
+        let permit = self.inner.in_flight_permit().await?;
+        // Boxed, so that a send still waiting above is a small future, not one the
+        // size of a whole delivery.
+        Box::pin(self.template(name).data(data).deliver(Some(permit))).await
     }
 
     /// A message from template `name`, to adjust before sending.
@@ -555,18 +561,27 @@ impl TemplateMessage {
     }
 
     /// Validates, renders and builds the message on tokio's blocking pool, once the
-    /// mailer has room for another message in flight.
-    async fn build_email(self) -> Result<(Email, tokio::sync::OwnedSemaphorePermit, Mailer)> {
+    /// mailer has room for another message in flight (`permit`, when the caller took
+    /// that room already).
+    async fn build_email(
+        self,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<(Email, tokio::sync::OwnedSemaphorePermit, Mailer)> {
         let parts = self.parts()?;
         self.checked_data()?;
         let message_id = self.message_id_rule();
         // Checked above; moved rather than cloned, as the message is consumed.
         let data = self.data.unwrap_or_default();
         let mailer = self.mailer;
+        let permit = match permit {
+            Some(permit) => permit,
+            None => mailer.inner.in_flight_permit().await?,
+        };
+        // Taken once there is room, so that a send waiting meanwhile uses the set
+        // in force when it renders.
         let set = mailer.set();
         let from = mailer.inner.from.clone();
         let attachments = self.attachments;
-        let permit = mailer.inner.in_flight_permit().await?;
         let email = tokio::task::spawn_blocking(move || {
             let rendered = render_message(&set, &parts, &data)?;
             message::build(rendered, &attachments, Some(&from), &message_id)
@@ -579,7 +594,11 @@ impl TemplateMessage {
     /// Renders (off the async worker threads) and sends through the mailer's
     /// transport, retrying transient failures as the retry policy allows.
     pub async fn send(self) -> Result<Receipt> {
-        let (email, _in_flight, mailer) = self.build_email().await?;
+        self.deliver(None).await
+    }
+
+    async fn deliver(self, permit: Option<tokio::sync::OwnedSemaphorePermit>) -> Result<Receipt> {
+        let (email, _in_flight, mailer) = self.build_email(permit).await?;
         let transport = &mailer.inner.transport;
         let span = tracing::info_span!(
             "send",
