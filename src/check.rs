@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use lettre::message::Mailbox;
 
+use crate::address::parse_mailbox;
 use crate::config::Config;
 use crate::error::{Error, ErrorKind};
 use crate::message;
-use crate::render::{self, parse_mailbox};
+use crate::render;
 use crate::templates::TemplateSet;
 
 /// What a check found.

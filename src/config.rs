@@ -157,7 +157,7 @@ impl Config {
             from: raw.from.unwrap_or(defaults.from),
             transport: raw.transport.unwrap_or(defaults.transport),
         };
-        crate::render::parse_mailbox(&config.from).map_err(|e| {
+        crate::address::parse_mailbox(&config.from).map_err(|e| {
             let line = text
                 .lines()
                 .position(|l| l.trim_start().starts_with("from:"))

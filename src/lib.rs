@@ -27,6 +27,7 @@
 //! # Ok(()) }
 //! ```
 
+mod address;
 pub mod auth;
 mod check;
 mod config;

@@ -8,10 +8,11 @@ use lettre::message::Mailbox;
 use serde::Serialize;
 use tracing::Instrument;
 
+use crate::address::{parse_mailbox, parse_mailboxes};
 use crate::config::{Config, TransportConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{self, Attachment, MessageId};
-use crate::render::{self, parse_mailbox, parse_mailboxes, Rendered};
+use crate::render::{self, Rendered};
 use crate::templates::{LiveSet, ReloadEvent, TemplateSet};
 use crate::transport::{retry, Email, Inbox, Outbox, RetryConfig, Smtp, Transport};
 use crate::watch::{self, Watch};

@@ -6,6 +6,7 @@
 
 pub(crate) mod front_matter;
 pub(crate) mod live;
+pub(crate) mod schema;
 pub(crate) mod walk;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -16,10 +17,10 @@ use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::inline::Stylesheets;
-use crate::render::schema::Schema;
 use front_matter::{FrontMatter, TextMode};
 pub(crate) use live::LiveSet;
 pub use live::ReloadEvent;
+use schema::Schema;
 
 /// Where a compiled minijinja template came from, to turn its errors into file:line.
 #[derive(Debug, Clone)]
