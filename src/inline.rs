@@ -44,7 +44,17 @@ const MARKER: &str = "data-missive-node";
 pub(crate) struct Stylesheets {
     files: HashMap<String, Arc<str>>,
     splits: RwLock<HashMap<String, Arc<Split>>>,
-    plans: RwLock<HashMap<u128, Arc<Plan>>>,
+    /// Plans by the hash of the inlinable CSS they were made for, then by the exact
+    /// shape. A hit compares the CSS and the whole shape, not hashes of them: a
+    /// collision would otherwise write another document's styles into this one.
+    plans: RwLock<HashMap<u64, CssPlans>>,
+}
+
+/// The plans made for one inlinable stylesheet.
+#[derive(Debug)]
+struct CssPlans {
+    css: String,
+    by_shape: HashMap<Box<[u8]>, Arc<Plan>>,
 }
 
 /// Gathered CSS, cut into what goes into `style=""` and what stays in the head.
@@ -135,16 +145,32 @@ impl Stylesheets {
     }
 
     fn plan(&self, html: &str, split: &Split, shape: &Shape, file: &Path) -> Result<Arc<Plan>> {
-        let key = shape.key(split.inline_hash);
-        if let Some(plan) = self.plans.read().ok().and_then(|m| m.get(&key).cloned()) {
-            return Ok(plan);
+        if let Ok(plans) = self.plans.read() {
+            let hit = plans
+                .get(&split.inline_hash)
+                .filter(|entry| entry.css == split.inline)
+                .and_then(|entry| entry.by_shape.get(shape.signature.as_slice()));
+            if let Some(plan) = hit {
+                return Ok(plan.clone());
+            }
         }
         let plan = Arc::new(make_plan(html, split, shape, file)?);
         if let Ok(mut plans) = self.plans.write() {
-            if plans.len() >= PLAN_CACHE_LIMIT {
+            if plans.values().map(|e| e.by_shape.len()).sum::<usize>() >= PLAN_CACHE_LIMIT {
                 plans.clear();
             }
-            plans.insert(key, plan.clone());
+            let entry = plans.entry(split.inline_hash).or_insert_with(|| CssPlans {
+                css: split.inline.clone(),
+                by_shape: HashMap::new(),
+            });
+            if entry.css != split.inline {
+                // Another stylesheet with the same hash: the newer one takes the slot.
+                entry.css.clone_from(&split.inline);
+                entry.by_shape.clear();
+            }
+            entry
+                .by_shape
+                .insert(shape.signature.clone().into_boxed_slice(), plan.clone());
         }
         Ok(plan)
     }
@@ -260,69 +286,68 @@ fn css_inline_direct(html: &str, css: &str, file: &Path) -> Result<String> {
         })
 }
 
-/// A document's start tags and the hash of everything selector matching can see.
+/// A document's start tags and everything selector matching can see of it.
 struct Shape {
     /// Byte range of each start tag, and of its name within it.
     tags: Vec<(Range<usize>, usize)>,
-    hash: u64,
+    /// Tag names, the attributes present and the values selectors may test, in order,
+    /// each piece length-prefixed so that no two shapes write the same bytes.
+    signature: Vec<u8>,
 }
 
 impl Shape {
     fn of(html: &str, split: &Split) -> Shape {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        let mut signature = Vec::with_capacity(html.len() / 8);
         let mut tags = Vec::new();
         for (token, range) in Scanner::new(html) {
             match token {
                 Token::Start { name, attrs, .. } => {
                     tags.push((range, name.len()));
-                    0u8.hash(&mut hasher);
-                    hash_lower(name, &mut hasher);
+                    signature.push(0);
+                    push_lower(&mut signature, name);
                     for (attr, value) in html::attributes(attrs) {
-                        hash_lower(attr, &mut hasher);
                         let keyed = KEY_ATTRIBUTES.iter().any(|k| k.eq_ignore_ascii_case(attr))
                             || split
                                 .selector_attributes
                                 .iter()
                                 .any(|k| k.eq_ignore_ascii_case(attr));
+                        signature.push(if keyed { 3 } else { 4 });
+                        push_lower(&mut signature, attr);
                         if keyed {
-                            value.hash(&mut hasher);
+                            push_piece(&mut signature, value.as_bytes());
                         }
                     }
                 }
                 Token::End { name } => {
-                    1u8.hash(&mut hasher);
-                    hash_lower(name, &mut hasher);
+                    signature.push(1);
+                    push_lower(&mut signature, name);
                 }
                 // Text never changes which selectors match, but whether there is any can
                 // change the tree the parser builds (and `:empty`).
-                Token::Text(text) => (2u8 + u8::from(text.trim().is_empty())).hash(&mut hasher),
+                Token::Text(text) => signature.push(5 + u8::from(text.trim().is_empty())),
                 Token::Comment(_) | Token::Declaration(_) => {}
             }
         }
-        Shape {
-            tags,
-            hash: hasher.finish(),
-        }
-    }
-
-    fn key(&self, css_hash: u64) -> u128 {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        css_hash.hash(&mut hasher);
-        self.tags.len().hash(&mut hasher);
-        (u128::from(hasher.finish()) << 64) | u128::from(self.hash)
+        Shape { tags, signature }
     }
 }
 
-/// Hashes `s` as lowercase, in one write: names are nearly always lowercase already,
-/// and byte-at-a-time hashing cost more than the rest of the shape.
-fn hash_lower(s: &str, hasher: &mut impl std::hash::Hasher) {
-    if s.bytes().any(|b| b.is_ascii_uppercase()) {
-        hasher.write(s.to_ascii_lowercase().as_bytes());
-    } else {
-        hasher.write(s.as_bytes());
+/// Writes `bytes` after their length (LEB128: one byte below 128).
+fn push_piece(out: &mut Vec<u8>, bytes: &[u8]) {
+    let mut len = bytes.len();
+    while len >= 0x80 {
+        out.push((len as u8 & 0x7f) | 0x80);
+        len >>= 7;
     }
+    out.push(len as u8);
+    out.extend_from_slice(bytes);
+}
+
+/// Writes `s` lowercased, length first: names are nearly always lowercase already.
+fn push_lower(out: &mut Vec<u8>, s: &str) {
+    push_piece(out, s.as_bytes());
+    let start = out.len() - s.len();
+    out[start..].make_ascii_lowercase();
 }
 
 /// Runs css-inline once on `html` with every start tag marked, and reads back the style
@@ -791,13 +816,9 @@ mod tests {
         };
         s.inline(&doc("Ada", "big"), Path::new("t")).unwrap();
         s.inline(&doc("Grace", "big"), Path::new("t")).unwrap();
-        assert_eq!(
-            s.plans.read().unwrap().len(),
-            1,
-            "text and URLs do not make new shapes"
-        );
+        assert_eq!(plan_count(&s), 1, "text and URLs do not make new shapes");
         let small = s.inline(&doc("Linus", "small"), Path::new("t")).unwrap();
-        assert_eq!(s.plans.read().unwrap().len(), 2, "a class does");
+        assert_eq!(plan_count(&s), 2, "a class does");
         assert!(
             small.contains("<p class=\"small\" style=\"color: red;\">Hello Linus</p>"),
             "{small}"
@@ -816,12 +837,69 @@ mod tests {
         for _ in 0..2 {
             let (html, text) = s.inline_and_text(doc, Path::new("t"), true).unwrap();
             assert!(matches!(
-                s.plans.read().unwrap().values().next().map(|p| &**p),
+                s.plans
+                    .read()
+                    .unwrap()
+                    .values()
+                    .flat_map(|e| e.by_shape.values())
+                    .next()
+                    .map(|p| &**p),
                 Some(Plan::Styles { .. })
             ));
             assert_eq!(text.as_deref(), Some("shown\n\noverridden\n"));
             assert_eq!(text.unwrap(), crate::text::from_html(&html));
         }
+    }
+
+    fn plan_count(s: &Stylesheets) -> usize {
+        s.plans
+            .read()
+            .unwrap()
+            .values()
+            .map(|e| e.by_shape.len())
+            .sum()
+    }
+
+    #[test]
+    fn a_hash_collision_never_reuses_another_stylesheets_plan() {
+        let s = sheets(&[]);
+        let html = "<p class=\"a\">x</p>";
+        let split = |css: &str| {
+            let mut split = split_rules(css);
+            split.inline_hash = 42; // as if both stylesheets hashed alike
+            split
+        };
+        let (red, blue) = (split(".a { color: red }"), split(".a { color: blue }"));
+        let styles = |split: &Split| {
+            let shape = Shape::of(html, split);
+            match &*s.plan(html, split, &shape, Path::new("t")).unwrap() {
+                Plan::Styles { styles, .. } => styles.clone(),
+                Plan::Direct => panic!("a plain paragraph is planned"),
+            }
+        };
+        assert_eq!(styles(&red), [Some("color: red;".into())]);
+        assert_eq!(styles(&blue), [Some("color: blue;".into())]);
+        assert_eq!(styles(&red), [Some("color: red;".into())]);
+    }
+
+    #[test]
+    fn shapes_differ_whenever_a_selector_could_tell_them_apart() {
+        let split = split_rules("[data-x] { color: red } .a { color: blue }");
+        let sig = |html: &str| Shape::of(html, &split).signature;
+        // Pieces are length-prefixed: moving bytes between a name and a value, or
+        // between two values, never gives the same signature.
+        assert_ne!(
+            sig("<p class=\"ab\" id=\"c\">"),
+            sig("<p class=\"a\" id=\"bc\">")
+        );
+        assert_ne!(sig("<p data-x=\"1\">"), sig("<p data-x=\"2\">"));
+        assert_ne!(sig("<p title=1>"), sig("<p>"));
+        assert_eq!(
+            sig("<p title=1>"),
+            sig("<p title=2>"),
+            "untested values do not count"
+        );
+        assert_eq!(sig("<P CLASS=\"a\">"), sig("<p class=\"a\">"));
     }
 
     fn sheets(files: &[(&str, &str)]) -> Stylesheets {
