@@ -52,6 +52,67 @@ pub enum TransportConfig {
     },
     /// An SMTP submission server.
     Smtp(Box<crate::transport::smtp::SmtpConfig>),
+    /// The Gmail API, with the `gmail.send` scope.
+    Gmail(Box<crate::transport::GmailConfig>),
+    /// Microsoft Graph `sendMail`, with `Mail.Send`.
+    Graph(Box<crate::transport::GraphConfig>),
+    /// Transports tried in order: the next one when one fails transiently.
+    Failover {
+        /// Two or more transports, in the order they are tried.
+        transports: Vec<TransportConfig>,
+        /// Retries of transient failures (each tries the transports in order again),
+        /// for direct sends.
+        #[serde(default)]
+        retry: crate::transport::RetryConfig,
+    },
+}
+
+impl TransportConfig {
+    /// The retry policy of direct sends through this transport.
+    pub(crate) fn retry(&self) -> crate::transport::RetryConfig {
+        match self {
+            TransportConfig::Outbox { .. } => crate::transport::RetryConfig::default(),
+            TransportConfig::Smtp(smtp) => smtp.retry.clone(),
+            TransportConfig::Gmail(gmail) => gmail.retry.clone(),
+            TransportConfig::Graph(graph) => graph.retry.clone(),
+            TransportConfig::Failover { retry, .. } => retry.clone(),
+        }
+    }
+
+    /// Resolves relative paths against `base`, the config file's folder.
+    fn relative_to(&mut self, base: &Path) {
+        let join = |p: &mut PathBuf| {
+            if p.is_relative() && !p.starts_with("~") && !base.as_os_str().is_empty() {
+                *p = base.join(&*p);
+            }
+        };
+        let oauth_paths = |oauth: &mut crate::auth::OAuthConfig| {
+            [&mut oauth.credentials_file, &mut oauth.key_file]
+                .into_iter()
+                .flatten()
+                .for_each(join);
+        };
+        match self {
+            TransportConfig::Outbox { dir } => join(dir),
+            TransportConfig::Smtp(smtp) => {
+                smtp.ca_file.iter_mut().for_each(join);
+                smtp.auth.oauth.iter_mut().for_each(oauth_paths);
+            }
+            TransportConfig::Gmail(gmail) => {
+                gmail.ca_file.iter_mut().for_each(join);
+                oauth_paths(&mut gmail.oauth);
+            }
+            TransportConfig::Graph(graph) => {
+                graph.ca_file.iter_mut().for_each(join);
+                oauth_paths(&mut graph.oauth);
+            }
+            TransportConfig::Failover { transports, .. } => {
+                for transport in transports {
+                    transport.relative_to(base);
+                }
+            }
+        }
+    }
 }
 
 fn default_outbox() -> PathBuf {
@@ -175,21 +236,7 @@ impl Config {
         };
         join(&mut self.templates);
         join(&mut self.schemas);
-        match &mut self.transport {
-            TransportConfig::Outbox { dir } => join(dir),
-            TransportConfig::Smtp(smtp) => {
-                let mut paths = vec![&mut smtp.ca_file];
-                if let Some(oauth) = &mut smtp.auth.oauth {
-                    paths.push(&mut oauth.credentials_file);
-                    paths.push(&mut oauth.key_file);
-                }
-                for path in paths.into_iter().flatten() {
-                    if !path.starts_with("~") {
-                        join(path);
-                    }
-                }
-            }
-        }
+        self.transport.relative_to(base);
         self
     }
 }

@@ -7,7 +7,7 @@
 //!
 //! The pipeline, one module per stage: `templates` (loading, front-matter, the set) →
 //! `render` (minijinja, schema check) → `inline` (CSS) → `text` → `message` (MIME) →
-//! `transport` (outbox, memory, smtp), with `auth` beside it for OAuth2 tokens, and
+//! `transport` (outbox, memory, smtp, gmail, graph, failover), with `auth` beside it for OAuth2 tokens, and
 //! `watch` (hot reload) on top of the set.
 //!
 //! ```
@@ -52,6 +52,7 @@ pub use message::Attachment;
 pub use render::Rendered;
 pub use transport::smtp::{AuthConfig, Mechanism, PoolConfig, SmtpConfig, Timeouts, TlsMode};
 pub use transport::{
-    async_trait, Delivery, Email, Inbox, Rejected, RetryConfig, SentMessage, Transport,
+    async_trait, Delivery, Email, Failover, GmailConfig, GraphConfig, Inbox, Limited, Rate,
+    Rejected, RetryConfig, SentMessage, Transport,
 };
 pub use watch::ReloadEvent;
