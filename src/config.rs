@@ -68,6 +68,13 @@ pub enum TransportConfig {
 }
 
 impl TransportConfig {
+    /// The transport this section describes, with its limits, for use on its own or
+    /// wrapped in a policy of your own ([`crate::MailerBuilder::transport`]). Checks the
+    /// settings; connects to nothing and reads no credential yet.
+    pub fn open(&self) -> Result<std::sync::Arc<dyn crate::Transport>> {
+        crate::transport::open(self)
+    }
+
     /// The retry policy of direct sends through this transport.
     pub(crate) fn retry(&self) -> crate::transport::RetryConfig {
         match self {
