@@ -19,12 +19,15 @@ fn ca_file() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/keys/test-ca.pem")
 }
 
+/// The messages a [`Recorder`] saw, as built.
+type Sent = Arc<Mutex<Vec<Vec<u8>>>>;
+
 /// Passes every message on to the configured transport and keeps the bytes it was
 /// given: what the SMTP transport would put after DATA.
 #[derive(Debug)]
 struct Recorder {
     inner: Arc<dyn Transport>,
-    raw: Arc<Mutex<Vec<Vec<u8>>>>,
+    raw: Sent,
 }
 
 #[async_trait]
@@ -75,7 +78,7 @@ impl Setup {
     }
 
     /// A mailer on `transport_yaml` whose messages are recorded on their way in.
-    fn mailer(&self, transport_yaml: &str) -> missive::Result<(Mailer, Arc<Mutex<Vec<Vec<u8>>>>)> {
+    fn mailer(&self, transport_yaml: &str) -> missive::Result<(Mailer, Sent)> {
         let path = support::config_file(self.dir.path(), transport_yaml);
         let config = Config::from_file(path)?;
         let raw = Arc::new(Mutex::new(Vec::new()));
@@ -90,7 +93,7 @@ impl Setup {
         Ok((mailer, raw))
     }
 
-    fn default_mailer(&self) -> (Mailer, Arc<Mutex<Vec<Vec<u8>>>>) {
+    fn default_mailer(&self) -> (Mailer, Sent) {
         self.mailer(&self.yaml("")).expect("mailer builds")
     }
 }

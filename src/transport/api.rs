@@ -251,15 +251,15 @@ impl Api {
 pub(crate) fn refusal(label: &str, answer: &Answer, detail: &str) -> Error {
     let status = answer.status;
     let said = format!("{label} answered HTTP {status} ({detail})");
-    let error = match status {
+    match status {
         429 | 503 => {
             let error = Error::new(ErrorKind::Transient, format!("{said}; try again later"));
-            return match answer.retry_after() {
+            match answer.retry_after() {
                 Some(wait) => error
                     .note(format!("it asked for {} s", wait.as_secs()))
                     .with_retry_after(wait),
                 None => error,
-            };
+            }
         }
         // A gateway that gave up waiting: the service behind it may have sent it.
         504 => Error::new(
@@ -268,9 +268,11 @@ pub(crate) fn refusal(label: &str, answer: &Answer, detail: &str) -> Error {
         ),
         500..=599 => Error::new(ErrorKind::Transient, said),
         413 => Error::new(ErrorKind::Permanent, format!("{said}: the message is too large")),
-        _ => Error::new(ErrorKind::Permanent, format!("{label} refused the message: HTTP {status} ({detail})")),
-    };
-    error
+        _ => Error::new(
+            ErrorKind::Permanent,
+            format!("{label} refused the message: HTTP {status} ({detail})"),
+        ),
+    }
 }
 
 /// A reqwest error with its causes, without the URL.
