@@ -299,6 +299,38 @@ mod tests {
         assert!(!err.to_string().contains("hunter2"));
     }
 
+    /// Every `transport:` block of docs/api-transports.md is a valid configuration.
+    #[test]
+    fn the_documented_api_transports_parse() {
+        let docs = include_str!("../docs/api-transports.md");
+        let blocks: Vec<&str> = docs
+            .split("```yaml\n")
+            .skip(1)
+            .filter_map(|b| b.split("```").next())
+            .filter(|b| b.starts_with("transport:"))
+            .collect();
+        let mut kinds = Vec::new();
+        for block in blocks {
+            let config = parse(block).unwrap_or_else(|e| panic!("{e}\n{block}"));
+            kinds.push(match config.transport {
+                TransportConfig::Gmail(gmail) => {
+                    assert!(gmail.token_settings().is_ok());
+                    "gmail"
+                }
+                TransportConfig::Graph(graph) => {
+                    assert!(graph.save_to_sent_items);
+                    "graph"
+                }
+                TransportConfig::Failover { transports, .. } => {
+                    assert_eq!(transports.len(), 2);
+                    "failover"
+                }
+                _ => "other",
+            });
+        }
+        assert_eq!(kinds, ["gmail", "graph", "failover", "gmail"]);
+    }
+
     #[test]
     fn unknown_keys_and_bad_sender_are_errors() {
         let err = parse("from: a@b.test\ntemplats: x\n").unwrap_err();

@@ -480,6 +480,16 @@ async fn limits_and_settings_are_checked_when_the_mailer_is_built() {
         (
             setup
                 .yaml("")
+                .replace(&format!("user: {USER}"), "user: me")
+                .replace(
+                    "provider: generic,",
+                    "provider: generic, grant: client_credentials,",
+                ),
+            "no signed-in user",
+        ),
+        (
+            setup
+                .yaml("")
                 .replace(&setup.api.base_url, "http://graph.example.com"),
             "must use https",
         ),

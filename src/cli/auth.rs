@@ -125,7 +125,10 @@ pub async fn run(config: &Config, command: AuthCommand) -> Result<ExitCode> {
 
 fn status(config: &Config) -> Result<ExitCode> {
     let (Some(oauth), user, _) = configured(config) else {
-        println!("no OAuth2 credential configured: the transport is not SMTP with `auth.oauth`");
+        println!(
+            "no OAuth2 credential configured: the transport is not gmail, graph or SMTP with \
+             `auth.oauth`"
+        );
         return Ok(ExitCode::FAILURE);
     };
     let status = auth::status(&oauth, user.as_deref())?;

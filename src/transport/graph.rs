@@ -136,6 +136,13 @@ impl Graph {
             ));
         }
         let oauth = config.token_settings()?;
+        if config.user == "me" && oauth.grant == Some(Grant::ClientCredentials) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "app-only (client_credentials) access has no signed-in user: `user` must name \
+                 the sending mailbox",
+            ));
+        }
         let source = auth::build_source(&oauth, Some(&config.user), config.ca_file.as_deref())?;
         let tokens = TokenCache::new(source, Duration::from_secs(oauth.renew_before_secs));
         let url = if config.user == "me" {
