@@ -341,7 +341,7 @@ async fn server_errors_are_transient_and_bad_requests_permanent_with_the_api_cod
 
 #[tokio::test]
 async fn a_lost_answer_after_the_whole_request_is_delivery_unknown() {
-    for fault in [Fault::Stall, Fault::DropAfterRequest] {
+    for fault in [Fault::Stall, Fault::DropAfterRequest, Fault::GatewayTimeout] {
         for flavor in [Flavor::Gmail, Flavor::Graph] {
             let setup = Setup::new(flavor).await;
             let (mailer, _raw) = setup.default_mailer();

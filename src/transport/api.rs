@@ -524,6 +524,33 @@ mod tests {
         assert!(err.message().contains("1 of"), "{err}");
     }
 
+    fn answer(retry_after: &str) -> Answer {
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", HeaderValue::from_str(retry_after).unwrap());
+        Answer {
+            status: 429,
+            headers,
+            body: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        assert_eq!(answer("7").retry_after(), Some(Duration::from_secs(7)));
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
+        let wait = answer(&later).retry_after().unwrap();
+        assert!(
+            wait > Duration::from_secs(100) && wait <= Duration::from_secs(120),
+            "{wait:?}"
+        );
+        let past = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(60));
+        assert_eq!(answer(&past).retry_after(), Some(Duration::ZERO));
+        assert_eq!(answer("soon").retry_after(), None);
+        let error = refusal("Graph", &answer("7"), "TooManyRequests");
+        assert_eq!(error.kind(), ErrorKind::Transient);
+        assert_eq!(error.retry_after(), Some(Duration::from_secs(7)));
+    }
+
     #[test]
     fn base_urls_need_https_off_this_machine() {
         assert!(base_url("https://gmail.googleapis.com", "base_url").is_ok());

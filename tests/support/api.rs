@@ -35,6 +35,8 @@ pub enum Fault {
     Unavailable(u64),
     /// 500.
     ServerError,
+    /// 504: a gateway gave up waiting for the service behind it.
+    GatewayTimeout,
     /// 400 with the provider's invalid-argument error.
     BadRequest,
     /// Read the whole request, then never answer.
@@ -366,6 +368,16 @@ impl FakeApi {
                 String::new(),
                 graph_error("generalException", "An internal server error occurred."),
             ),
+            (Flavor::Gmail, Fault::GatewayTimeout) => (
+                504,
+                String::new(),
+                google_error(504, "Deadline exceeded.", "DEADLINE_EXCEEDED", "deadlineExceeded"),
+            ),
+            (Flavor::Graph, Fault::GatewayTimeout) => (
+                504,
+                String::new(),
+                graph_error("UnknownError", "Gateway Timeout"),
+            ),
             (_, Fault::BadRequest) => match self.flavor {
                 Flavor::Gmail => self.invalid("Invalid To header"),
                 Flavor::Graph => (
@@ -458,6 +470,7 @@ fn reason(status: u16) -> &'static str {
         411 => "Length Required",
         429 => "Too Many Requests",
         500 => "Internal Server Error",
+        504 => "Gateway Timeout",
         _ => "Service Unavailable",
     }
 }
