@@ -52,7 +52,11 @@ struct Setup {
 
 impl Setup {
     async fn new(flavor: Flavor) -> Setup {
-        let tokens = FakeTokenEndpoint::start(Duration::from_secs(3600), false).await;
+        Setup::rotating(flavor, false).await
+    }
+
+    async fn rotating(flavor: Flavor, rotate: bool) -> Setup {
+        let tokens = FakeTokenEndpoint::start(Duration::from_secs(3600), rotate).await;
         let api = FakeApi::start(flavor, USER).await;
         api.validate_with(tokens.validator());
         let dir = tempfile::tempdir().unwrap();
@@ -264,6 +268,60 @@ async fn a_refused_token_is_renewed_once_and_the_request_retried_once() {
             "{flavor:?}: two more requests, no retry loop"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sends_share_one_token_and_rotated_refresh_tokens_are_saved() {
+    let setup = Setup::rotating(Flavor::Graph, true).await;
+    let credentials = setup.dir.path().join("credentials.json");
+    let first = support::stored_refresh_token(&credentials);
+    let (mailer, _raw) = setup.default_mailer();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let mailer = mailer.clone();
+        tasks.spawn(async move { send(&mailer).await });
+    }
+    while let Some(sent) = tasks.join_next().await {
+        sent.unwrap().unwrap();
+    }
+    assert_eq!(setup.api.requests().len(), 16);
+    assert_eq!(
+        setup.tokens.requests().len(),
+        1,
+        "one renewal for the burst"
+    );
+    let second = support::stored_refresh_token(&credentials);
+    assert_ne!(first, second, "the rotated refresh token was saved");
+    // A rejected token makes the next renewal present the saved one, which the
+    // endpoint would refuse (and revoke the grant for) were it the spent one.
+    setup.api.fault(Fault::Unauthorized);
+    send(&mailer).await.unwrap();
+    assert!(!setup.tokens.revoked_any());
+    assert_ne!(support::stored_refresh_token(&credentials), second);
+}
+
+#[tokio::test]
+async fn the_configured_rate_spaces_sends() {
+    let setup = Setup::new(Flavor::Gmail).await;
+    let (mailer, _raw) = setup
+        .mailer(&setup.yaml("  rate: 10/s\n  max_concurrent: 1\n"))
+        .unwrap();
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let mailer = mailer.clone();
+        tasks.spawn(async move { send(&mailer).await });
+    }
+    while let Some(sent) = tasks.join_next().await {
+        sent.unwrap().unwrap();
+    }
+    // Four sends at 10/s: the last one starts 300 ms after the first.
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(setup.api.requests().len(), 4);
 }
 
 #[tokio::test]
