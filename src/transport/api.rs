@@ -202,19 +202,7 @@ impl Api {
             None => self.timeout,
         };
         let host = url.host_str().unwrap_or_default().to_string();
-        let exchange = async {
-            let response = self.client.execute(request).await?;
-            let status = response.status().as_u16();
-            let headers = response.headers().clone();
-            // Once the status is in, the outcome is known: a body lost after it only
-            // costs the details.
-            let body = response.bytes().await.unwrap_or_default();
-            Ok::<_, reqwest::Error>(Answer {
-                status,
-                headers,
-                body,
-            })
-        };
+        let started = Instant::now();
         let lost = |detail: String| {
             if sent.load(Ordering::SeqCst) {
                 Error::new(
@@ -231,18 +219,38 @@ impl Api {
                 )
             }
         };
-        match tokio::time::timeout(limit, exchange).await {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(e)) if e.is_connect() => Err(Error::new(
-                ErrorKind::Transient,
-                format!("cannot reach {} at {host}: {}", self.label, describe(&e)),
-            )),
-            Ok(Err(e)) => Err(lost(format!("the connection failed: {}", describe(&e)))),
-            Err(_) => Err(lost(format!(
-                "no answer came within {} s",
-                limit.as_secs_f64().ceil()
-            ))),
-        }
+        let response = match tokio::time::timeout(limit, self.client.execute(request)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(e)) if e.is_connect() => {
+                return Err(Error::new(
+                    ErrorKind::Transient,
+                    format!("cannot reach {} at {host}: {}", self.label, describe(&e)),
+                ))
+            }
+            Ok(Err(e)) => return Err(lost(format!("the connection failed: {}", describe(&e)))),
+            Err(_) => {
+                return Err(lost(format!(
+                    "no answer came within {} s",
+                    limit.as_secs_f64().ceil()
+                )))
+            }
+        };
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        // Once the status is in, the outcome is known: a body lost or slow after it
+        // only costs the details.
+        let rest = limit
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_secs(1));
+        let body = match tokio::time::timeout(rest, response.bytes()).await {
+            Ok(Ok(body)) => body,
+            _ => Bytes::new(),
+        };
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
     }
 }
 
