@@ -130,6 +130,8 @@ struct Inner {
     /// Retried already where it arose (a token endpoint): a direct send does not
     /// multiply those retries with its own.
     retried: bool,
+    /// The least wait before another attempt that the server asked for (`Retry-After`).
+    retry_after: Option<std::time::Duration>,
     related: Vec<Error>,
     /// Caused only by another file's failure, which has an error of its own.
     follow_on: bool,
@@ -148,6 +150,7 @@ impl Error {
                 smtp_code: None,
                 message_id: None,
                 retried: false,
+                retry_after: None,
                 related: Vec::new(),
                 follow_on: false,
                 source: None,
@@ -201,6 +204,17 @@ impl Error {
         self.inner.retried
     }
 
+    pub(crate) fn with_retry_after(mut self, wait: std::time::Duration) -> Error {
+        self.inner.retry_after = Some(wait);
+        self
+    }
+
+    /// How long the server asked us to wait before trying again (an HTTP
+    /// `Retry-After`), for [`ErrorKind::Transient`] failures that said so.
+    pub(crate) fn retry_after(&self) -> Option<std::time::Duration> {
+        self.inner.retry_after
+    }
+
     pub(crate) fn with_message_id(mut self, message_id: &str) -> Error {
         self.inner.message_id = Some(message_id.to_string());
         self
@@ -236,6 +250,7 @@ impl Error {
                 smtp_code: self.inner.smtp_code,
                 message_id: self.inner.message_id.clone(),
                 retried: self.inner.retried,
+                retry_after: self.inner.retry_after,
                 related: Vec::new(),
                 follow_on: self.inner.follow_on,
                 source: None,

@@ -14,7 +14,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::message::{self, Attachment, MessageId};
 use crate::render::{self, Rendered};
 use crate::templates::{LiveSet, ReloadEvent, TemplateSet};
-use crate::transport::{retry, Email, Inbox, Outbox, RetryConfig, Smtp, Transport};
+use crate::transport::{retry, Email, Inbox, RetryConfig, Transport};
 use crate::watch::{self, Watch};
 
 /// Renders named templates and sends them. Cheap to clone; clones share everything.
@@ -190,10 +190,7 @@ impl MailerBuilder {
     pub fn build(mut self) -> Result<Mailer> {
         let transport: Arc<dyn Transport> = match self.transport.take() {
             Some(transport) => transport,
-            None => match &self.config.transport {
-                TransportConfig::Outbox { dir } => Arc::new(Outbox::new(dir)),
-                TransportConfig::Smtp(smtp) => Arc::new(Smtp::new(smtp)?),
-            },
+            None => crate::transport::open(&self.config.transport)?,
         };
         self.build_with(transport)
     }
@@ -250,10 +247,7 @@ impl MailerBuilder {
         let retry = self
             .retry
             .clone()
-            .unwrap_or_else(|| match &self.config.transport {
-                TransportConfig::Smtp(smtp) => smtp.retry.clone(),
-                _ => RetryConfig::default(),
-            });
+            .unwrap_or_else(|| self.config.transport.retry());
         let inner = Arc::new(Inner {
             live,
             _watch: watch,
