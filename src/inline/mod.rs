@@ -12,27 +12,24 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::ops::Range;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::html::{self, Scanner, Token};
+use crate::html;
 use crate::text;
+pub(crate) use gather::check_static_links;
+use gather::Gathered;
+use plan::{apply, make_plan, CssPlans, Plan, Shape, PLAN_CACHE_LIMIT};
+use rules::{split_rules, Split};
+
+mod gather;
+mod plan;
+mod rules;
 
 /// How many distinct gathered stylesheets the split cache keeps; templates that print
 /// data into `<style>` would otherwise grow it without bound.
 const SPLIT_CACHE_LIMIT: usize = 256;
-
-/// How many inlining plans are kept: one per distinct (stylesheet, document shape), so a
-/// loop rendering 1 to 50 rows makes up to 50.
-const PLAN_CACHE_LIMIT: usize = 4096;
-
-/// Attributes whose values selectors commonly depend on, whatever the stylesheet says.
-const KEY_ATTRIBUTES: &[&str] = &["class", "id", "style", "lang", "dir", "type", "xml:lang"];
-
-/// Marks each start tag while a plan is made, to find it again in css-inline's output.
-const MARKER: &str = "data-missive-node";
 
 /// The stylesheets of a template set, and the inliner that uses them.
 ///
@@ -48,36 +45,6 @@ pub(crate) struct Stylesheets {
     /// shape. A hit compares the CSS and the whole shape, not hashes of them: a
     /// collision would otherwise write another document's styles into this one.
     plans: RwLock<HashMap<u64, CssPlans>>,
-}
-
-/// The plans made for one inlinable stylesheet.
-#[derive(Debug)]
-struct CssPlans {
-    css: String,
-    by_shape: HashMap<Box<[u8]>, Arc<Plan>>,
-}
-
-/// Gathered CSS, cut into what goes into `style=""` and what stays in the head.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Split {
-    inline: String,
-    keep: String,
-    /// Attribute names the inlinable selectors test, lower-cased.
-    selector_attributes: Vec<String>,
-    /// Hash of `inline`, computed once so plan keys need not hash the CSS per message.
-    inline_hash: u64,
-}
-
-/// The final `style` of every start tag of one document shape, by position.
-#[derive(Debug)]
-enum Plan {
-    Styles {
-        styles: Vec<Option<Box<str>>>,
-        /// Whether each element's planned style hides it, for the text part.
-        hidden: Vec<bool>,
-    },
-    /// The parser adds or merges styled elements for this shape: run css-inline each time.
-    Direct,
 }
 
 impl Stylesheets {
@@ -188,62 +155,6 @@ impl Stylesheets {
         }
         split
     }
-
-    /// Takes the inlinable `<style>` and local `<link>` CSS out of `html`, in order.
-    fn gather(&self, html: &str, file: &Path) -> Result<Gathered> {
-        let mut out = String::with_capacity(html.len());
-        let mut css = String::new();
-        let mut kept_blocks = Vec::new();
-        let mut copied = 0;
-        let mut tokens = Scanner::new(html);
-        while let Some((token, range)) = tokens.next() {
-            let Token::Start { name, attrs, .. } = token else {
-                continue;
-            };
-            if name.eq_ignore_ascii_case("style") {
-                let mut end = range.end;
-                let mut content = "";
-                for (token, r) in tokens.by_ref() {
-                    end = r.end;
-                    match token {
-                        Token::Text(text) => content = text,
-                        _ => break,
-                    }
-                }
-                out.push_str(&html[copied..range.start]);
-                copied = end;
-                if html::attr(attrs, "data-css-inline").as_deref() == Some("ignore") {
-                    kept_blocks.push(html[range.start..end].to_string());
-                } else {
-                    push_css(&mut css, content, html::attr(attrs, "media").as_deref());
-                }
-            } else if name.eq_ignore_ascii_case("link") {
-                let Some(href) = stylesheet_href(attrs).filter(|h| !is_remote(h)) else {
-                    continue;
-                };
-                let sheet = self.resolve(&href).map_err(|e| e.or_at(file, 1))?;
-                push_css(&mut css, sheet, html::attr(attrs, "media").as_deref());
-                out.push_str(&html[copied..range.start]);
-                copied = range.end;
-            }
-        }
-        out.push_str(&html[copied..]);
-        Ok(Gathered {
-            html: out,
-            css,
-            kept_blocks,
-        })
-    }
-
-    fn resolve(&self, href: &str) -> Result<&str> {
-        let rel = local_path(href)?;
-        self.files.get(rel).map(|s| &**s).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Render,
-                format!("stylesheet `{href}` is not in the templates folder"),
-            )
-        })
-    }
 }
 
 /// The head `<style>` of rules that cannot be inlined, then the ignored blocks.
@@ -286,257 +197,6 @@ fn css_inline_direct(html: &str, css: &str, file: &Path) -> Result<String> {
         })
 }
 
-/// A document's start tags and everything selector matching can see of it.
-struct Shape {
-    /// Byte range of each start tag, and of its name within it.
-    tags: Vec<(Range<usize>, usize)>,
-    /// Tag names, the attributes present and the values selectors may test, in order,
-    /// each piece length-prefixed so that no two shapes write the same bytes.
-    signature: Vec<u8>,
-}
-
-impl Shape {
-    fn of(html: &str, split: &Split) -> Shape {
-        let mut signature = Vec::with_capacity(html.len() / 8);
-        let mut tags = Vec::new();
-        for (token, range) in Scanner::new(html) {
-            match token {
-                Token::Start { name, attrs, .. } => {
-                    tags.push((range, name.len()));
-                    signature.push(0);
-                    push_lower(&mut signature, name);
-                    for (attr, value) in html::attributes(attrs) {
-                        let keyed = KEY_ATTRIBUTES.iter().any(|k| k.eq_ignore_ascii_case(attr))
-                            || split
-                                .selector_attributes
-                                .iter()
-                                .any(|k| k.eq_ignore_ascii_case(attr));
-                        signature.push(if keyed { 3 } else { 4 });
-                        push_lower(&mut signature, attr);
-                        if keyed {
-                            push_piece(&mut signature, value.as_bytes());
-                        }
-                    }
-                }
-                Token::End { name } => {
-                    signature.push(1);
-                    push_lower(&mut signature, name);
-                }
-                // Text never changes which selectors match, but whether there is any can
-                // change the tree the parser builds (and `:empty`).
-                Token::Text(text) => signature.push(5 + u8::from(text.trim().is_empty())),
-                Token::Comment(_) | Token::Declaration(_) => {}
-            }
-        }
-        Shape { tags, signature }
-    }
-}
-
-/// Writes `bytes` after their length (LEB128: one byte below 128).
-fn push_piece(out: &mut Vec<u8>, bytes: &[u8]) {
-    let mut len = bytes.len();
-    while len >= 0x80 {
-        out.push((len as u8 & 0x7f) | 0x80);
-        len >>= 7;
-    }
-    out.push(len as u8);
-    out.extend_from_slice(bytes);
-}
-
-/// Writes `s` lowercased, length first: names are nearly always lowercase already.
-fn push_lower(out: &mut Vec<u8>, s: &str) {
-    push_piece(out, s.as_bytes());
-    let start = out.len() - s.len();
-    out[start..].make_ascii_lowercase();
-}
-
-/// Runs css-inline once on `html` with every start tag marked, and reads back the style
-/// each marked element ends up with.
-fn make_plan(html: &str, split: &Split, shape: &Shape, file: &Path) -> Result<Plan> {
-    let mut marked = String::with_capacity(html.len() + shape.tags.len() * 24);
-    let mut copied = 0;
-    for (index, (range, name_len)) in shape.tags.iter().enumerate() {
-        let at = range.start + 1 + name_len;
-        marked.push_str(&html[copied..at]);
-        marked.push_str(&format!(" {MARKER}=\"{index}\""));
-        copied = at;
-    }
-    marked.push_str(&html[copied..]);
-    let output = css_inline_direct(&marked, &split.inline, file)?;
-    let mut styles: Vec<Option<Box<str>>> = vec![None; shape.tags.len()];
-    let mut seen = vec![false; shape.tags.len()];
-    for (token, _) in Scanner::new(&output) {
-        let Token::Start { attrs, .. } = token else {
-            continue;
-        };
-        let mut index = None;
-        let mut style = None;
-        for (name, value) in html::attributes(attrs) {
-            if name == MARKER {
-                index = value.parse::<usize>().ok();
-            } else if name.eq_ignore_ascii_case("style") {
-                style = Some(value);
-            }
-        }
-        match index {
-            Some(i) if i < seen.len() && !seen[i] => {
-                seen[i] = true;
-                styles[i] = style.map(Box::from);
-            }
-            // The parser made this element, or merged two into one: positions no longer
-            // map one to one, so this shape is inlined the slow way every time.
-            Some(_) => return Ok(Plan::Direct),
-            None if style.is_some() => return Ok(Plan::Direct),
-            None => {}
-        }
-    }
-    if seen.iter().any(|s| !s) {
-        return Ok(Plan::Direct);
-    }
-    let hidden = styles
-        .iter()
-        .map(|style| style.as_deref().is_some_and(text::hides))
-        .collect();
-    Ok(Plan::Styles { styles, hidden })
-}
-
-/// Where a new attribute goes in the tag at `range`: before its `>`, or its `/>`.
-fn attrs_end(html: &str, range: &Range<usize>) -> usize {
-    let tag = &html[range.clone()];
-    let Some(body) = tag.strip_suffix('>') else {
-        return range.end;
-    };
-    match body.strip_suffix('/') {
-        Some(before)
-            if before.ends_with(|c: char| c.is_ascii_whitespace() || c == '"' || c == '\'') =>
-        {
-            range.start + before.len()
-        }
-        _ => range.start + body.len(),
-    }
-}
-
-/// Writes the planned styles into `html`, replacing any `style` attribute already there.
-fn apply(html: &str, shape: &Shape, styles: &[Option<Box<str>>]) -> String {
-    let extra: usize = styles.iter().flatten().map(|s| s.len() + 9).sum();
-    let mut out = String::with_capacity(html.len() + extra);
-    let mut copied = 0;
-    for ((range, name_len), style) in shape.tags.iter().zip(styles) {
-        let Some(style) = style else { continue };
-        let attrs_start = range.start + 1 + name_len;
-        let tag = &html[attrs_start..range.end];
-        let existing = html::attribute_spans(tag).find(|(n, _, _)| n.eq_ignore_ascii_case("style"));
-        match existing {
-            Some((_, _, span)) => {
-                out.push_str(&html[copied..attrs_start + span.start]);
-                copied = attrs_start + span.end;
-            }
-            None => {
-                let at = attrs_end(html, range);
-                out.push_str(&html[copied..at]);
-                copied = at;
-                out.push(' ');
-            }
-        }
-        out.push_str("style=\"");
-        out.push_str(style);
-        out.push('"');
-    }
-    out.push_str(&html[copied..]);
-    out
-}
-
-struct Gathered {
-    html: String,
-    css: String,
-    kept_blocks: Vec<String>,
-}
-
-fn push_css(css: &mut String, sheet: &str, media: Option<&str>) {
-    match media
-        .map(str::trim)
-        .filter(|m| !m.is_empty() && *m != "all")
-    {
-        Some(media) => {
-            css.push_str(&format!("@media {media} {{\n{sheet}\n}}\n"));
-        }
-        None => {
-            css.push_str(sheet);
-            css.push('\n');
-        }
-    }
-}
-
-fn is_remote(href: &str) -> bool {
-    href.starts_with("//")
-        || href.split_once(':').is_some_and(|(scheme, _)| {
-            !scheme.is_empty()
-                && scheme
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
-        })
-}
-
-/// A `<link href>` as a path under the templates folder, which is its root.
-fn local_path(href: &str) -> Result<&str> {
-    let path = href.split(['?', '#']).next().unwrap_or(href);
-    let path = path.trim_start_matches("./").trim_start_matches('/');
-    if path.split('/').any(|p| p == "..") {
-        return Err(Error::new(
-            ErrorKind::Template,
-            format!("stylesheet `{href}` is outside the templates folder and is never read"),
-        ));
-    }
-    Ok(path)
-}
-
-/// Fails on a literal `<link rel="stylesheet">` to a local file the set does not have,
-/// so `missive check` catches it before anything renders. Files in `broken` are there
-/// but failed to load, and have errors of their own.
-pub(crate) fn check_static_links(
-    source: &str,
-    file: &Path,
-    files: &HashMap<String, Arc<str>>,
-    broken: &std::collections::HashSet<String>,
-) -> Result<()> {
-    for (token, range) in Scanner::new(source) {
-        let Token::Start { name, attrs, .. } = token else {
-            continue;
-        };
-        if !name.eq_ignore_ascii_case("link") {
-            continue;
-        }
-        let Some(href) = stylesheet_href(attrs).filter(|h| !is_remote(h)) else {
-            continue;
-        };
-        if href.contains("{{") || href.contains("{%") {
-            continue;
-        }
-        let line = source[..range.start].matches('\n').count() + 1;
-        let rel = local_path(&href).map_err(|e| e.at(file, line, 1))?;
-        if !files.contains_key(rel) && !broken.contains(rel) {
-            return Err(Error::new(
-                ErrorKind::Template,
-                format!("stylesheet `{href}` is not in the templates folder"),
-            )
-            .at(file, line, 1));
-        }
-    }
-    Ok(())
-}
-
-/// The `href` of a `<link>` that is a stylesheet.
-fn stylesheet_href(attrs: &str) -> Option<String> {
-    let rel = html::attr(attrs, "rel")?;
-    if !rel
-        .split_ascii_whitespace()
-        .any(|w| w.eq_ignore_ascii_case("stylesheet"))
-    {
-        return None;
-    }
-    html::attr(attrs, "href").map(|h| h.trim().to_string())
-}
-
 fn insert_into_head(mut html: String, head: &str) -> String {
     if head.is_empty() {
         return html;
@@ -546,197 +206,6 @@ fn insert_into_head(mut html: String, head: &str) -> String {
         None => html.insert_str(0, head),
     }
     html
-}
-
-/// Pseudo-classes and -elements that describe states or generated content no `style=""`
-/// can express; rules using them stay in the head.
-const DYNAMIC_PSEUDOS: &[&str] = &[
-    ":hover",
-    ":active",
-    ":focus",
-    ":visited",
-    ":link",
-    ":target",
-    ":checked",
-    ":before",
-    ":after",
-    ":placeholder",
-    ":selection",
-    ":first-line",
-    ":first-letter",
-    ":marker",
-    ":-webkit-",
-    ":-moz-",
-    ":-ms-",
-];
-
-/// Cuts a stylesheet into inlinable rules and rules to keep in the head, in order.
-fn split_rules(css: &str) -> Split {
-    let mut split = Split::default();
-    let mut rest = css;
-    loop {
-        rest = skip_space_and_comments(rest);
-        if rest.is_empty() {
-            break;
-        }
-        if rest.starts_with('@') {
-            let end = at_rule_end(rest);
-            let rule = &rest[..end];
-            if !html::starts_with_ci(rule, "@charset") {
-                split.keep.push_str(rule.trim());
-                split.keep.push('\n');
-            }
-            rest = &rest[end..];
-            continue;
-        }
-        let Some(open) = find_outside_strings(rest, '{') else {
-            break;
-        };
-        let close = block_end(&rest[open..]).map_or(rest.len(), |e| open + e);
-        let prelude = rest[..open].trim();
-        let block = &rest[open..close];
-        let (mut inline, mut keep) = (Vec::new(), Vec::new());
-        for selector in split_top_level(prelude, ',') {
-            let lower = selector.to_ascii_lowercase();
-            if DYNAMIC_PSEUDOS.iter().any(|p| lower.contains(p)) {
-                keep.push(selector.trim());
-            } else {
-                inline.push(selector.trim());
-            }
-        }
-        for (list, out) in [(inline, &mut split.inline), (keep, &mut split.keep)] {
-            if !list.is_empty() {
-                out.push_str(&list.join(", "));
-                out.push_str(block);
-                out.push('\n');
-            }
-        }
-        rest = &rest[close..];
-    }
-    split.selector_attributes = selector_attributes(&split.inline);
-    split.inline_hash = {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        split.inline.hash(&mut hasher);
-        hasher.finish()
-    };
-    split
-}
-
-/// Names inside `[...]` attribute selectors.
-fn selector_attributes(css: &str) -> Vec<String> {
-    let mut names: Vec<String> = css
-        .split('[')
-        .skip(1)
-        .map(|part| {
-            part.trim_start()
-                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == ':'))
-                .next()
-                .unwrap_or("")
-                .to_ascii_lowercase()
-        })
-        .filter(|n| !n.is_empty())
-        .collect();
-    names.sort();
-    names.dedup();
-    names
-}
-
-fn skip_space_and_comments(mut s: &str) -> &str {
-    loop {
-        s = s.trim_start();
-        if let Some(body) = s.strip_prefix("/*") {
-            s = body.find("*/").map_or("", |e| &body[e + 2..]);
-        } else if let Some(body) = s.strip_prefix("<!--") {
-            s = body;
-        } else if let Some(body) = s.strip_prefix("-->") {
-            s = body;
-        } else {
-            return s;
-        }
-    }
-}
-
-/// End of an at-rule: its `;`, or the `}` closing its block.
-fn at_rule_end(s: &str) -> usize {
-    let semicolon = find_outside_strings(s, ';');
-    let brace = find_outside_strings(s, '{');
-    match (semicolon, brace) {
-        (Some(semi), Some(open)) if semi < open => semi + 1,
-        (_, Some(open)) => block_end(&s[open..]).map_or(s.len(), |e| open + e),
-        (Some(semi), None) => semi + 1,
-        (None, None) => s.len(),
-    }
-}
-
-/// Index just past the `}` matching the `{` that `s` starts with.
-fn block_end(s: &str) -> Option<usize> {
-    let mut depth = 0usize;
-    let mut quote = None;
-    let mut chars = s.char_indices().peekable();
-    while let Some((i, c)) = chars.next() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), '\\') => {
-                chars.next();
-            }
-            (Some(_), _) => {}
-            (None, '"' | '\'') => quote = Some(c),
-            (None, '/') if s[i..].starts_with("/*") => {
-                let end = s[i + 2..].find("*/").map_or(s.len(), |e| i + 2 + e + 2);
-                while chars.peek().is_some_and(|(j, _)| *j < end) {
-                    chars.next();
-                }
-            }
-            (None, '{') => depth += 1,
-            (None, '}') => {
-                depth = depth.saturating_sub(1);
-                if depth == 0 {
-                    return Some(i + 1);
-                }
-            }
-            _ => {}
-        }
-    }
-    None
-}
-
-fn find_outside_strings(s: &str, target: char) -> Option<usize> {
-    let mut quote = None;
-    for (i, c) in s.char_indices() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
-            (None, '"' | '\'') => quote = Some(c),
-            (None, c) if c == target => return Some(i),
-            _ => {}
-        }
-    }
-    None
-}
-
-/// Splits on `sep` outside parentheses, brackets and strings.
-fn split_top_level(s: &str, sep: char) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let mut depth = 0i32;
-    let mut quote = None;
-    let mut start = 0;
-    for (i, c) in s.char_indices() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
-            (None, '"' | '\'') => quote = Some(c),
-            (None, '(' | '[') => depth += 1,
-            (None, ')' | ']') => depth -= 1,
-            (None, c) if c == sep && depth == 0 => {
-                parts.push(&s[start..i]);
-                start = i + c.len_utf8();
-            }
-            _ => {}
-        }
-    }
-    parts.push(&s[start..]);
-    parts.into_iter().filter(|p| !p.trim().is_empty()).collect()
 }
 
 /// `html` parsed and serialized again by html5ever: equal for equal documents.
@@ -753,9 +222,9 @@ pub(crate) fn normalize(html: &str) -> String {
         .replace(";\"", "\"");
     // Attribute order means nothing in HTML, and the serializer does not keep it.
     let mut out = String::with_capacity(serialized.len());
-    for (token, range) in Scanner::new(&serialized) {
+    for (token, range) in html::Scanner::new(&serialized) {
         match token {
-            Token::Start { name, attrs, .. } => {
+            html::Token::Start { name, attrs, .. } => {
                 let mut pairs: Vec<_> = html::attributes(attrs).collect();
                 pairs.sort();
                 out.push('<');
