@@ -541,3 +541,33 @@ async fn the_in_memory_inbox_reads_queued_mail_back_from_its_mime() {
     assert_eq!(sent.html(), rendered.html());
     assert_eq!(sent.text(), rendered.text());
 }
+
+#[tokio::test]
+async fn recipients_the_caller_gives_replace_the_front_matter_before_it_renders() {
+    // The front-matter's `to` and `reply_to` need data this caller does not pass; they
+    // are replaced, so they are never rendered and cannot fail the send.
+    let f = Fixture::empty();
+    f.write(
+        "templates/note.html",
+        "---\nsubject: Note\nto: \"{{ contact.name }} <{{ contact.email }}>\"\n\
+         reply_to: \"{{ owner.email }}\"\ncc: \"{{ watchers }}\"\n---\n<p>hi</p>\n",
+    );
+    let (mailer, inbox) = f.mailer().unwrap();
+    let receipt = mailer
+        .template("note")
+        .to("Ada <ada@x.test>")
+        .reply_to("desk@x.test")
+        .cc("ops@x.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(receipt.accepted, ["ada@x.test", "ops@x.test"]);
+    let rendered = inbox.last().unwrap().rendered().cloned().unwrap();
+    assert_eq!(rendered.reply_to().as_deref(), Some("desk@x.test"));
+    let err = mailer.template("note").send().await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::Render,
+        "without them it renders, and fails: {err}"
+    );
+}

@@ -111,14 +111,31 @@ impl Serialize for Rendered {
     }
 }
 
+/// Addresses the caller gives in place of the front-matter's. A field given here is
+/// not rendered at all: a front-matter value the caller replaced cannot fail the send.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Overrides {
+    pub to: Option<Vec<Mailbox>>,
+    pub cc: Option<Vec<Mailbox>>,
+    pub bcc: Option<Vec<Mailbox>>,
+    pub reply_to: Option<Mailbox>,
+}
+
+impl Overrides {
+    fn any(&self) -> bool {
+        self.to.is_some() || self.cc.is_some() || self.bcc.is_some() || self.reply_to.is_some()
+    }
+}
+
 /// Renders `name` in `locale` with `data`, after checking `data` against its schema.
 pub(crate) fn render(
     set: &TemplateSet,
     name: &str,
     locale: Option<&str>,
     data: &serde_json::Value,
+    overrides: &Overrides,
 ) -> Result<Rendered> {
-    render_variant(set, set.variant(name, locale)?, data)
+    render_variant(set, set.variant(name, locale)?, data, overrides)
 }
 
 /// Renders one variant of a template with `data`, after checking `data` against its
@@ -127,6 +144,7 @@ pub(crate) fn render_variant(
     set: &TemplateSet,
     variant: &Variant,
     data: &serde_json::Value,
+    overrides: &Overrides,
 ) -> Result<Rendered> {
     let name = variant.name.as_str();
     let _span = tracing::debug_span!("render", template = name, locale = ?variant.locale).entered();
@@ -135,7 +153,21 @@ pub(crate) fn render_variant(
     }
     let ctx = minijinja::Value::from_serialize(data);
     let fields = &variant.fields;
-    let values = render_fields(set, variant, &ctx)?;
+    let values = if overrides.any() {
+        let given = minijinja::context! {
+            to => overrides.to.is_some(),
+            cc => overrides.cc.is_some(),
+            bcc => overrides.bcc.is_some(),
+            reply_to => overrides.reply_to.is_some(),
+        };
+        let with_given = minijinja::value::merge_maps([
+            minijinja::Value::from_iter([(crate::templates::GIVEN, given)]),
+            ctx.clone(),
+        ]);
+        render_fields(set, variant, &with_given)?
+    } else {
+        render_fields(set, variant, &ctx)?
+    };
     let field = |f: &Field| -> Result<String> {
         Ok(match f.slot {
             Some(slot) => values[slot].to_string(),
@@ -164,11 +196,18 @@ pub(crate) fn render_variant(
         }
         Ok(out)
     };
+    let given = |over: &Option<Vec<Mailbox>>, list: &[Field]| match over {
+        Some(given) => Ok(given.clone()),
+        None => many(list),
+    };
     let from = one(&fields.from)?;
-    let reply_to = one(&fields.reply_to)?;
-    let to = many(&fields.to)?;
-    let cc = many(&fields.cc)?;
-    let bcc = many(&fields.bcc)?;
+    let reply_to = match &overrides.reply_to {
+        Some(given) => Some(given.clone()),
+        None => one(&fields.reply_to)?,
+    };
+    let to = given(&overrides.to, &fields.to)?;
+    let cc = given(&overrides.cc, &fields.cc)?;
+    let bcc = given(&overrides.bcc, &fields.bcc)?;
     let mut headers = Vec::with_capacity(fields.headers.len());
     for (header, f) in &fields.headers {
         let value = header_value(&variant.file, f, field(f)?)?;
