@@ -41,7 +41,7 @@ pub(crate) struct Scanner<'a> {
 }
 
 impl<'a> Scanner<'a> {
-    pub fn new(html: &'a str) -> Scanner<'a> {
+    pub(crate) fn new(html: &'a str) -> Scanner<'a> {
         Scanner {
             html,
             pos: 0,

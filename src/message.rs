@@ -108,7 +108,7 @@ pub(crate) enum MessageId {
 
 impl MessageId {
     /// The header value, with angle brackets, on `domain` unless given whole.
-    pub fn resolve(&self, domain: &str) -> Result<String> {
+    pub(crate) fn resolve(&self, domain: &str) -> Result<String> {
         match self {
             MessageId::Random => Ok(format!("<{}@{domain}>", uuid::Uuid::new_v4().simple())),
             MessageId::Given(id) => validate_message_id(id),

@@ -121,7 +121,7 @@ pub(crate) fn start(templates: &Path, schemas: &Path, mode: Mode) -> Result<Watc
 impl Watch {
     /// Points the watch at the set it now reloads, and reloads at once if files
     /// changed while it was being loaded.
-    pub fn attach(&self, live: &Arc<LiveSet>) {
+    pub(crate) fn attach(&self, live: &Arc<LiveSet>) {
         let target = Target::Live(Arc::downgrade(live));
         let missed = match std::mem::replace(&mut *lock(&self.target), target) {
             Target::Pending(missed) => missed,

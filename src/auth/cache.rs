@@ -23,7 +23,7 @@ pub(crate) struct Token {
 }
 
 impl Token {
-    pub fn secret(&self) -> &SecretString {
+    pub(crate) fn secret(&self) -> &SecretString {
         &self.secret
     }
 }
@@ -59,7 +59,7 @@ struct State {
 }
 
 impl TokenCache {
-    pub fn new(source: Box<dyn TokenSource>, renew_before: Duration) -> TokenCache {
+    pub(crate) fn new(source: Box<dyn TokenSource>, renew_before: Duration) -> TokenCache {
         TokenCache {
             source,
             renew_before,
@@ -81,7 +81,7 @@ impl TokenCache {
     }
 
     /// A token that is not about to expire, renewing it first when needed.
-    pub async fn get(&self) -> Result<Token> {
+    pub(crate) async fn get(&self) -> Result<Token> {
         if let Some(token) = self.fresh() {
             return Ok(token);
         }
@@ -151,7 +151,7 @@ impl TokenCache {
     }
 
     /// Forgets `token` after a server refused it, unless a newer one replaced it already.
-    pub fn reject(&self, token: &Token) {
+    pub(crate) fn reject(&self, token: &Token) {
         let mut state = self.lock();
         if state.current.as_ref().map(|t| t.generation) == Some(token.generation) {
             state.current = None;
@@ -159,7 +159,7 @@ impl TokenCache {
         }
     }
 
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         self.source.describe()
     }
 }

@@ -49,7 +49,7 @@ pub(crate) enum HttpError {
 
 impl HttpError {
     /// Whether asking again may succeed.
-    pub fn is_retryable(&self) -> bool {
+    pub(super) fn is_retryable(&self) -> bool {
         !matches!(self, HttpError::Certificate(_))
     }
 }
@@ -96,7 +96,7 @@ pub(crate) fn trust_ca_file(
 }
 
 impl Http {
-    pub fn new(ca_file: Option<&Path>, timeout: Duration, attempts: u32) -> Result<Http> {
+    pub(super) fn new(ca_file: Option<&Path>, timeout: Duration, attempts: u32) -> Result<Http> {
         let builder = reqwest::Client::builder()
             // A redirect could carry the client secret to another host.
             .redirect(reqwest::redirect::Policy::none())
@@ -116,7 +116,7 @@ impl Http {
     }
 
     /// One exchange, in the shape the oauth2 crate wants.
-    pub async fn execute(&self, request: HttpRequest) -> Result<HttpResponse, HttpError> {
+    pub(super) async fn execute(&self, request: HttpRequest) -> Result<HttpResponse, HttpError> {
         let request =
             reqwest::Request::try_from(request).map_err(|e| HttpError::Network(e.to_string()))?;
         let response = self.client.execute(request).await.map_err(classify)?;
@@ -133,7 +133,7 @@ impl Http {
     }
 
     /// Waits before retry `attempt` (from 1) of a token request.
-    pub async fn backoff(attempt: u32) {
+    pub(super) async fn backoff(attempt: u32) {
         let base = 250u64.saturating_mul(1 << attempt.min(6));
         tokio::time::sleep(Duration::from_millis(
             base / 2 + fastrand::u64(0..=base / 2),

@@ -48,7 +48,7 @@ pub(crate) struct Stylesheets {
 }
 
 impl Stylesheets {
-    pub fn new(files: HashMap<String, Arc<str>>) -> Stylesheets {
+    pub(crate) fn new(files: HashMap<String, Arc<str>>) -> Stylesheets {
         Stylesheets {
             files,
             splits: RwLock::new(HashMap::new()),
@@ -57,14 +57,14 @@ impl Stylesheets {
     }
 
     /// The stylesheet files, by path under the templates folder.
-    pub fn files(&self) -> &HashMap<String, Arc<str>> {
+    pub(crate) fn files(&self) -> &HashMap<String, Arc<str>> {
         &self.files
     }
 
     /// Inlines the CSS of `html`, rendered from `file`. (Rendering wants the text part
     /// too and calls [`Self::inline_and_text`].)
     #[cfg(any(test, feature = "bench-internals"))]
-    pub fn inline(&self, html: &str, file: &Path) -> Result<String> {
+    pub(crate) fn inline(&self, html: &str, file: &Path) -> Result<String> {
         Ok(self.inline_and_text(html, file, false)?.0)
     }
 
@@ -72,7 +72,7 @@ impl Stylesheets {
     /// result ([`text::from_html`] of it). With a plan, the text comes from the smaller
     /// document before inlining, each element seen with the style the plan gives it:
     /// the same text, without reading every inlined `style` again.
-    pub fn inline_and_text(
+    pub(crate) fn inline_and_text(
         &self,
         html: &str,
         file: &Path,

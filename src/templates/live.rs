@@ -47,7 +47,7 @@ pub(crate) struct LiveSet {
 }
 
 impl LiveSet {
-    pub fn new(set: TemplateSet, templates: &Path, schemas: &Path) -> LiveSet {
+    pub(crate) fn new(set: TemplateSet, templates: &Path, schemas: &Path) -> LiveSet {
         LiveSet {
             set: ArcSwap::from_pointee(set),
             templates: templates.to_path_buf(),
@@ -59,12 +59,12 @@ impl LiveSet {
     }
 
     /// The set in use now.
-    pub fn current(&self) -> Arc<TemplateSet> {
+    pub(crate) fn current(&self) -> Arc<TemplateSet> {
         self.set.load_full()
     }
 
     /// Records why the set on disk did not load when the mailer was built.
-    pub fn broken_at_start(&self, error: Error) {
+    pub(crate) fn broken_at_start(&self, error: Error) {
         for problem in error.problems() {
             let at = problem
                 .location()
@@ -77,7 +77,7 @@ impl LiveSet {
 
     /// Loads what changed (the whole set when a shared file changed); swaps it in if
     /// clean, otherwise keeps the old one and reports every problem.
-    pub fn reload(&self, changed: Vec<PathBuf>) {
+    pub(crate) fn reload(&self, changed: Vec<PathBuf>) {
         let _span = tracing::info_span!("reload", changed = changed.len()).entered();
         // After a failed reload the set in use is older than the files on disk, so
         // only a full load can tell whether everything is fixed.
@@ -114,15 +114,15 @@ impl LiveSet {
         let _ = self.events.send(event);
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<ReloadEvent> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<ReloadEvent> {
         self.events.subscribe()
     }
 
-    pub fn last_error(&self) -> Option<Arc<Error>> {
+    pub(crate) fn last_error(&self) -> Option<Arc<Error>> {
         self.last_error.load_full()
     }
 
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 }

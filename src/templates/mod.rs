@@ -147,7 +147,7 @@ impl TemplateSet {
     /// Loads and compiles everything under `templates_dir` and `schemas_dir`.
     ///
     /// On failure the error lists every problem found ([`Error::problems`]).
-    pub fn load(templates_dir: &Path, schemas_dir: &Path) -> Result<TemplateSet> {
+    pub(crate) fn load(templates_dir: &Path, schemas_dir: &Path) -> Result<TemplateSet> {
         let (set, errors) = TemplateSet::load_partial(templates_dir, schemas_dir)?;
         if let Some(error) = Error::from_many(errors) {
             tracing::warn!(
@@ -168,7 +168,7 @@ impl TemplateSet {
     /// with an error that [`Error::is_follow_on`] marks.
     ///
     /// `Err` only when a folder cannot be read at all.
-    pub fn load_partial(
+    pub(crate) fn load_partial(
         templates_dir: &Path,
         schemas_dir: &Path,
     ) -> Result<(TemplateSet, Vec<Error>)> {
@@ -200,7 +200,7 @@ impl TemplateSet {
     /// were edited, only those are compiled again, on a copy of this set that shares
     /// everything else; a change to anything others depend on — a layout, partial,
     /// stylesheet or schema — or a file added or removed loads the whole set.
-    pub fn reload(&self, changed: &[PathBuf]) -> Result<TemplateSet> {
+    pub(crate) fn reload(&self, changed: &[PathBuf]) -> Result<TemplateSet> {
         match self.reload_only(changed) {
             Some(result) => result,
             None => TemplateSet::load(&self.templates_dir, &self.origin.schemas_dir),
@@ -240,12 +240,12 @@ impl TemplateSet {
 
     /// A set with no templates: what a mailer renders from while the files it watches
     /// have never loaded.
-    pub fn empty(templates_dir: &Path) -> TemplateSet {
+    pub(crate) fn empty(templates_dir: &Path) -> TemplateSet {
         Builder::new(templates_dir).finish(Arc::default(), None)
     }
 
     /// The variant of `name` for `locale`: `fr-CA`, then `fr`, then the base.
-    pub fn variant(&self, name: &str, locale: Option<&str>) -> Result<&Arc<Variant>> {
+    pub(crate) fn variant(&self, name: &str, locale: Option<&str>) -> Result<&Arc<Variant>> {
         let entry = self.entries.get(name).ok_or_else(|| {
             Error::new(
                 ErrorKind::NotFound,
@@ -272,14 +272,14 @@ impl TemplateSet {
     }
 
     /// Every variant, base first then locales, in name order.
-    pub fn variants(&self) -> impl Iterator<Item = &Arc<Variant>> {
+    pub(crate) fn variants(&self) -> impl Iterator<Item = &Arc<Variant>> {
         self.entries
             .values()
             .flat_map(|e| std::iter::once(&e.base).chain(e.locales.values()))
     }
 
     /// Turns a minijinja error into ours, with the file and line it happened at.
-    pub fn jinja_error(&self, err: &minijinja::Error, kind: ErrorKind) -> Error {
+    pub(crate) fn jinja_error(&self, err: &minijinja::Error, kind: ErrorKind) -> Error {
         let source_of = |name: &str| {
             self.env
                 .get_template(name)

@@ -27,7 +27,7 @@ impl std::fmt::Debug for Schema {
 
 impl Schema {
     /// Parses and compiles `text`, read from `file`.
-    pub fn compile(file: &Path, text: &str) -> Result<Schema> {
+    pub(crate) fn compile(file: &Path, text: &str) -> Result<Schema> {
         let mut value: Value = serde_json::from_str(text).map_err(|e| {
             Error::new(ErrorKind::Template, format!("invalid JSON: {e}")).at(
                 file,
@@ -71,17 +71,17 @@ impl Schema {
     }
 
     /// How many examples the schema has.
-    pub fn example_count(&self) -> usize {
+    pub(crate) fn example_count(&self) -> usize {
         self.examples.len()
     }
 
     /// The examples, each read back from its text.
-    pub fn examples(&self) -> impl Iterator<Item = Result<Value>> + '_ {
+    pub(crate) fn examples(&self) -> impl Iterator<Item = Result<Value>> + '_ {
         (0..self.examples.len()).filter_map(|index| self.example(index))
     }
 
     /// Example `index`, or `None` past the last.
-    pub fn example(&self, index: usize) -> Option<Result<Value>> {
+    pub(crate) fn example(&self, index: usize) -> Option<Result<Value>> {
         let text = self.examples.get(index)?;
         Some(serde_json::from_str(text).map_err(|e| {
             Error::new(
@@ -93,7 +93,7 @@ impl Schema {
     }
 
     /// Every way in which `data` fails the schema; empty when it passes.
-    pub fn violations(&self, data: &Value) -> Vec<Violation> {
+    pub(crate) fn violations(&self, data: &Value) -> Vec<Violation> {
         self.validator
             .iter_errors(data)
             .map(|e| Violation {
@@ -105,7 +105,7 @@ impl Schema {
     }
 
     /// Refuses `data` that fails the schema, listing every violation.
-    pub fn check(&self, template: &str, data: &Value) -> Result<()> {
+    pub(crate) fn check(&self, template: &str, data: &Value) -> Result<()> {
         let violations = self.violations(data);
         if violations.is_empty() {
             return Ok(());

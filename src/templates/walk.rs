@@ -33,7 +33,7 @@ pub(crate) enum Kind {
 }
 
 impl File {
-    pub fn kind(&self) -> Kind {
+    pub(crate) fn kind(&self) -> Kind {
         let private = self.rel.split('/').any(|part| part.starts_with('_'));
         let ext = self.rel.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
         match (ext, private) {
@@ -45,7 +45,7 @@ impl File {
         }
     }
 
-    pub fn read(&self) -> Result<String> {
+    pub(crate) fn read(&self) -> Result<String> {
         std::fs::read_to_string(&self.path).map_err(|e| match e.kind() {
             std::io::ErrorKind::InvalidData => Error::new(
                 ErrorKind::Template,

@@ -61,7 +61,7 @@ pub(crate) struct Answer {
 }
 
 impl Answer {
-    pub fn retry_after(&self) -> Option<Duration> {
+    pub(super) fn retry_after(&self) -> Option<Duration> {
         let value = self.headers.get("retry-after")?.to_str().ok()?.trim();
         if let Ok(secs) = value.parse::<u64>() {
             return Some(Duration::from_secs(secs));
@@ -70,7 +70,7 @@ impl Answer {
         Some(at.duration_since(SystemTime::now()).unwrap_or_default())
     }
 
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(super) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
@@ -85,7 +85,7 @@ pub(crate) struct Api {
 }
 
 impl Api {
-    pub fn new(
+    pub(super) fn new(
         label: &'static str,
         tokens: TokenCache,
         ca_file: Option<&Path>,
@@ -114,7 +114,7 @@ impl Api {
 
     /// POSTs `body` with a bearer token. A 401 drops the token, renews it and posts
     /// once more; a second 401 is an [`ErrorKind::Auth`] error.
-    pub async fn post(&self, url: &Url, content_type: &str, body: Bytes) -> Result<Answer> {
+    pub(super) async fn post(&self, url: &Url, content_type: &str, body: Bytes) -> Result<Answer> {
         // Token endpoint failures were retried by the token source already.
         let token = self.tokens.get().await.map_err(Error::retried)?;
         let answer = self

@@ -110,7 +110,7 @@ impl std::fmt::Debug for Gmail {
 
 impl Gmail {
     /// Checks the settings; reads no credential and connects to nothing yet.
-    pub fn new(config: &GmailConfig) -> Result<Gmail> {
+    pub(crate) fn new(config: &GmailConfig) -> Result<Gmail> {
         let base = api::base_url(
             config.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL),
             "base_url",

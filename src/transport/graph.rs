@@ -116,7 +116,7 @@ impl std::fmt::Debug for Graph {
 
 impl Graph {
     /// Checks the settings; reads no credential and connects to nothing yet.
-    pub fn new(config: &GraphConfig) -> Result<Graph> {
+    pub(crate) fn new(config: &GraphConfig) -> Result<Graph> {
         if !config.save_to_sent_items {
             return Err(Error::new(
                 ErrorKind::Config,

@@ -19,7 +19,7 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
-    pub fn new(dir: impl Into<PathBuf>) -> Outbox {
+    pub(crate) fn new(dir: impl Into<PathBuf>) -> Outbox {
         let outbox = Outbox { dir: dir.into() };
         sweep(&outbox.dir.join("tmp"));
         outbox

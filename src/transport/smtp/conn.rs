@@ -94,7 +94,7 @@ impl Failure {
         }
     }
 
-    pub fn is_stale_connection(&self) -> bool {
+    pub(super) fn is_stale_connection(&self) -> bool {
         match self {
             Failure::Connection { stage, .. } => *stage == Stage::Mail,
             Failure::Reply { stage, code, .. } => {
@@ -127,7 +127,7 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub fn has_broken(&self) -> bool {
+    pub(super) fn has_broken(&self) -> bool {
         self.smtp.has_broken()
     }
 }
@@ -154,7 +154,7 @@ pub(crate) struct StageTimeouts {
 }
 
 impl StageTimeouts {
-    pub fn new(t: &super::settings::Timeouts, cap: Option<u64>) -> StageTimeouts {
+    pub(super) fn new(t: &super::settings::Timeouts, cap: Option<u64>) -> StageTimeouts {
         let secs = |s: u64| Duration::from_secs(cap.map_or(s, |c| s.min(c)).max(1));
         StageTimeouts {
             connect: secs(t.connect),
@@ -184,7 +184,7 @@ fn within_deadline(wait: Duration) -> Duration {
 }
 
 impl Endpoint {
-    pub async fn connect(&self) -> Result<Session, Failure> {
+    pub(super) async fn connect(&self) -> Result<Session, Failure> {
         let progress = Progress::new();
         let tcp = Tracked {
             tcp: self.tcp().await?,
@@ -280,7 +280,7 @@ impl Endpoint {
 
     /// Ends a connection with QUIT, without waiting long for a server that stopped
     /// answering.
-    pub async fn close(&self, session: Session) {
+    pub(super) async fn close(&self, session: Session) {
         self.abandon(session.smtp).await;
     }
 
@@ -290,7 +290,7 @@ impl Endpoint {
     }
 
     /// Runs one protocol step under its stage's timeout.
-    pub async fn step<T>(
+    pub(super) async fn step<T>(
         &self,
         stage: Stage,
         future: impl std::future::Future<Output = Result<T, lettre::transport::smtp::Error>>,
@@ -373,7 +373,7 @@ impl Endpoint {
 
     /// One mail transaction to `recipients`: each refused recipient is reported on its
     /// own, and the message goes to those accepted.
-    pub async fn transaction(
+    pub(super) async fn transaction(
         &self,
         session: &mut Session,
         from: Option<&Address>,

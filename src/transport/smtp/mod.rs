@@ -69,7 +69,7 @@ enum SmtpLogin {
 
 impl Smtp {
     /// Checks the settings and prepares the pool; connects to nothing yet.
-    pub fn new(config: &SmtpConfig) -> Result<Smtp> {
+    pub(crate) fn new(config: &SmtpConfig) -> Result<Smtp> {
         let config_error = |m: String| Error::new(ErrorKind::Config, m);
         if config.tls == TlsMode::None && !auth::is_loopback(&config.host) {
             return Err(config_error(format!(

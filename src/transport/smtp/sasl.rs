@@ -24,7 +24,7 @@ impl fmt::Display for Line<'_> {
 impl Endpoint {
     /// Authenticates with an OAuth2 bearer token. `Ok(Some(..))` is the server's
     /// refusal of the token (the caller renews it and tries once more).
-    pub async fn oauth(
+    pub(super) async fn oauth(
         &self,
         session: &mut Session,
         mechanism: Mechanism,
@@ -108,7 +108,7 @@ impl Endpoint {
     }
 
     /// Authenticates with user name and password (PLAIN or LOGIN).
-    pub async fn password(
+    pub(super) async fn password(
         &self,
         session: &mut Session,
         mechanism: Mechanism,

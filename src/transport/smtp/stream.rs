@@ -21,7 +21,7 @@ pub(crate) struct Progress {
 }
 
 impl Progress {
-    pub fn new() -> Arc<Progress> {
+    pub(super) fn new() -> Arc<Progress> {
         Arc::new(Progress {
             state: Mutex::new((Instant::now(), None)),
         })
@@ -33,11 +33,11 @@ impl Progress {
 
     /// `Some(since)` once everything written so far has been handed to the kernel and
     /// the connection waits for an answer.
-    pub fn reading_since(&self) -> Option<Instant> {
+    pub(super) fn reading_since(&self) -> Option<Instant> {
         self.lock().1
     }
 
-    pub fn last_write(&self) -> Instant {
+    pub(super) fn last_write(&self) -> Instant {
         self.lock().0
     }
 }
