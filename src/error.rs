@@ -31,6 +31,9 @@ pub enum ErrorKind {
     Permanent,
     /// A local file could not be read or written.
     Io,
+    /// The queue's database failed: unreachable, locked, corrupt, full or refusing
+    /// our credentials. Nothing was acknowledged that it did not store.
+    Storage,
 }
 
 impl ErrorKind {
@@ -46,6 +49,7 @@ impl ErrorKind {
             ErrorKind::Transient => "transient delivery failure",
             ErrorKind::Permanent => "permanent delivery failure",
             ErrorKind::Io => "I/O error",
+            ErrorKind::Storage => "queue storage error",
         }
     }
 }

@@ -35,6 +35,7 @@ mod html;
 mod inline;
 mod mailer;
 mod message;
+mod queue;
 mod render;
 #[cfg(feature = "bench-internals")]
 #[doc(hidden)]
@@ -49,6 +50,10 @@ pub use config::{Config, TransportConfig, DEFAULT_FROM};
 pub use error::{Error, ErrorKind, Location, Result, Violation};
 pub use mailer::{Mailer, MailerBuilder, Receipt, TemplateInfo, TemplateMessage};
 pub use message::Attachment;
+pub use queue::{
+    AttemptRecord, Detail, Filter, Queue, QueueConfig, Queued, RecipientStatus, State, StateStats,
+    Stats, Summary, Timestamp,
+};
 pub use render::Rendered;
 pub use transport::smtp::{AuthConfig, Mechanism, PoolConfig, RetryConfig, SmtpConfig, TlsMode};
 pub use transport::{Inbox, Rejected, SentMessage};
