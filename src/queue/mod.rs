@@ -5,6 +5,9 @@
 //! `store` is the storage seam (one trait, two backends); `worker` claims, delivers and
 //! records; `schedule` says when a deferred message comes back.
 
+#[cfg(test)]
+mod conformance;
+mod postgres;
 mod schedule;
 mod sqlite;
 mod store;
@@ -484,7 +487,9 @@ pub struct Queue {
 }
 
 pub(crate) struct QueueInner {
-    pub store: Box<dyn Store>,
+    pub store: Arc<dyn Store>,
+    /// The same store when it is PostgreSQL, for enqueues in an app's transaction.
+    pub postgres: Option<Arc<postgres::Postgres>>,
     pub config: QueueConfig,
 }
 
@@ -500,8 +505,13 @@ impl Queue {
     /// Opens (creating and migrating where needed) the queue `config.url` names.
     /// SQLite is opened at once; a PostgreSQL server is first contacted on first use.
     pub fn open(config: &QueueConfig) -> Result<Queue> {
-        let store: Box<dyn Store> = if let Some(path) = sqlite_path(&config.url) {
-            Box::new(sqlite::Sqlite::open(std::path::Path::new(path))?)
+        let mut pg = None;
+        let store: Arc<dyn Store> = if let Some(path) = sqlite_path(&config.url) {
+            Arc::new(sqlite::Sqlite::open(std::path::Path::new(path))?)
+        } else if config.url.starts_with("postgres://") || config.url.starts_with("postgresql://") {
+            let store = Arc::new(postgres::Postgres::open(&config.url)?);
+            pg = Some(store.clone());
+            store
         } else {
             return Err(Error::new(
                 ErrorKind::Config,
@@ -514,6 +524,7 @@ impl Queue {
         Ok(Queue {
             inner: Arc::new(QueueInner {
                 store,
+                postgres: pg,
                 config: config.clone(),
             }),
         })
@@ -530,6 +541,24 @@ impl Queue {
 
     pub(crate) async fn enqueue_new(&self, message: NewMessage) -> Result<Queued> {
         self.store().enqueue(message).await
+    }
+
+    /// Enqueues on the app's own PostgreSQL connection or transaction.
+    pub(crate) async fn enqueue_new_in(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        message: NewMessage,
+    ) -> Result<Queued> {
+        match &self.inner.postgres {
+            Some(pg) => pg.enqueue_in(conn, message).await,
+            None => Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "enqueue_in needs a PostgreSQL queue; this one is {}",
+                    redact_url(&self.inner.config.url)
+                ),
+            )),
+        }
     }
 
     /// Messages matching `filter`, newest first.
