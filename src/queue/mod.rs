@@ -11,6 +11,7 @@ mod postgres;
 mod schedule;
 mod sqlite;
 mod store;
+pub(crate) mod worker;
 
 use std::fmt;
 use std::sync::Arc;
