@@ -51,8 +51,8 @@ pub use error::{Error, ErrorKind, Location, Result, Violation};
 pub use mailer::{Mailer, MailerBuilder, Receipt, TemplateInfo, TemplateMessage};
 pub use message::Attachment;
 pub use queue::{
-    AttemptRecord, Detail, Filter, Queue, QueueConfig, Queued, RecipientStatus, State, StateStats,
-    Stats, Summary, Timestamp,
+    parse_duration, AttemptRecord, Detail, Filter, Queue, QueueConfig, Queued, RecipientStatus,
+    State, StateStats, Stats, Summary, Timestamp,
 };
 pub use render::Rendered;
 pub use transport::smtp::{AuthConfig, Mechanism, PoolConfig, RetryConfig, SmtpConfig, TlsMode};

@@ -2,6 +2,7 @@
 
 mod auth;
 mod init;
+mod queue;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -74,6 +75,9 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         to: Vec<String>,
     },
+    /// Look into the durable queue and operate it (`queue:` in missive.yaml).
+    #[command(subcommand)]
+    Queue(queue::QueueCommand),
     /// Sign in to an OAuth2 provider for SMTP sending, or show the stored credential.
     #[command(subcommand)]
     Auth(auth::AuthCommand),
@@ -228,6 +232,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Send { name, input, to } => send(config, &name, &input, &to).await,
         Command::Auth(command) => auth::run(&config, command).await,
+        Command::Queue(command) => queue::run(&config, command).await,
         Command::Init { dir, force } => {
             init::run(&dir.unwrap_or_else(|| PathBuf::from(".")), force)?;
             Ok(ExitCode::SUCCESS)

@@ -20,7 +20,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
-pub(crate) use schedule::{parse_duration, Backoff};
+pub use schedule::parse_duration;
+pub(crate) use schedule::Backoff;
 pub(crate) use store::{NewMessage, Store};
 
 /// The `queue:` section of `missive.yaml`, or [`QueueConfig::new`] in code.
@@ -116,6 +117,90 @@ impl fmt::Debug for QueueConfig {
             .field("retention", &self.retention)
             .field("lease", &self.lease)
             .finish()
+    }
+}
+
+/// The `queue:` section as written in `missive.yaml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawQueueConfig {
+    url: String,
+    workers: Option<usize>,
+    backoff: Option<RawBackoff>,
+    lifetime: Option<String>,
+    retention: Option<String>,
+    lease: Option<String>,
+    poll: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackoff {
+    min: Option<String>,
+    max: Option<String>,
+}
+
+impl RawQueueConfig {
+    /// The config, with a relative SQLite path taken from `base` (the config file's
+    /// folder). A password in the URL is refused: it belongs in `PGPASSWORD`.
+    pub fn resolve(self, base: &std::path::Path) -> Result<QueueConfig> {
+        let url = match sqlite_path(&self.url) {
+            Some(path)
+                if std::path::Path::new(path).is_relative() && !base.as_os_str().is_empty() =>
+            {
+                format!("sqlite://{}", base.join(path).display())
+            }
+            _ => self.url.clone(),
+        };
+        if redact_url(&url) != url {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "`queue.url` holds a password; secrets never go in the config file — \
+                 set PGPASSWORD (or MISSIVE_QUEUE_URL) in the environment instead",
+            ));
+        }
+        let mut config = QueueConfig::new(url);
+        let field = |name: &str, value: &Option<String>, into: &mut Duration| -> Result<()> {
+            if let Some(text) = value {
+                *into = parse_duration(text).map_err(|e| {
+                    Error::new(
+                        ErrorKind::Config,
+                        format!("`queue.{name}`: {}", e.message()),
+                    )
+                })?;
+            }
+            Ok(())
+        };
+        if let Some(backoff) = &self.backoff {
+            field("backoff.min", &backoff.min, &mut config.backoff_min)?;
+            field("backoff.max", &backoff.max, &mut config.backoff_max)?;
+        }
+        field("lifetime", &self.lifetime, &mut config.lifetime)?;
+        field("retention", &self.retention, &mut config.retention)?;
+        field("lease", &self.lease, &mut config.lease)?;
+        field("poll", &self.poll, &mut config.poll)?;
+        if config.backoff_max < config.backoff_min {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "`queue.backoff.max` is shorter than `queue.backoff.min`",
+            ));
+        }
+        if config.lease < Duration::from_millis(100) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "`queue.lease` must be at least 100ms",
+            ));
+        }
+        if let Some(workers) = self.workers {
+            if workers == 0 {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    "`queue.workers` must be at least 1",
+                ));
+            }
+            config.workers = workers;
+        }
+        Ok(config)
     }
 }
 

@@ -30,8 +30,9 @@ impl Backoff {
     }
 }
 
-/// `250ms`, `30s`, `5m`, `2h`, `5d`, or a bare number of seconds.
-pub(crate) fn parse_duration(text: &str) -> Result<Duration> {
+/// Reads a duration as `missive.yaml` writes them: `250ms`, `30s`, `5m`, `2h`, `5d`,
+/// or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit() && c != '.')

@@ -94,6 +94,8 @@ pub struct Received {
     pub from: String,
     pub to: Vec<String>,
     pub data: String,
+    /// When the server took it (just before its 250 went out).
+    pub at: std::time::Instant,
 }
 
 /// One AUTH exchange.
@@ -212,6 +214,11 @@ impl FakeSmtp {
     /// Every time `stage` comes, do `action`.
     pub fn always(&self, stage: Stage, action: Action) {
         self.state.lock().unwrap().always.push((stage, action));
+    }
+
+    /// Forgets every `always` rule: the server behaves again.
+    pub fn clear_always(&self) {
+        self.state.lock().unwrap().always.clear();
     }
 
     /// Answer `RCPT TO:<address>` with `reply` every time.
@@ -450,6 +457,7 @@ async fn session(
                             from: from.clone(),
                             to: to.clone(),
                             data,
+                            at: std::time::Instant::now(),
                         });
                         s.received.len()
                     };
