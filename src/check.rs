@@ -95,7 +95,9 @@ fn check_set(set: &TemplateSet, from: &Mailbox, report: &mut Report) {
             }
             report.renders += 1;
             let result = render::render(set, &variant.name, variant.locale.as_deref(), &example)
-                .and_then(|rendered| message::build(rendered, &[], Some(from)));
+                .and_then(|rendered| {
+                    message::build(rendered, &[], Some(from), &message::MessageId::Random)
+                });
             if let Err(e) = result {
                 report
                     .problems

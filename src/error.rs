@@ -29,6 +29,11 @@ pub enum ErrorKind {
     Transient,
     /// Delivery was refused for good (5xx); see [`Error::smtp_code`].
     Permanent,
+    /// The message was handed over but the server's answer never came (the reply to
+    /// the final "." was lost): it may have been delivered. Not retried blindly; a
+    /// resend should keep the Message-ID ([`Error::message_id`]) so that receivers
+    /// can tell the copies apart.
+    DeliveryUnknown,
     /// A local file could not be read or written.
     Io,
     /// The queue's database failed: unreachable, locked, corrupt, full or refusing
@@ -48,6 +53,7 @@ impl ErrorKind {
             ErrorKind::Auth => "authentication error",
             ErrorKind::Transient => "transient delivery failure",
             ErrorKind::Permanent => "permanent delivery failure",
+            ErrorKind::DeliveryUnknown => "delivery unknown",
             ErrorKind::Io => "I/O error",
             ErrorKind::Storage => "queue storage error",
         }
@@ -108,6 +114,10 @@ struct Inner {
     location: Option<Location>,
     violations: Vec<Violation>,
     smtp_code: Option<u16>,
+    message_id: Option<String>,
+    /// Retried already where it arose (a token endpoint): a direct send does not
+    /// multiply those retries with its own.
+    retried: bool,
     related: Vec<Error>,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
@@ -122,6 +132,8 @@ impl Error {
                 location: None,
                 violations: Vec::new(),
                 smtp_code: None,
+                message_id: None,
+                retried: false,
                 related: Vec::new(),
                 source: None,
             }),
@@ -165,6 +177,20 @@ impl Error {
         self
     }
 
+    pub(crate) fn retried(mut self) -> Error {
+        self.inner.retried = true;
+        self
+    }
+
+    pub(crate) fn was_retried(&self) -> bool {
+        self.inner.retried
+    }
+
+    pub(crate) fn with_message_id(mut self, message_id: &str) -> Error {
+        self.inner.message_id = Some(message_id.to_string());
+        self
+    }
+
     /// Adds context after the message, e.g. which example data was used.
     pub(crate) fn note(mut self, note: impl fmt::Display) -> Error {
         self.inner.message = format!("{} ({note})", self.inner.message);
@@ -180,6 +206,8 @@ impl Error {
                 location: self.inner.location.clone(),
                 violations: self.inner.violations.clone(),
                 smtp_code: self.inner.smtp_code,
+                message_id: self.inner.message_id.clone(),
+                retried: self.inner.retried,
                 related: Vec::new(),
                 source: None,
             }),
@@ -230,9 +258,23 @@ impl Error {
         self.inner.smtp_code
     }
 
-    /// Whether retrying the same operation later may succeed.
+    /// The Message-ID (with angle brackets) of the message a delivery error is about;
+    /// a resend after [`ErrorKind::DeliveryUnknown`] should reuse it
+    /// (`TemplateMessage::message_id`).
+    pub fn message_id(&self) -> Option<&str> {
+        self.inner.message_id.as_deref()
+    }
+
+    /// Whether retrying the same operation later may succeed. Not for
+    /// [`ErrorKind::DeliveryUnknown`]: the first try may have succeeded already.
     pub fn is_retryable(&self) -> bool {
         self.inner.kind == ErrorKind::Transient
+    }
+
+    /// Whether the message may have reached the server although this is an error
+    /// ([`ErrorKind::DeliveryUnknown`]).
+    pub fn may_have_been_delivered(&self) -> bool {
+        self.inner.kind == ErrorKind::DeliveryUnknown
     }
 
     /// This problem followed by every other one found in the same pass (loading a
@@ -271,6 +313,9 @@ impl fmt::Debug for Error {
         }
         if let Some(code) = self.inner.smtp_code {
             s.field("smtp_code", &code);
+        }
+        if let Some(id) = &self.inner.message_id {
+            s.field("message_id", id);
         }
         if !self.inner.related.is_empty() {
             s.field("related", &self.inner.related);

@@ -55,6 +55,8 @@ pub use queue::{
     State, StateStats, Stats, Summary, Timestamp,
 };
 pub use render::Rendered;
-pub use transport::smtp::{AuthConfig, Mechanism, PoolConfig, RetryConfig, SmtpConfig, TlsMode};
-pub use transport::{Inbox, Rejected, SentMessage};
+pub use transport::smtp::{AuthConfig, Mechanism, PoolConfig, SmtpConfig, Timeouts, TlsMode};
+pub use transport::{
+    async_trait, Delivery, Email, Inbox, Rejected, RetryConfig, SentMessage, Transport,
+};
 pub use watch::ReloadEvent;

@@ -11,10 +11,10 @@ use tracing::Instrument;
 
 use crate::config::{Config, TransportConfig};
 use crate::error::{Error, ErrorKind, Result};
-use crate::message::{self, Attachment, Outgoing};
+use crate::message::{self, Attachment, MessageId};
 use crate::render::{self, parse_mailbox, parse_mailboxes, Rendered};
 use crate::templates::TemplateSet;
-use crate::transport::{Inbox, Outbox, Smtp, Transport};
+use crate::transport::{retry, Email, Inbox, Outbox, RetryConfig, Smtp, Transport};
 use crate::watch::{self, Live};
 
 /// Renders named templates and sends them. Cheap to clone; clones share everything.
@@ -45,9 +45,13 @@ pub struct Mailer {
 pub(crate) struct Inner {
     pub(crate) set: ArcSwap<TemplateSet>,
     from: Mailbox,
-    transport: Transport,
-    /// Bounds the messages rendered and not yet delivered; see [`Transport::in_flight`].
-    in_flight: tokio::sync::Semaphore,
+    transport: Arc<dyn Transport>,
+    retry: RetryConfig,
+    /// Bounds the messages rendered and not yet delivered, so that a burst of sends
+    /// neither renders everything up front (memory) nor fills the blocking pool with
+    /// hundreds of threads: twice the transport's parallelism, one message on the
+    /// wire and the next being rendered per connection.
+    in_flight: Arc<tokio::sync::Semaphore>,
     pub(crate) live: Live,
 }
 
@@ -63,6 +67,7 @@ impl std::fmt::Debug for Mailer {
 
 /// What happened to a sent message.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct Receipt {
     /// The Message-ID header, with angle brackets.
     pub message_id: String,
@@ -79,6 +84,8 @@ pub struct Receipt {
     pub reply: String,
     /// The template's tags.
     pub tags: Vec<String>,
+    /// The transport that delivered it (`smtp`, `outbox`, ...).
+    pub transport: String,
 }
 
 /// A sendable template as [`Mailer::templates`] lists it.
@@ -99,6 +106,8 @@ pub struct TemplateInfo {
 #[derive(Debug, Clone, Default)]
 pub struct MailerBuilder {
     config: Config,
+    transport: Option<Arc<dyn Transport>>,
+    retry: Option<RetryConfig>,
     watch: Option<watch::Mode>,
     tolerate_broken: bool,
 }
@@ -125,6 +134,21 @@ impl MailerBuilder {
     /// Writes messages as `.eml` files to `dir` (the default, with `outbox`).
     pub fn outbox(mut self, dir: impl Into<PathBuf>) -> Self {
         self.config.transport = TransportConfig::Outbox { dir: dir.into() };
+        self.transport = None;
+        self
+    }
+
+    /// Delivers through `transport` instead of the configured one: an API of your
+    /// own, a test double, a transport wrapped in your own policy.
+    pub fn transport(mut self, transport: impl Transport) -> Self {
+        self.transport = Some(Arc::new(transport));
+        self
+    }
+
+    /// How direct sends retry transient failures; by default the SMTP section's
+    /// `retry`, or [`RetryConfig::default`].
+    pub fn retry(mut self, retry: RetryConfig) -> Self {
+        self.retry = Some(retry);
         self
     }
 
@@ -162,10 +186,13 @@ impl MailerBuilder {
     }
 
     /// Loads the template set and opens the transport.
-    pub fn build(self) -> Result<Mailer> {
-        let transport = match &self.config.transport {
-            TransportConfig::Outbox { dir } => Transport::Outbox(Outbox::new(dir)),
-            TransportConfig::Smtp(smtp) => Transport::Smtp(Smtp::new(smtp)?),
+    pub fn build(mut self) -> Result<Mailer> {
+        let transport: Arc<dyn Transport> = match self.transport.take() {
+            Some(transport) => transport,
+            None => match &self.config.transport {
+                TransportConfig::Outbox { dir } => Arc::new(Outbox::new(dir)),
+                TransportConfig::Smtp(smtp) => Arc::new(Smtp::new(smtp)?),
+            },
         };
         self.build_with(transport)
     }
@@ -173,11 +200,11 @@ impl MailerBuilder {
     /// Like [`build`](Self::build), but every message goes to the returned [`Inbox`].
     pub fn build_in_memory(self) -> Result<(Mailer, Inbox)> {
         let inbox = Inbox::default();
-        let mailer = self.build_with(Transport::Memory(inbox.clone()))?;
+        let mailer = self.build_with(Arc::new(inbox.clone()))?;
         Ok((mailer, inbox))
     }
 
-    fn build_with(self, transport: Transport) -> Result<Mailer> {
+    fn build_with(self, transport: Arc<dyn Transport>) -> Result<Mailer> {
         let from = parse_mailbox(&self.config.from).map_err(|e| {
             Error::new(
                 ErrorKind::Config,
@@ -202,11 +229,21 @@ impl MailerBuilder {
             }
             Err(e) => return Err(e),
         };
+        let retry = self
+            .retry
+            .clone()
+            .unwrap_or_else(|| match &self.config.transport {
+                TransportConfig::Smtp(smtp) => smtp.retry.clone(),
+                _ => RetryConfig::default(),
+            });
         let inner = Arc::new(Inner {
             set: ArcSwap::from_pointee(set),
             from,
-            in_flight: tokio::sync::Semaphore::new(transport.in_flight()),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(
+                transport.parallelism().max(1) * 2,
+            )),
             transport,
+            retry,
             live,
         });
         if self.watch.is_some() {
@@ -277,6 +314,8 @@ impl Mailer {
             bcc: None,
             reply_to: None,
             attachments: Vec::new(),
+            message_id: None,
+            idempotency_key: None,
         }
     }
 
@@ -330,6 +369,12 @@ impl Mailer {
     pub(crate) fn set(&self) -> Arc<TemplateSet> {
         self.inner.set.load_full()
     }
+
+    /// The transport messages go through; the queue's workers deliver through it.
+    #[allow(dead_code)] // the queue's workers (next) are its caller
+    pub(crate) fn transport(&self) -> Arc<dyn Transport> {
+        self.inner.transport.clone()
+    }
 }
 
 /// One message being put together: template, data, overrides, attachments.
@@ -344,6 +389,8 @@ pub struct TemplateMessage {
     bcc: Option<Vec<String>>,
     reply_to: Option<String>,
     attachments: Vec<Attachment>,
+    message_id: Option<String>,
+    idempotency_key: Option<String>,
 }
 
 impl TemplateMessage {
@@ -389,6 +436,35 @@ impl TemplateMessage {
         self
     }
 
+    /// Sends with this Message-ID (`<unique@your.domain>`, brackets optional) instead
+    /// of a random one: an app that journals its sends resends after a crash, or after
+    /// [`ErrorKind::DeliveryUnknown`], with the same ID so receivers can tell the
+    /// copies apart. Checked when the message is built.
+    pub fn message_id(mut self, id: impl Into<String>) -> Self {
+        self.message_id = Some(id.into());
+        self
+    }
+
+    /// Names this message for deduplication: its Message-ID is derived from the key
+    /// (the same key always gives the same ID on the sender's domain, and the ID does
+    /// not reveal the key), and the queue accepts a key only once. An explicit
+    /// [`message_id`](Self::message_id) wins over the derived one.
+    ///
+    /// ```
+    /// let (mailer, _inbox) = missive::Mailer::for_tests("templates");
+    /// let data = mailer.example("welcome", 0)?;
+    /// let first = mailer.template("welcome").data(&data).idempotency_key("signup-42").eml()?;
+    /// let again = mailer.template("welcome").data(&data).idempotency_key("signup-42").eml()?;
+    /// let id = |eml: &[u8]| String::from_utf8_lossy(eml).lines()
+    ///     .find(|l| l.starts_with("Message-ID:")).map(String::from);
+    /// assert_eq!(id(&first), id(&again));
+    /// # Ok::<(), missive::Error>(())
+    /// ```
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
     /// Renders without sending: subject, addresses, HTML and text.
     pub fn render(&self) -> Result<Rendered> {
         render_message(&self.mailer.set(), &self.parts()?, self.checked_data()?)
@@ -396,12 +472,22 @@ impl TemplateMessage {
 
     /// The whole MIME message as it would be sent, without sending it.
     pub fn eml(&self) -> Result<Vec<u8>> {
-        Ok(self.build()?.raw)
+        let rendered = self.render()?;
+        let email = message::build(
+            rendered,
+            &self.attachments,
+            Some(&self.mailer.inner.from),
+            &self.message_id_rule(),
+        )?;
+        Ok(email.raw().to_vec())
     }
 
-    fn build(&self) -> Result<Outgoing> {
-        let rendered = self.render()?;
-        message::build(rendered, &self.attachments, Some(&self.mailer.inner.from))
+    fn message_id_rule(&self) -> MessageId {
+        match (&self.message_id, &self.idempotency_key) {
+            (Some(id), _) => MessageId::Given(id.clone()),
+            (None, Some(key)) => MessageId::FromKey(key.clone()),
+            (None, None) => MessageId::Random,
+        }
     }
 
     fn checked_data(&self) -> Result<&serde_json::Value> {
@@ -435,56 +521,74 @@ impl TemplateMessage {
         })
     }
 
-    /// Renders (off the async worker threads) and sends through the mailer's transport.
-    pub async fn send(self) -> Result<Receipt> {
+    /// Validates, renders and builds the message on tokio's blocking pool, once the
+    /// mailer has room for another message in flight.
+    async fn build_email(self) -> Result<(Email, tokio::sync::OwnedSemaphorePermit, Mailer)> {
         let parts = self.parts()?;
         self.checked_data()?;
+        let message_id = self.message_id_rule();
         // Checked above; moved rather than cloned, as the message is consumed.
         let data = self.data.unwrap_or_default();
-        let set = self.mailer.set();
-        let from = self.mailer.inner.from.clone();
+        let mailer = self.mailer;
+        let set = mailer.set();
+        let from = mailer.inner.from.clone();
         let attachments = self.attachments;
-        let _in_flight = self
-            .mailer
-            .inner
-            .in_flight
-            .acquire()
-            .await
-            .map_err(|_| Error::new(ErrorKind::Transient, "the mailer is shutting down"))?;
-        let outgoing = tokio::task::spawn_blocking(move || {
+        let permit = mailer.inner.in_flight_permit().await?;
+        let email = tokio::task::spawn_blocking(move || {
             let rendered = render_message(&set, &parts, &data)?;
-            message::build(rendered, &attachments, Some(&from))
+            message::build(rendered, &attachments, Some(&from), &message_id)
         })
         .await
         .map_err(|e| Error::new(ErrorKind::Render, format!("render task failed: {e}")))??;
-        let transport = &self.mailer.inner.transport;
+        Ok((email, permit, mailer))
+    }
+
+    /// Renders (off the async worker threads) and sends through the mailer's
+    /// transport, retrying transient failures as the retry policy allows.
+    pub async fn send(self) -> Result<Receipt> {
+        let (email, _in_flight, mailer) = self.build_email().await?;
+        let transport = &mailer.inner.transport;
         let span = tracing::info_span!(
             "send",
-            template = %outgoing.rendered.template,
-            message_id = %outgoing.message_id,
+            template = %email.template(),
+            message_id = %email.message_id(),
             transport = transport.name(),
-            tags = ?outgoing.rendered.tags,
+            tags = ?email.tags(),
         );
-        let delivery = transport.send(&outgoing).instrument(span.clone()).await;
+        let sent = retry::deliver(transport.as_ref(), &email, &mailer.inner.retry)
+            .instrument(span.clone())
+            .await;
         let _entered = span.enter();
-        match delivery {
-            Ok(delivery) => {
-                tracing::info!(attempts = delivery.attempts, reply = %delivery.reply, "sent");
+        match sent {
+            Ok(sent) => {
+                let delivery = sent.delivery;
+                tracing::info!(attempts = sent.attempts, reply = %delivery.reply, "sent");
                 Ok(Receipt {
-                    message_id: outgoing.message_id,
-                    template: outgoing.rendered.template,
+                    message_id: email.message_id().to_string(),
+                    template: email.template().to_string(),
                     accepted: delivery.accepted,
                     rejected: delivery.rejected,
-                    attempts: delivery.attempts,
+                    attempts: sent.attempts,
                     reply: delivery.reply,
-                    tags: outgoing.rendered.tags,
+                    tags: email.tags().to_vec(),
+                    transport: delivery.transport,
                 })
             }
             Err(e) => {
-                tracing::warn!(error = %e, "not sent");
+                tracing::debug!(error = %e, "not sent");
                 Err(e)
             }
         }
+    }
+}
+
+impl Inner {
+    async fn in_flight_permit(self: &Arc<Inner>) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        self.in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::new(ErrorKind::Transient, "the mailer is shutting down"))
     }
 }
 

@@ -6,13 +6,13 @@
 
 use std::sync::Arc;
 
-use lettre::address::Envelope;
 use lettre::message::header::{ContentTransferEncoding, ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::Message;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::render::Rendered;
+use crate::transport::Email;
 
 /// A file sent with a message: attached, or inline for `cid:` references in the HTML.
 #[derive(Clone)]
@@ -94,19 +94,59 @@ fn parse_content_type(value: &str) -> Result<ContentType> {
     })
 }
 
-/// A message ready for a transport.
-#[derive(Debug, Clone)]
-pub(crate) struct Outgoing {
-    pub message_id: String,
-    pub envelope: Envelope,
-    pub raw: Vec<u8>,
-    pub rendered: Rendered,
+/// How the Message-ID of a message is chosen.
+#[derive(Debug, Clone, Default)]
+pub(crate) enum MessageId {
+    /// A random one on the sender's domain.
+    #[default]
+    Random,
+    /// Exactly this one, validated (`<left@right>` or `left@right`).
+    Given(String),
+    /// Derived from an idempotency key: the same key always gives the same ID.
+    FromKey(String),
 }
 
-impl Outgoing {
-    /// Envelope recipients, as plain addresses.
-    pub fn recipients(&self) -> Vec<String> {
-        self.envelope.to().iter().map(ToString::to_string).collect()
+impl MessageId {
+    /// The header value, with angle brackets, on `domain` unless given whole.
+    pub fn resolve(&self, domain: &str) -> Result<String> {
+        match self {
+            MessageId::Random => Ok(format!("<{}@{domain}>", uuid::Uuid::new_v4().simple())),
+            MessageId::Given(id) => validate_message_id(id),
+            MessageId::FromKey(key) => {
+                // A name-based UUID: stable across processes and versions, unlike
+                // std's hashers, and it reveals nothing of the key.
+                let id = uuid::Uuid::new_v5(&MISSIVE_NAMESPACE, key.as_bytes());
+                Ok(format!("<{}@{domain}>", id.simple()))
+            }
+        }
+    }
+}
+
+/// The UUID namespace of Message-IDs derived from idempotency keys.
+const MISSIVE_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6d69_7373_6976_6540_8000_0000_0000_0001);
+
+/// `id` as a Message-ID header value: RFC 5322's `"<" id-left "@" id-right ">"`, in
+/// dot-atom form on both sides (no quoted strings, no domain literals).
+fn validate_message_id(id: &str) -> Result<String> {
+    let inner = id
+        .strip_prefix('<')
+        .and_then(|i| i.strip_suffix('>'))
+        .unwrap_or(id);
+    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c);
+    let dot_atom =
+        |s: &str| !s.is_empty() && s.split('.').all(|a| !a.is_empty() && a.chars().all(atext));
+    match inner.split_once('@') {
+        Some((left, right)) if dot_atom(left) && dot_atom(right) && inner.len() <= 250 => {
+            Ok(format!("<{inner}>"))
+        }
+        _ => Err(Error::new(
+            ErrorKind::Address,
+            format!(
+                "`{id}` is not a Message-ID: it must look like `<unique-part@your.domain>` \
+                 (letters, digits and !#$%&'*+-/=?^_`{{|}}~ in dot-separated words)"
+            ),
+        )),
     }
 }
 
@@ -115,7 +155,8 @@ pub(crate) fn build(
     rendered: Rendered,
     attachments: &[Attachment],
     default_from: Option<&Mailbox>,
-) -> Result<Outgoing> {
+    message_id: &MessageId,
+) -> Result<Email> {
     let from = rendered
         .from
         .clone()
@@ -138,11 +179,7 @@ pub(crate) fn build(
             ),
         ));
     }
-    let message_id = format!(
-        "<{}@{}>",
-        uuid::Uuid::new_v4().simple(),
-        from.email.domain()
-    );
+    let message_id = message_id.resolve(from.email.domain())?;
     let mut builder = Message::builder()
         .from(from)
         .subject(rendered.subject.clone())
@@ -210,12 +247,14 @@ pub(crate) fn build(
             format!("cannot build message for `{}`: {e}", rendered.template),
         )
     })?;
-    Ok(Outgoing {
+    let mut email = Email::from_parts(
         message_id,
-        envelope: message.envelope().clone(),
-        raw: message.formatted(),
-        rendered,
-    })
+        message.envelope().clone(),
+        message.formatted().into(),
+    )
+    .with_template(rendered.template.clone(), rendered.tags.clone());
+    email.rendered = Some(Arc::new(rendered));
+    Ok(email)
 }
 
 /// A UTF-8 text part: 7bit when it can be, quoted-printable otherwise.

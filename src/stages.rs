@@ -65,6 +65,12 @@ impl Stages {
 
     /// Builds the MIME message of a rendered template.
     pub fn mime(&self, rendered: Rendered) -> Result<Vec<u8>> {
-        Ok(crate::message::build(rendered, &[], Some(self.mailer.default_from()))?.raw)
+        let email = crate::message::build(
+            rendered,
+            &[],
+            Some(self.mailer.default_from()),
+            &crate::message::MessageId::Random,
+        )?;
+        Ok(email.raw().to_vec())
     }
 }

@@ -313,6 +313,7 @@ async fn outbox_writes_one_eml_per_message() {
     let mut files: Vec<_> = std::fs::read_dir(&outbox)
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
         .collect();
     files.sort();
     assert_eq!(files.len(), 2);
@@ -336,7 +337,13 @@ async fn from_config_reads_missive_yaml() {
         .await
         .unwrap();
     assert!(receipt.message_id.ends_with("@sender.test>"));
-    assert_eq!(std::fs::read_dir(f.path("sent")).unwrap().count(), 1);
+    let files = std::fs::read_dir(f.path("sent")).unwrap();
+    assert_eq!(
+        files
+            .filter(|e| e.as_ref().unwrap().path().is_file())
+            .count(),
+        1
+    );
 }
 
 #[test]
@@ -372,4 +379,177 @@ fn check_reports_examples_that_fail_their_schema() {
     assert_eq!(problem.kind(), ErrorKind::InvalidData);
     assert_eq!(problem.location().unwrap().line, 4);
     assert_eq!(problem.violations().len(), 1);
+}
+
+/// A transport of the app's own, through the public seam: it records what it was
+/// given and answers from a script, one outcome per attempt.
+#[derive(Debug, Default, Clone)]
+struct Scripted {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<missive::Email>>>,
+    script: std::sync::Arc<std::sync::Mutex<Vec<missive::Result<missive::Delivery>>>>,
+}
+
+#[missive::async_trait]
+impl missive::Transport for Scripted {
+    async fn send(&self, email: &missive::Email) -> missive::Result<missive::Delivery> {
+        self.seen.lock().unwrap().push(email.clone());
+        let next = self.script.lock().unwrap().pop();
+        next.unwrap_or_else(|| Ok(missive::Delivery::new(email.recipients(), "250 ok")))
+    }
+    fn name(&self) -> &str {
+        "scripted"
+    }
+}
+
+fn scripted_mailer(transport: &Scripted) -> Mailer {
+    let (templates, schemas) = repo();
+    Mailer::builder()
+        .templates(templates)
+        .schemas(schemas)
+        .transport(transport.clone())
+        .retry(missive::RetryConfig {
+            initial_backoff_ms: 1,
+            max_backoff_ms: 2,
+            ..missive::RetryConfig::default()
+        })
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_custom_transport_gets_the_exact_message_and_its_envelope() {
+    let transport = Scripted::default();
+    let mailer = scripted_mailer(&transport);
+    let data = mailer.example("orders/receipt", 0).unwrap();
+    let message = || {
+        mailer
+            .template("orders/receipt")
+            .data(&data)
+            .message_id("<r-1@acme.test>")
+            .bcc("archive@acme.test")
+    };
+    let eml = message().eml().unwrap();
+    let receipt = message().send().await.unwrap();
+    assert_eq!(receipt.transport, "scripted");
+    let seen = transport.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    let email = &seen[0];
+    assert_eq!(email.message_id(), "<r-1@acme.test>");
+    assert_eq!(email.template(), "orders/receipt");
+    assert!(email
+        .recipients()
+        .contains(&"archive@acme.test".to_string()));
+    assert!(email.envelope_from().is_some());
+    // Byte for byte, but for the two things each build makes anew.
+    let normalized = |raw: &[u8]| {
+        let mut text = raw_text(raw);
+        for (i, boundary) in text
+            .split("boundary=\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .enumerate()
+        {
+            text = text.replace(&boundary, &format!("BOUNDARY{i}"));
+        }
+        text.lines()
+            .filter(|l| !l.starts_with("Date:"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        normalized(email.raw()) == normalized(&eml),
+        "the transport got another message"
+    );
+    assert!(
+        !raw_text(email.raw()).contains("archive@acme.test"),
+        "Bcc stays out of the headers"
+    );
+    let debug = format!("{email:?}");
+    assert!(
+        !debug.contains("Subject") && !debug.contains("archive@"),
+        "{debug}"
+    );
+}
+
+#[tokio::test]
+async fn deferred_recipients_are_retried_alone_and_permanent_ones_reported() {
+    let transport = Scripted::default();
+    let deferred = |to: &str| missive::Rejected {
+        recipient: to.into(),
+        code: Some(451),
+        reply: "451 4.2.1 try later".into(),
+    };
+    // Popped from the end: the first attempt takes a and defers b and c, refusing
+    // nothing; the second takes b and refuses c for good.
+    transport.script.lock().unwrap().extend([
+        Ok(
+            missive::Delivery::new(vec!["b@x.test".into()], "250 ok").with_rejected(vec![
+                missive::Rejected {
+                    recipient: "c@x.test".into(),
+                    code: Some(550),
+                    reply: "550 5.1.1 no such user".into(),
+                },
+            ]),
+        ),
+        Ok(missive::Delivery::new(vec!["a@x.test".into()], "250 ok")
+            .with_deferred(vec![deferred("b@x.test"), deferred("c@x.test")])),
+    ]);
+    let mailer = scripted_mailer(&transport);
+    let data = mailer.example("welcome", 0).unwrap();
+    let receipt = mailer
+        .template("welcome")
+        .data(&data)
+        .to("a@x.test")
+        .to("b@x.test")
+        .to("c@x.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(receipt.attempts, 2);
+    assert_eq!(receipt.accepted, ["a@x.test", "b@x.test"]);
+    assert_eq!(receipt.rejected.len(), 1);
+    assert_eq!(receipt.rejected[0].code, Some(550));
+    let seen = transport.seen.lock().unwrap().clone();
+    assert_eq!(seen[1].recipients(), ["b@x.test", "c@x.test"]);
+    assert_eq!(seen[0].message_id(), seen[1].message_id());
+}
+
+#[tokio::test]
+async fn delivery_unknown_from_any_transport_is_not_resent_by_default() {
+    let transport = Scripted::default();
+    transport
+        .script
+        .lock()
+        .unwrap()
+        .push(Err(missive::Error::new(
+            ErrorKind::DeliveryUnknown,
+            "the API timed out after the upload",
+        )));
+    let mailer = scripted_mailer(&transport);
+    let data = mailer.example("welcome", 0).unwrap();
+    let err = mailer.send_template("welcome", &data).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DeliveryUnknown);
+    let seen = transport.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(err.message_id(), Some(seen[0].message_id()));
+}
+
+#[tokio::test]
+async fn the_in_memory_inbox_reads_queued_mail_back_from_its_mime() {
+    let (mailer, _) = repo_mailer();
+    let data = mailer.example("orders/receipt", 0).unwrap();
+    let rendered = mailer.render("orders/receipt", &data).unwrap();
+    let eml = mailer.template("orders/receipt").data(&data).eml().unwrap();
+    // What a queue hands back: only the envelope and the bytes.
+    let email = missive::Email::new("<q@acme.test>", None, &["ada@x.test"], eml).unwrap();
+    let inbox = missive::Inbox::default();
+    missive::Transport::send(&inbox, &email).await.unwrap();
+    let sent = inbox.last().unwrap();
+    assert!(sent.rendered().is_none());
+    assert_eq!(sent.subject(), rendered.subject());
+    assert_eq!(sent.html(), rendered.html());
+    assert_eq!(sent.text(), rendered.text());
 }

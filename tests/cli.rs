@@ -196,8 +196,7 @@ fn send_writes_to_the_outbox_by_default() {
         .stdout(predicate::str::contains(
             "to grace@x.test (written to outbox/",
         ));
-    let files: Vec<_> = std::fs::read_dir(f.path("outbox")).unwrap().collect();
-    assert_eq!(files.len(), 1);
+    assert_eq!(eml_files(&f.path("outbox")), 1);
 }
 
 #[test]
@@ -221,7 +220,7 @@ fn config_file_is_honoured() {
         .assert()
         .success()
         .stdout(predicate::str::contains("@acme.test>"));
-    assert_eq!(std::fs::read_dir(f.path("mail")).unwrap().count(), 1);
+    assert_eq!(eml_files(&f.path("mail")), 1);
     missive()
         .current_dir(f.dir.path())
         .env("MISSIVE_CONFIG", "conf/missive.yaml")
@@ -275,4 +274,74 @@ fn verbose_logs_go_to_stderr() {
         .success()
         .stderr(predicate::str::contains("template set loaded"))
         .stdout(predicate::str::contains("template set loaded").not());
+}
+
+/// Messages in an outbox folder (beside them, its `tmp/` area).
+fn eml_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension() == Some("eml".as_ref()))
+        .count()
+}
+
+#[test]
+fn an_outbox_killed_mid_write_keeps_only_whole_messages() {
+    // A large message, so that a good share of the kills land while it is written.
+    let f = Fixture::empty();
+    f.write(
+        "templates/big.html",
+        "---\nsubject: Big\nto: ada@x.test\n---\n<html><body>\
+         {% for i in range(100) %}{% for j in range(500) %}<p>line {{ i }}.{{ j }} of the report</p>\
+         {% endfor %}{% endfor %}</body></html>\n",
+    );
+    f.write("data.json", "{}");
+    let bin = assert_cmd::cargo::cargo_bin("missive");
+    let run = || {
+        std::process::Command::new(&bin)
+            .current_dir(f.dir.path())
+            .env_remove("MISSIVE_CONFIG")
+            .env_remove("RUST_LOG")
+            .args(["send", "big", "--data", "data.json"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let tmp = f.path("outbox/tmp");
+    let mut killed = 0;
+    for round in 0..30 {
+        let mut child = run();
+        // Half the kills at a random moment, half once the file is being written.
+        let deadline =
+            std::time::Instant::now() + std::time::Duration::from_millis(fastrand::u64(0..600));
+        while child.try_wait().unwrap().is_none() {
+            let writing =
+                round % 2 == 1 && std::fs::read_dir(&tmp).is_ok_and(|mut d| d.next().is_some());
+            if writing || std::time::Instant::now() >= deadline {
+                std::thread::sleep(std::time::Duration::from_micros(fastrand::u64(0..500)));
+                child.kill().unwrap(); // SIGKILL
+                killed += 1;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(50));
+        }
+        child.wait().unwrap();
+    }
+    assert!(killed >= 15, "only {killed} runs were killed");
+    assert!(run().wait().unwrap().success(), "a later send sweeps tmp/");
+    let outbox = f.path("outbox");
+    let left: Vec<_> = std::fs::read_dir(outbox.join("tmp")).unwrap().collect();
+    assert!(left.is_empty(), "partly written files left: {left:?}");
+    for entry in std::fs::read_dir(&outbox).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension() == Some("eml".as_ref()) {
+            let raw = std::fs::read_to_string(&path).unwrap();
+            assert!(raw.contains("Message-ID: <"), "{}", path.display());
+            assert!(
+                raw.trim_end().ends_with("--") && raw.contains("line 99.499 of the report"),
+                "{} is cut short",
+                path.display()
+            );
+        }
+    }
 }

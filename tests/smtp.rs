@@ -414,16 +414,17 @@ async fn every_attempt_is_a_span_with_template_message_id_attempt_and_outcome() 
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
+    // With a single dispatcher, tracing asks only the registering thread's default
+    // about a new callsite: another test's thread, which has none, would cache
+    // "never" for the spans. A second one makes it ask every dispatcher.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     let _guard = tracing::subscriber::set_default(subscriber);
     let server = FakeSmtp::start(Options::default()).await;
     server.fault(Stage::Mail, Action::Reply("451 4.3.0 try again".into()));
     let (mailer, _dir) = smtp_mailer(server.port, "").await;
     let receipt = send_welcome(&mailer, &["ada@example.test"]).await.unwrap();
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    let attempt_lines: Vec<&str> = logs
-        .lines()
-        .filter(|l| l.contains("smtp_attempt{"))
-        .collect();
+    let attempt_lines: Vec<&str> = logs.lines().filter(|l| l.contains("attempt{")).collect();
     assert_eq!(attempt_lines.len(), 2, "{logs}");
     for (line, (n, outcome)) in attempt_lines
         .iter()
@@ -447,7 +448,8 @@ async fn every_attempt_is_a_span_with_template_message_id_attempt_and_outcome() 
 async fn retries_stop_at_the_deadline() {
     let server = FakeSmtp::start(Options::default()).await;
     server.always(Stage::Mail, Action::Reply("451 4.3.0 try later".into()));
-    let retry = "  retry: { attempts: 10, initial_backoff_ms: 10, deadline_secs: 0 }\n";
+    // The first wait (1 to 2 s) would end after the deadline, so no second attempt.
+    let retry = "  retry: { attempts: 10, initial_backoff_ms: 2000, deadline_secs: 1 }\n";
     let dir = tempfile::tempdir().unwrap();
     let yaml = transport(server.port, "").replace(
         "  retry: { attempts: 3, initial_backoff_ms: 10, max_backoff_ms: 40, deadline_secs: 60 }\n",
@@ -462,4 +464,172 @@ async fn retries_stop_at_the_deadline() {
     assert_eq!(err.kind(), ErrorKind::Transient);
     assert!(err.to_string().contains("after 1 attempt"), "{err}");
     assert_eq!(server.mail_commands(), 1);
+}
+
+#[tokio::test]
+async fn a_reply_lost_after_the_final_dot_is_delivery_unknown_and_not_resent() {
+    for pipelining in [true, false] {
+        let server = FakeSmtp::start(with_pipelining(pipelining)).await;
+        server.always(Stage::EndOfData, Action::Drop);
+        let (mailer, _dir) = smtp_mailer(server.port, "").await;
+        let err = send_welcome(&mailer, &["ada@example.test"])
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::DeliveryUnknown, "{err}");
+        assert!(err.may_have_been_delivered());
+        assert!(!err.is_retryable());
+        assert!(err.to_string().contains("delivery unknown"), "{err}");
+        assert!(err.to_string().contains("after 1 attempt"), "{err}");
+        let id = err.message_id().expect("the error names the message");
+        assert!(id.starts_with('<') && id.ends_with("@acme.test>"), "{id}");
+        assert_eq!(server.mail_commands(), 1, "sent once, not four times");
+    }
+}
+
+#[tokio::test]
+async fn a_reply_that_never_comes_after_the_final_dot_is_delivery_unknown() {
+    let server = FakeSmtp::start(Options::default()).await;
+    server.fault(Stage::EndOfData, Action::Stall);
+    let (mailer, _dir) = smtp_mailer(server.port, "").await;
+    let err = send_welcome(&mailer, &["ada@example.test"])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DeliveryUnknown, "{err}");
+    assert_eq!(server.mail_commands(), 1);
+}
+
+#[tokio::test]
+async fn a_drop_mid_data_is_told_apart_from_a_lost_final_reply() {
+    let server = FakeSmtp::start(Options::default()).await;
+    server.always(Stage::MidData, Action::Drop);
+    let (mailer, _dir) = smtp_mailer(server.port, "").await;
+    let err = send_welcome(&mailer, &["ada@example.test"])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Transient, "{err}");
+    assert!(!err.to_string().contains("unknown"), "{err}");
+    assert_eq!(server.mail_commands(), 3, "retried up to the attempts");
+}
+
+#[tokio::test]
+async fn retry_unknown_resends_with_the_same_message_id() {
+    let server = FakeSmtp::start(Options::default()).await;
+    server.fault(Stage::EndOfData, Action::Drop);
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = transport(server.port, "").replace(
+        "deadline_secs: 60 }",
+        "deadline_secs: 60, retry_unknown: true }",
+    );
+    let mailer = Mailer::from_config(support::config_file(dir.path(), &yaml))
+        .await
+        .unwrap();
+    let receipt = send_welcome(&mailer, &["ada@example.test"]).await.unwrap();
+    assert_eq!(receipt.attempts, 2);
+    let received = server.received();
+    assert_eq!(received.len(), 1);
+    assert!(
+        received[0]
+            .data
+            .contains(&format!("Message-ID: {}", receipt.message_id)),
+        "the resend carries the first attempt's Message-ID"
+    );
+}
+
+#[tokio::test]
+async fn the_final_dot_gets_its_own_long_wait() {
+    // A server that takes 2 s to scan the message: `mail` (1 s) would give up on it,
+    // `final_dot` (5 s) does not.
+    let server = FakeSmtp::start(Options::default()).await;
+    server.fault(
+        Stage::EndOfData,
+        Action::Delay(std::time::Duration::from_secs(2)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "  type: smtp\n  host: 127.0.0.1\n  port: {}\n  tls: none\n  \
+         timeouts: {{ mail: 1, data: 1, final_dot: 5 }}\n  \
+         retry: {{ attempts: 3, initial_backoff_ms: 10, max_backoff_ms: 40 }}\n",
+        server.port
+    );
+    let mailer = Mailer::from_config(support::config_file(dir.path(), &yaml))
+        .await
+        .unwrap();
+    let receipt = send_welcome(&mailer, &["ada@example.test"]).await.unwrap();
+    assert_eq!(receipt.attempts, 1);
+    assert_eq!(server.received().len(), 1);
+}
+
+#[tokio::test]
+async fn the_deadline_bounds_the_wait_for_the_final_reply() {
+    let server = FakeSmtp::start(Options::default()).await;
+    server.fault(Stage::EndOfData, Action::Stall);
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "  type: smtp\n  host: 127.0.0.1\n  port: {}\n  tls: none\n  \
+         retry: {{ attempts: 3, deadline_secs: 1 }}\n",
+        server.port
+    );
+    let mailer = Mailer::from_config(support::config_file(dir.path(), &yaml))
+        .await
+        .unwrap();
+    let err = send_welcome(&mailer, &["ada@example.test"])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DeliveryUnknown, "{err}");
+}
+
+#[tokio::test]
+async fn a_chosen_message_id_is_sent_and_a_bad_one_refused() {
+    let server = FakeSmtp::start(Options::default()).await;
+    let (mailer, _dir) = smtp_mailer(server.port, "").await;
+    let data = mailer.example("welcome", 0).unwrap();
+    let receipt = mailer
+        .template("welcome")
+        .data(&data)
+        .message_id("order-17.confirmation@acme.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(receipt.message_id, "<order-17.confirmation@acme.test>");
+    assert!(server.received()[0]
+        .data
+        .contains("Message-ID: <order-17.confirmation@acme.test>"));
+    for bad in [
+        "no-at-sign",
+        "<a@b",
+        "two@@ats.test",
+        "sp ace@acme.test",
+        "<x@y>\r\nBcc: z@z",
+    ] {
+        let err = mailer
+            .template("welcome")
+            .data(&data)
+            .message_id(bad)
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Address, "{bad:?}: {err}");
+    }
+    assert_eq!(server.received().len(), 1, "nothing sent for a bad ID");
+}
+
+#[tokio::test]
+async fn an_idempotency_key_gives_the_same_message_id_every_time() {
+    let server = FakeSmtp::start(Options::default()).await;
+    let (mailer, _dir) = smtp_mailer(server.port, "").await;
+    let (other, _other_dir) = smtp_mailer(server.port, "").await;
+    let data = mailer.example("welcome", 0).unwrap();
+    let send = |m: &Mailer, key: &str| {
+        m.template("welcome")
+            .data(&data)
+            .idempotency_key(key)
+            .send()
+    };
+    let first = send(&mailer, "signup-42").await.unwrap();
+    let again = send(&other, "signup-42").await.unwrap();
+    let different = send(&mailer, "signup-43").await.unwrap();
+    assert_eq!(first.message_id, again.message_id);
+    assert_ne!(first.message_id, different.message_id);
+    assert!(first.message_id.ends_with("@acme.test>"));
+    assert!(!first.message_id.contains("signup"), "the key is not shown");
 }

@@ -73,6 +73,8 @@ pub enum Action {
     Drop,
     /// Say nothing, keep the connection open.
     Stall,
+    /// Wait this long, then answer as usual.
+    Delay(Duration),
 }
 
 /// How the server refuses an OAuth2 token.
@@ -301,6 +303,10 @@ impl Conn {
             Some(Action::Stall) => {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 Ok(Some(Flow::Close))
+            }
+            Some(Action::Delay(wait)) => {
+                tokio::time::sleep(wait).await;
+                Ok(None)
             }
         }
     }

@@ -2,11 +2,18 @@
 //! transactions, pipelined (RFC 2920) where the server offers it.
 
 use std::fmt;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use lettre::address::Address;
-use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+// lettre marks `AsyncNetworkStream` deprecated for outside use, but it is the one way
+// to run lettre's TLS over a socket of our own (see `TokioIo`) in lettre 0.11.
+#[allow(deprecated)]
+use lettre::transport::smtp::client::AsyncNetworkStream;
+use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
 use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use lettre::transport::smtp::response::Response;
@@ -48,6 +55,9 @@ pub(crate) enum Failure {
     },
     /// No usable answer: refused, reset, closed, timed out.
     Connection { stage: Stage, detail: String },
+    /// The whole message and its final "." were written, and then no reply came: the
+    /// server may have accepted it.
+    Unknown { detail: String },
     /// Nothing a retry can fix (configuration, credentials, refused token).
     Fatal(Error),
 }
@@ -94,7 +104,7 @@ impl Failure {
             Failure::Reply { stage, code, .. } => {
                 *stage == Stage::Mail && matches!(code, 421 | 530)
             }
-            Failure::Fatal(_) => false,
+            Failure::Unknown { .. } | Failure::Fatal(_) => false,
         }
     }
 }
@@ -146,6 +156,9 @@ impl fmt::Display for Line<'_> {
 /// keeps.
 pub(crate) struct Session {
     smtp: AsyncSmtpConnection,
+    /// What the socket under the connection last did, to tell a reply lost after the
+    /// final "." from a write that never finished.
+    progress: Arc<Progress>,
     /// MAIL, RCPT and DATA go in one write and their replies are read after: one round
     /// trip instead of two plus one per recipient.
     pipelining: bool,
@@ -164,38 +177,207 @@ pub(crate) struct Endpoint {
     pub tls: TlsMode,
     pub tls_parameters: Option<TlsParameters>,
     pub hello: ClientId,
-    pub timeout: Duration,
+    pub timeouts: StageTimeouts,
+}
+
+/// [`Timeouts`](super::settings::Timeouts) as durations, each capped by `timeout_secs`.
+#[derive(Debug, Clone)]
+pub(crate) struct StageTimeouts {
+    pub connect: Duration,
+    pub greeting: Duration,
+    pub mail: Duration,
+    pub data: Duration,
+    pub block: Duration,
+    pub final_dot: Duration,
+}
+
+impl StageTimeouts {
+    pub fn new(t: &super::settings::Timeouts, cap: Option<u64>) -> StageTimeouts {
+        let secs = |s: u64| Duration::from_secs(cap.map_or(s, |c| s.min(c)).max(1));
+        StageTimeouts {
+            connect: secs(t.connect),
+            greeting: secs(t.greeting),
+            mail: secs(t.mail),
+            data: secs(t.data),
+            block: secs(t.block),
+            final_dot: secs(t.final_dot),
+        }
+    }
+
+    fn of(&self, stage: Stage) -> Duration {
+        match stage {
+            Stage::Connect | Stage::Auth => self.greeting,
+            Stage::Mail | Stage::Rcpt => self.mail,
+            Stage::Data => self.data,
+        }
+    }
+}
+
+/// Never past the deadline of the send in progress, if it has one.
+fn within_deadline(wait: Duration) -> Duration {
+    match crate::transport::retry::deadline() {
+        Some(deadline) => wait.min(deadline.saturating_duration_since(Instant::now())),
+        None => wait,
+    }
+}
+
+/// When the socket last wrote, and since when it has been reading (after the last
+/// write): set by [`Tracked`], read by [`Endpoint::finish_data`].
+#[derive(Debug)]
+pub(crate) struct Progress {
+    state: Mutex<(Instant, Option<Instant>)>,
+}
+
+impl Progress {
+    fn new() -> Arc<Progress> {
+        Arc::new(Progress {
+            state: Mutex::new((Instant::now(), None)),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Instant, Option<Instant>)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `Some(since)` once everything written so far has been handed to the kernel and
+    /// the connection waits for an answer.
+    fn reading_since(&self) -> Option<Instant> {
+        self.lock().1
+    }
+
+    fn last_write(&self) -> Instant {
+        self.lock().0
+    }
+}
+
+/// A TCP stream that records its reads and writes in a [`Progress`].
+#[derive(Debug)]
+struct Tracked {
+    tcp: tokio::net::TcpStream,
+    progress: Arc<Progress>,
+}
+
+impl tokio::io::AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        {
+            let mut state = self.progress.lock();
+            if state.1.is_none() {
+                state.1 = Some(Instant::now());
+            }
+        }
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.tcp).poll_write(cx, buf);
+        let mut state = self.progress.lock();
+        state.1 = None;
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            state.0 = Instant::now();
+        }
+        result
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+impl AsyncTokioStream for Tracked {
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.tcp.peer_addr()
+    }
+}
+
+/// lettre's TLS stream (futures-io) seen as a tokio stream, so that implicit TLS runs
+/// over a [`Tracked`] socket too.
+#[derive(Debug)]
+#[allow(deprecated)]
+struct TokioIo(AsyncNetworkStream);
+
+impl tokio::io::AsyncRead for TokioIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let unfilled = buf.initialize_unfilled();
+        match futures_io::AsyncRead::poll_read(Pin::new(&mut self.0), cx, unfilled) {
+            Poll::Ready(Ok(n)) => {
+                buf.advance(n);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for TokioIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        futures_io::AsyncWrite::poll_write(Pin::new(&mut self.0), cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        futures_io::AsyncWrite::poll_flush(Pin::new(&mut self.0), cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        futures_io::AsyncWrite::poll_close(Pin::new(&mut self.0), cx)
+    }
+}
+
+impl AsyncTokioStream for TokioIo {
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.0.peer_addr()
+    }
 }
 
 impl Endpoint {
     pub async fn connect(&self) -> Result<Session, Failure> {
-        let implicit = match self.tls {
-            TlsMode::Implicit => self.tls_parameters.clone(),
-            _ => None,
+        let progress = Progress::new();
+        let tcp = Tracked {
+            tcp: self.tcp().await?,
+            progress: progress.clone(),
         };
-        let mut conn = match implicit {
-            Some(parameters) => {
-                self.step(
+        let stream: Box<dyn AsyncTokioStream> = match (self.tls, &self.tls_parameters) {
+            (TlsMode::Implicit, Some(parameters)) => {
+                #[allow(deprecated)] // lettre's own way to put TLS over a given stream
+                let mut tls = AsyncNetworkStream::use_existing_tokio1(Box::new(tcp));
+                self.within(
                     Stage::Connect,
-                    AsyncSmtpConnection::connect_tokio1(
-                        (self.host.as_str(), self.port),
-                        Some(self.timeout),
-                        &self.hello,
-                        Some(parameters),
-                        None,
-                    ),
+                    self.timeouts.connect,
+                    tls.upgrade_tls(parameters.clone()),
                 )
-                .await?
+                .await?;
+                Box::new(TokioIo(tls))
             }
-            None => {
-                let tcp = self.tcp().await?;
-                self.step(
-                    Stage::Connect,
-                    AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &self.hello),
-                )
-                .await?
-            }
+            _ => Box::new(tcp),
         };
+        let mut conn = self
+            .step(
+                Stage::Connect,
+                AsyncSmtpConnection::connect_with_transport(stream, &self.hello),
+            )
+            .await?;
         if self.tls == TlsMode::Starttls {
             let Some(parameters) = self.tls_parameters.clone() else {
                 return Err(Failure::Fatal(Error::new(
@@ -232,6 +414,7 @@ impl Endpoint {
         };
         Ok(Session {
             smtp: conn,
+            progress,
             pipelining,
         })
     }
@@ -245,12 +428,13 @@ impl Endpoint {
             stage: Stage::Connect,
             detail,
         };
+        let wait = within_deadline(self.timeouts.connect);
         let tcp = tokio::time::timeout(
-            self.timeout,
+            wait,
             tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
         )
         .await
-        .map_err(|_| failed(format!("no answer within {}s", self.timeout.as_secs())))?
+        .map_err(|_| failed(format!("no answer within {}s", wait.as_secs())))?
         .map_err(|e| {
             failed(format!(
                 "cannot connect to {}:{}: {e}",
@@ -269,22 +453,88 @@ impl Endpoint {
     }
 
     async fn abandon(&self, mut conn: AsyncSmtpConnection) {
-        let wait = self.timeout.min(Duration::from_millis(500));
+        let wait = Duration::from_millis(500);
         let _ = tokio::time::timeout(wait, conn.abort()).await;
     }
 
-    /// Runs one protocol step under the configured timeout.
+    /// Runs one protocol step under its stage's timeout.
     pub async fn step<T>(
         &self,
         stage: Stage,
         future: impl std::future::Future<Output = Result<T, lettre::transport::smtp::Error>>,
     ) -> Result<T, Failure> {
-        match tokio::time::timeout(self.timeout, future).await {
+        self.within(stage, self.timeouts.of(stage), future).await
+    }
+
+    async fn within<T>(
+        &self,
+        stage: Stage,
+        wait: Duration,
+        future: impl std::future::Future<Output = Result<T, lettre::transport::smtp::Error>>,
+    ) -> Result<T, Failure> {
+        let wait = within_deadline(wait);
+        match tokio::time::timeout(wait, future).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(Failure::from_smtp(stage, e)),
             Err(_) => Err(Failure::Connection {
                 stage,
-                detail: format!("no answer within {}s", self.timeout.as_secs()),
+                detail: format!("no answer within {}s", wait.as_secs()),
+            }),
+        }
+    }
+
+    /// Writes the message with its final "." and waits for the verdict: up to
+    /// `block` for each write to make progress, then up to `final_dot` for the
+    /// reply. Once everything was written, a lost reply leaves the outcome unknown;
+    /// a reset is not (the server closed with part of the message unread, so it
+    /// never saw the final ".").
+    async fn finish_data(
+        &self,
+        progress: &Progress,
+        future: impl std::future::Future<Output = Result<Response, lettre::transport::smtp::Error>>,
+    ) -> Result<Response, Failure> {
+        let mut future = std::pin::pin!(future);
+        let started = Instant::now();
+        let result = loop {
+            let due = match progress.reading_since() {
+                Some(since) => since.max(started) + self.timeouts.final_dot,
+                None => progress.last_write().max(started) + self.timeouts.block,
+            };
+            let due = crate::transport::retry::deadline().map_or(due, |d| due.min(d));
+            tokio::select! {
+                result = &mut future => break Some(result),
+                () = tokio::time::sleep_until(due.into()) => {
+                    // Progress since may have moved the due time; if not, time is up.
+                    let now_due = match progress.reading_since() {
+                        Some(since) => since.max(started) + self.timeouts.final_dot,
+                        None => progress.last_write().max(started) + self.timeouts.block,
+                    };
+                    if now_due <= Instant::now()
+                        || crate::transport::retry::deadline().is_some_and(|d| d <= Instant::now())
+                    {
+                        break None;
+                    }
+                }
+            }
+        };
+        let written = progress.reading_since().is_some();
+        match result {
+            Some(Ok(response)) => Ok(response),
+            Some(Err(e)) if e.status().is_some() || !written || was_reset(&e) => {
+                Err(Failure::from_smtp(Stage::Data, e))
+            }
+            Some(Err(e)) => Err(Failure::Unknown {
+                detail: format!("the connection ended before the reply: {e}"),
+            }),
+            None if written => Err(Failure::Unknown {
+                detail: format!(
+                    "no reply within {}s",
+                    Instant::now().duration_since(started).as_secs()
+                ),
+            }),
+            None => Err(Failure::Connection {
+                stage: Stage::Data,
+                detail: "the server stopped taking the message".into(),
             }),
         }
     }
@@ -420,6 +670,7 @@ impl Endpoint {
         recipients: &[Address],
         raw: &[u8],
     ) -> Result<Transaction, Failure> {
+        let progress = session.progress.clone();
         let conn = &mut session.smtp;
         let mut parameters = Vec::new();
         let non_ascii_address = from
@@ -486,10 +737,10 @@ impl Endpoint {
         let response: Response = match std::str::from_utf8(raw) {
             Ok(text) => {
                 let payload = data_payload(text);
-                self.step(Stage::Data, conn.command(Payload(&payload)))
+                self.finish_data(&progress, conn.command(Payload(&payload)))
                     .await?
             }
-            Err(_) => self.step(Stage::Data, conn.message(raw)).await?,
+            Err(_) => self.finish_data(&progress, conn.message(raw)).await?,
         };
         outcome.reply = format!(
             "{} {}",
@@ -498,6 +749,19 @@ impl Endpoint {
         );
         Ok(outcome)
     }
+}
+
+/// Whether the connection was reset by the peer, as a server's kernel does when it
+/// closes with data still unread.
+fn was_reset(e: &lettre::transport::smtp::Error) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = current {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::ConnectionReset;
+        }
+        current = err.source();
+    }
+    false
 }
 
 /// Whether an EHLO reply lists PIPELINING (RFC 2920).

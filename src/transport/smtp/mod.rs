@@ -1,11 +1,10 @@
 //! Delivery over SMTP: a bounded connection pool, OAuth2 or password authentication,
-//! and the retry policy (4xx, network failures and timeouts retried with backoff and
-//! jitter; 5xx never).
+//! one mail transaction per attempt with the outcome of each recipient.
 
 mod conn;
 mod settings;
 
-pub use settings::{AuthConfig, Mechanism, PoolConfig, RetryConfig, SmtpConfig, TlsMode};
+pub use settings::{AuthConfig, Mechanism, PoolConfig, SmtpConfig, Timeouts, TlsMode};
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,9 +18,8 @@ use tracing::Instrument;
 
 use crate::auth::{self, TokenCache};
 use crate::error::{Error, ErrorKind, Result};
-use crate::message::Outgoing;
-use crate::transport::{Delivery, Rejected};
-use conn::{Endpoint, Failure, Refusal, Session};
+use crate::transport::{async_trait, Delivery, Email, Rejected, Transport};
+use conn::{Endpoint, Failure, Refusal, Session, StageTimeouts};
 
 /// The SMTP transport of a mailer. Clones share the pool and the token cache.
 #[derive(Clone)]
@@ -41,7 +39,6 @@ impl std::fmt::Debug for Smtp {
 struct Inner {
     endpoint: Endpoint,
     login: SmtpLogin,
-    retry: RetryConfig,
     max_connections: usize,
     /// One permit per connection in use: lettre's own pool only caps idle connections.
     permits: Semaphore,
@@ -106,10 +103,9 @@ impl Smtp {
                     tls: config.tls,
                     tls_parameters,
                     hello,
-                    timeout: Duration::from_secs(config.timeout_secs.max(1)),
+                    timeouts: StageTimeouts::new(&config.timeouts, config.timeout_secs),
                 },
                 login,
-                retry: config.retry.clone(),
                 max_connections: config.pool.max_connections,
                 permits: Semaphore::new(config.pool.max_connections),
                 idle: Mutex::new(Vec::new()),
@@ -118,131 +114,28 @@ impl Smtp {
         })
     }
 
-    pub fn max_connections(&self) -> usize {
-        self.inner.max_connections
-    }
-
-    /// Delivers `message`, retrying transient failures within the retry policy.
-    pub async fn send(&self, message: &Outgoing) -> Result<Delivery> {
-        let retry = &self.inner.retry;
-        let started = Instant::now();
-        let deadline = started + Duration::from_secs(retry.deadline_secs);
-        let mut pending: Vec<Address> = message.envelope.to().to_vec();
-        let mut accepted: Vec<String> = Vec::new();
-        let mut rejected: Vec<Rejected> = Vec::new();
-        let mut reply = String::new();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let mut final_failure = false;
-            let span = tracing::info_span!(
-                "smtp_attempt",
-                template = %message.rendered.template,
-                message_id = %message.message_id,
-                attempt,
-                server = %self.inner.endpoint.host,
-                outcome = tracing::field::Empty,
-            );
-            // Boxed, as the attempt's future (connection, TLS, AUTH, transaction) is
-            // kilobytes: inline, every send's future is that large and is copied
-            // whole when spawned and moved.
-            let result = Box::pin(
-                self.attempt(message.envelope.from(), &pending, &message.raw)
-                    .instrument(span.clone()),
-            )
-            .await;
-            let error = match result {
-                Ok(tx) => {
-                    accepted.extend(tx.accepted.iter().map(ToString::to_string));
-                    if !tx.reply.is_empty() {
-                        reply = tx.reply;
-                    }
-                    let (transient, permanent): (Vec<Refusal>, Vec<Refusal>) =
-                        tx.refused.into_iter().partition(|r| r.code < 500);
-                    rejected.extend(permanent.iter().map(rejection));
-                    pending = transient.iter().map(|r| r.recipient.clone()).collect();
-                    match transient.first() {
-                        None => {
-                            finish(&span, "delivered", None);
-                            break;
-                        }
-                        Some(first) => {
-                            let error = Error::new(
-                                ErrorKind::Transient,
-                                format!(
-                                    "{} deferred {} recipient(s), first {}: {} {}",
-                                    self.inner.endpoint.host,
-                                    transient.len(),
-                                    first.recipient,
-                                    first.code,
-                                    first.text
-                                ),
-                            )
-                            .with_smtp_code(first.code);
-                            finish(&span, "deferred", Some(&error));
-                            if attempt >= retry.attempts {
-                                rejected.extend(transient.iter().map(rejection));
-                                pending.clear();
-                            }
-                            error
-                        }
-                    }
-                }
-                Err(failure) => {
-                    // Token endpoint failures were retried by the token source already.
-                    if matches!(failure, Failure::Fatal(_)) {
-                        final_failure = true;
-                    }
-                    let error = self.failure_error(failure);
-                    let outcome = match error.kind() {
-                        ErrorKind::Transient => "transient",
-                        ErrorKind::Permanent => "permanent",
-                        ErrorKind::Auth => "auth",
-                        _ => "failed",
-                    };
-                    finish(&span, outcome, Some(&error));
-                    error
-                }
-            };
-            let backoff = retry.backoff(attempt);
-            let out_of_time = Instant::now() + backoff > deadline;
-            if pending.is_empty()
-                || final_failure
-                || !error.is_retryable()
-                || attempt >= retry.attempts
-                || out_of_time
-            {
-                if accepted.is_empty() {
-                    return Err(final_error(error, &rejected, attempt));
-                }
-                // Some got it: the rest are reported with the receipt, not as an error.
-                rejected.extend(pending.drain(..).map(|recipient| Rejected {
-                    recipient: recipient.to_string(),
-                    code: error.smtp_code(),
-                    reply: error.message().to_string(),
-                }));
-                break;
-            }
-            tracing::info!(
-                attempt,
-                backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
-                "retrying"
-            );
-            tokio::time::sleep(backoff).await;
-        }
-        if accepted.is_empty() {
-            return Err(final_error(
-                Error::new(ErrorKind::Permanent, "no recipient was accepted"),
-                &rejected,
-                attempt,
-            ));
-        }
-        Ok(Delivery {
-            accepted,
-            rejected,
-            reply,
-            attempts: attempt,
-        })
+    /// One delivery attempt. A pooled connection found closed is replaced without
+    /// counting as an attempt.
+    async fn deliver(&self, email: &Email) -> Result<Delivery> {
+        let span = tracing::debug_span!("smtp", server = %self.inner.endpoint.host);
+        // Boxed, as the attempt's future (connection, TLS, AUTH, transaction) is
+        // kilobytes: inline, every send's future is that large and is copied whole
+        // when spawned and moved.
+        let tx = Box::pin(
+            self.attempt(email.envelope().from(), email.envelope().to(), email.raw())
+                .instrument(span),
+        )
+        .await
+        .map_err(|failure| self.failure_error(failure))?;
+        let (deferred, rejected): (Vec<Refusal>, Vec<Refusal>) =
+            tx.refused.into_iter().partition(|r| r.code < 500);
+        Ok(Delivery::new(
+            tx.accepted.iter().map(ToString::to_string).collect(),
+            tx.reply,
+        )
+        .with_rejected(rejected.iter().map(rejection).collect())
+        .with_deferred(deferred.iter().map(rejection).collect())
+        .via("smtp"))
     }
 
     fn failure_error(&self, failure: Failure) -> Error {
@@ -261,7 +154,15 @@ impl Smtp {
                 ErrorKind::Transient,
                 format!("connection to {host} failed at {stage}: {detail}"),
             ),
-            Failure::Fatal(error) => error,
+            Failure::Unknown { detail } => Error::new(
+                ErrorKind::DeliveryUnknown,
+                format!(
+                    "delivery unknown: {host} took the whole message, then {detail}; it may \
+                     have been delivered"
+                ),
+            ),
+            // Token endpoint failures were retried by the token source already.
+            Failure::Fatal(error) => error.retried(),
         }
     }
 
@@ -423,13 +324,18 @@ async fn sign_in(
     }
 }
 
-/// Records how an attempt ended on its span, and says so inside it.
-fn finish(span: &tracing::Span, outcome: &'static str, error: Option<&Error>) {
-    span.record("outcome", outcome);
-    let _entered = span.enter();
-    match error {
-        None => tracing::debug!("attempt {outcome}"),
-        Some(error) => tracing::warn!(error = %error, "attempt {outcome}"),
+#[async_trait]
+impl Transport for Smtp {
+    async fn send(&self, email: &Email) -> Result<Delivery> {
+        self.deliver(email).await
+    }
+
+    fn name(&self) -> &str {
+        "smtp"
+    }
+
+    fn parallelism(&self) -> usize {
+        self.inner.max_connections
     }
 }
 
@@ -439,31 +345,6 @@ fn rejection(refusal: &Refusal) -> Rejected {
         code: Some(refusal.code),
         reply: format!("{} {}", refusal.code, refusal.text),
     }
-}
-
-/// The error of a send that reached nobody.
-fn final_error(error: Error, rejected: &[Rejected], attempts: u32) -> Error {
-    let error = match rejected.first() {
-        Some(first) if rejected.iter().all(|r| r.code.is_some_and(|c| c >= 500)) => {
-            let list: Vec<String> = rejected
-                .iter()
-                .map(|r| format!("{}: {}", r.recipient, r.reply))
-                .collect();
-            let error = Error::new(
-                ErrorKind::Permanent,
-                format!("every recipient was refused: {}", list.join("; ")),
-            );
-            match first.code {
-                Some(code) => error.with_smtp_code(code),
-                None => error,
-            }
-        }
-        _ => error,
-    };
-    error.note(format!(
-        "after {attempts} attempt{}",
-        if attempts == 1 { "" } else { "s" }
-    ))
 }
 
 fn tls_parameters(config: &SmtpConfig) -> Result<TlsParameters> {

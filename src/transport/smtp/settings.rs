@@ -1,11 +1,11 @@
 //! The `transport: {type: smtp}` section of `missive.yaml`.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::auth::OAuthConfig;
+use crate::transport::RetryConfig;
 
 /// An SMTP submission server and how to talk to it. Secrets are never here: a password
 /// is named by `auth.password_env`, OAuth2 credentials come from the environment or the
@@ -35,19 +35,20 @@ pub struct SmtpConfig {
     /// Connection pool.
     #[serde(default)]
     pub pool: PoolConfig,
-    /// Seconds to wait for the server at any step before the attempt counts as failed.
-    #[serde(default = "default_timeout")]
-    pub timeout_secs: u64,
-    /// Retries of transient failures.
+    /// How long to wait for the server at each stage.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// When set, no wait for the server at any stage lasts longer than this many
+    /// seconds, whatever `timeouts` says.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    /// Retries of transient failures, for direct sends (the queue has its own
+    /// schedule).
     #[serde(default)]
     pub retry: RetryConfig,
     /// How to authenticate.
     #[serde(default)]
     pub auth: AuthConfig,
-}
-
-fn default_timeout() -> u64 {
-    30
 }
 
 impl SmtpConfig {
@@ -74,7 +75,8 @@ impl SmtpConfig {
             ca_file: None,
             hello_name: None,
             pool: PoolConfig::default(),
-            timeout_secs: default_timeout(),
+            timeouts: Timeouts::default(),
+            timeout_secs: None,
             retry: RetryConfig::default(),
             auth: AuthConfig::default(),
         }
@@ -114,41 +116,38 @@ impl Default for PoolConfig {
     }
 }
 
-/// Retry policy for transient failures (4xx replies, network errors, timeouts).
+/// How long to wait for the server at each stage, in seconds. The defaults are
+/// RFC 5321 4.5.3.2's: a server may take its time, above all to answer the final "."
+/// (it may be scanning the message), and giving up early there sends the message
+/// twice.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RetryConfig {
-    /// Attempts in all, the first included.
-    pub attempts: u32,
-    /// Wait before the second attempt; doubled after each failure, with jitter.
-    pub initial_backoff_ms: u64,
-    /// Upper bound of one wait.
-    pub max_backoff_ms: u64,
-    /// No attempt starts after this many seconds from the first.
-    pub deadline_secs: u64,
+pub struct Timeouts {
+    /// Opening the TCP connection and the TLS handshake (not in the RFC).
+    pub connect: u64,
+    /// The greeting, EHLO, STARTTLS and AUTH.
+    pub greeting: u64,
+    /// The replies to `MAIL FROM`, `RCPT TO` and `RSET`.
+    pub mail: u64,
+    /// The reply to `DATA`.
+    pub data: u64,
+    /// Each write of the message while the server is taking it.
+    pub block: u64,
+    /// The reply to the final "."; a connection lost while waiting for it leaves the
+    /// delivery unknown.
+    pub final_dot: u64,
 }
 
-impl Default for RetryConfig {
-    fn default() -> RetryConfig {
-        RetryConfig {
-            attempts: 4,
-            initial_backoff_ms: 500,
-            max_backoff_ms: 30_000,
-            deadline_secs: 120,
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            connect: 30,
+            greeting: 300,
+            mail: 300,
+            data: 120,
+            block: 180,
+            final_dot: 600,
         }
-    }
-}
-
-impl RetryConfig {
-    /// The wait after failed attempt `attempt` (from 1): exponential, capped, with
-    /// "equal jitter" so that many senders failing together do not retry in lockstep.
-    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .initial_backoff_ms
-            .saturating_mul(1u64 << attempt.saturating_sub(1).min(32));
-        let capped = exp.min(self.max_backoff_ms);
-        let half = capped / 2;
-        Duration::from_millis(half + fastrand::u64(0..=half))
     }
 }
 
@@ -228,22 +227,5 @@ mod tests {
         assert_eq!(oauth.grant, Some(Grant::RefreshToken));
         assert_eq!(oauth.client_auth, ClientAuth::Header);
         assert_eq!(oauth.renew_before_secs, 120);
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let retry = RetryConfig {
-            attempts: 10,
-            initial_backoff_ms: 100,
-            max_backoff_ms: 1_000,
-            deadline_secs: 60,
-        };
-        for _ in 0..50 {
-            let first = retry.backoff(1);
-            assert!((50..=100).contains(&first.as_millis()), "{first:?}");
-            let third = retry.backoff(3);
-            assert!((200..=400).contains(&third.as_millis()), "{third:?}");
-            assert!(retry.backoff(30) <= Duration::from_millis(1_000));
-        }
     }
 }
