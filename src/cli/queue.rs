@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Subcommand;
-use missive::{Config, Error, ErrorKind, Filter, Queue, Result, State};
+use missive::{Config, Error, ErrorKind, Filter, Mailer, Queue, Result, State};
+
+use super::DataArgs;
 
 #[derive(Debug, Subcommand)]
 pub enum QueueCommand {
@@ -58,6 +60,61 @@ pub enum QueueCommand {
 
 fn parse_age(text: &str) -> std::result::Result<Duration, String> {
     missive::parse_duration(text).map_err(|e| e.message().to_string())
+}
+
+/// `missive send NAME --queue`: renders now, stores durably, prints `queued ID <Message-ID>`.
+pub async fn enqueue(
+    config: Config,
+    name: &str,
+    input: &DataArgs,
+    to: &[String],
+    key: Option<String>,
+) -> Result<ExitCode> {
+    open(&config)?;
+    let mailer = Mailer::builder().config(config).build()?;
+    let mut message = super::message(&mailer, name, input)?;
+    for address in to {
+        message = message.to(address);
+    }
+    if let Some(key) = key {
+        message = message.idempotency_key(key);
+    }
+    let queued = message.enqueue().await?;
+    let note = if queued.duplicate {
+        " (already queued with this idempotency key; nothing new queued)"
+    } else {
+        ""
+    };
+    println!("queued {} {}{note}", queued.id, queued.message_id);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `missive worker`: delivers until Ctrl-C or SIGTERM, then finishes what is in
+/// flight and exits 0.
+pub async fn worker(config: Config) -> Result<ExitCode> {
+    open(&config)?;
+    let mailer = Mailer::builder().config(config).build()?;
+    let queue = mailer.queue().map(|q| q.config().clone());
+    if let Some(q) = &queue {
+        eprintln!(
+            "missive worker: {} worker{} delivering from {} (Ctrl-C or SIGTERM stops)",
+            q.workers,
+            if q.workers == 1 { "" } else { "s" },
+            Queue::describe_url(&q.url)
+        );
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::new(ErrorKind::Io, format!("cannot watch for SIGTERM: {e}")))?;
+    mailer
+        .run_queue(async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        })
+        .await?;
+    eprintln!("missive worker: stopped; every attempt in flight was recorded");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The queue the config names, or an error saying how to name one.
@@ -140,8 +197,8 @@ pub async fn run(config: &Config, command: QueueCommand) -> Result<ExitCode> {
             println!("expires:      {}", d.expires_at);
             println!("size:         {} bytes", d.size);
             println!(
-                "envelope from: {}",
-                d.envelope_from.as_deref().unwrap_or("(the From header)")
+                "envelope from: <{}>",
+                d.envelope_from.as_deref().unwrap_or_default()
             );
             println!("recipients:");
             for r in &d.recipients {

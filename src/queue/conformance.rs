@@ -98,13 +98,6 @@ pub async fn claims_lease_and_an_expired_lease_passes_to_another_worker(store: A
     let shown = store.show(taken[0].id).await.unwrap().unwrap();
     assert_eq!(shown.summary.state, State::Sent);
     assert_eq!(shown.headers[1], ("Subject".into(), "hi".into()));
-    // Released messages come back unattempted.
-    store.release("b", &[b[0].id]).await.unwrap();
-    let shown = store.show(b[0].id).await.unwrap().unwrap();
-    assert_eq!(
-        (shown.summary.state, shown.summary.attempts),
-        (State::Queued, 0)
-    );
 }
 
 pub async fn claims_mix_new_and_due_retries(store: Arc<dyn Store>) {

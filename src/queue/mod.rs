@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::transport::{Email, Transport};
 pub use schedule::parse_duration;
 pub(crate) use schedule::Backoff;
 pub(crate) use store::{NewMessage, Store};
@@ -536,6 +537,15 @@ impl Op {
         }
     }
 
+    fn done(self) -> &'static str {
+        match self {
+            Op::Retry => "retried",
+            Op::Hold => "held",
+            Op::Release => "released",
+            Op::Cancel => "cancelled",
+        }
+    }
+
     /// The states the operation applies to.
     pub fn from_states(self) -> &'static [State] {
         match self {
@@ -616,6 +626,11 @@ impl Queue {
         })
     }
 
+    /// `url` as it may be shown: any password replaced by `***`.
+    pub fn describe_url(url: &str) -> String {
+        redact_url(url)
+    }
+
     /// Its configuration.
     pub fn config(&self) -> &QueueConfig {
         &self.inner.config
@@ -625,16 +640,30 @@ impl Queue {
         self.inner.store.as_ref()
     }
 
+    #[cfg(test)]
     pub(crate) async fn enqueue_new(&self, message: NewMessage) -> Result<Queued> {
         self.store().enqueue(message).await
     }
 
-    /// Enqueues on the app's own PostgreSQL connection or transaction.
-    pub(crate) async fn enqueue_new_in(
+    /// Stores a built message; returns once storage has committed it. With an
+    /// `idempotency_key` that is already queued, stores nothing and returns the first
+    /// message's id with `duplicate: true`. [`TemplateMessage::enqueue`]
+    /// (crate::TemplateMessage::enqueue) renders and calls this.
+    pub async fn enqueue(&self, email: &Email, idempotency_key: Option<&str>) -> Result<Queued> {
+        self.store()
+            .enqueue(self.new_message(email, idempotency_key))
+            .await
+    }
+
+    /// [`enqueue`](Self::enqueue) on the app's own PostgreSQL connection or transaction:
+    /// the message exists if and only if that transaction commits.
+    pub async fn enqueue_in(
         &self,
         conn: &mut sqlx::PgConnection,
-        message: NewMessage,
+        email: &Email,
+        idempotency_key: Option<&str>,
     ) -> Result<Queued> {
+        let message = self.new_message(email, idempotency_key);
         match &self.inner.postgres {
             Some(pg) => pg.enqueue_in(conn, message).await,
             None => Err(Error::new(
@@ -644,6 +673,21 @@ impl Queue {
                     redact_url(&self.inner.config.url)
                 ),
             )),
+        }
+    }
+
+    fn new_message(&self, email: &Email, idempotency_key: Option<&str>) -> NewMessage {
+        let now = Timestamp::now();
+        NewMessage {
+            message_id: email.message_id().to_string(),
+            idempotency_key: idempotency_key.map(str::to_string),
+            template: email.template().to_string(),
+            tags: email.tags().to_vec(),
+            envelope_from: email.envelope_from().map(str::to_string),
+            recipients: email.recipients(),
+            raw: Arc::from(email.raw()),
+            now,
+            expires_at: now.plus(self.inner.config.lifetime),
         }
     }
 
@@ -702,12 +746,18 @@ impl Queue {
             )),
             Err(Some(state)) => {
                 let allowed: Vec<&str> = op.from_states().iter().map(|s| s.as_str()).collect();
+                let (last, rest) = allowed.split_last().unwrap_or((&"", &[]));
+                let allowed = if rest.is_empty() {
+                    last.to_string()
+                } else {
+                    format!("{} or {last}", rest.join(", "))
+                };
                 Err(Error::new(
                     ErrorKind::NotFound,
                     format!(
-                        "cannot {} message {id}: it is {state}; only {} messages can be",
+                        "cannot {} message {id}: it is {state} (only {allowed} messages can be {})",
                         op.verb(),
-                        allowed.join(", ")
+                        op.done()
                     ),
                 ))
             }
@@ -724,6 +774,16 @@ impl Queue {
     pub async fn purge_sent_before(&self, age: Duration) -> Result<u64> {
         self.store().purge(Timestamp::now().minus(age)).await
     }
+}
+
+/// Runs the configured number of workers delivering through `transport`.
+pub(crate) async fn run_workers(
+    queue: Queue,
+    transport: Arc<dyn Transport>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<()> {
+    let count = queue.config().workers;
+    worker::run(queue, Arc::new(worker::Through(transport)), count, shutdown).await
 }
 
 /// One entry per state, zero where storage found none.

@@ -479,25 +479,6 @@ impl Store for Postgres {
         .await
     }
 
-    async fn release(&self, worker: &str, ids: &[i64]) -> Result<()> {
-        let now = Timestamp::now();
-        self.run(Box::pin(async {
-            sqlx::query(
-                "UPDATE missive_messages SET attempts = attempts - 1, \
-                 state = CASE WHEN attempts <= 1 THEN 'queued' ELSE 'deferred' END, \
-                 next_attempt_at = $3, lease_owner = NULL, lease_until = NULL, updated_at = $3 \
-                 WHERE id = ANY($1) AND state = 'sending' AND lease_owner = $2",
-            )
-            .bind(ids)
-            .bind(worker)
-            .bind(now.0)
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-        }))
-        .await
-    }
-
     async fn wait(&self, timeout: Duration) {
         self.listen();
         let _ = tokio::time::timeout(timeout, self.wake.notified()).await;

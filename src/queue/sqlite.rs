@@ -41,6 +41,7 @@ pub(crate) struct Sqlite {
     jobs: std::sync::Mutex<Option<mpsc::Sender<Job>>>,
     wake: Arc<tokio::sync::Notify>,
     /// Transactions committed, which group commit keeps below the operations run.
+    #[cfg_attr(not(test), allow(dead_code))] // read by the group-commit test
     commits: Arc<AtomicU64>,
 }
 
@@ -519,25 +520,6 @@ impl Store for Sqlite {
             self.wake.notify_waiters();
         }
         Ok(())
-    }
-
-    async fn release(&self, worker: &str, ids: &[i64]) -> Result<()> {
-        let worker = worker.to_string();
-        let ids = ids.to_vec();
-        let now = Timestamp::now();
-        self.call(move |conn| {
-            let mut stmt = conn.prepare_cached(
-                "UPDATE missive_messages SET attempts = attempts - 1, \
-                 state = CASE WHEN attempts <= 1 THEN 'queued' ELSE 'deferred' END, \
-                 next_attempt_at = ?3, lease_owner = NULL, lease_until = NULL, updated_at = ?3 \
-                 WHERE id = ?1 AND state = 'sending' AND lease_owner = ?2",
-            )?;
-            for id in ids {
-                stmt.execute(params![id, worker, now.0])?;
-            }
-            Ok(())
-        })
-        .await
     }
 
     async fn wait(&self, timeout: Duration) {

@@ -74,9 +74,6 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// holds it (a worker whose lease ran out only records its attempt).
     async fn finish(&self, worker: &str, finish: Finish) -> Result<()>;
 
-    /// Gives messages back unattempted (shutdown before they were sent).
-    async fn release(&self, worker: &str, ids: &[i64]) -> Result<()>;
-
     /// Waits until a message may have become due, at most `timeout`.
     async fn wait(&self, timeout: Duration);
 

@@ -15,12 +15,12 @@ use tracing::Instrument;
 use super::store::{Claimed, Finish};
 use super::{Queue, RecipientStatus, State, Timestamp};
 use crate::error::{Error, ErrorKind, Result};
-use crate::transport::Rejected;
+use crate::transport::{Email, Rejected, Transport};
 
 /// What one attempt achieved when the server took the message for some recipients.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Attempted {
-    pub accepted: Vec<String>,
+    // Recipients in neither list were accepted.
     /// Refused for good (5xx).
     pub rejected: Vec<Rejected>,
     /// Refused for now (4xx): only these are tried again.
@@ -34,6 +34,32 @@ pub(crate) trait Deliver: Send + Sync + 'static {
     async fn deliver(&self, message: &Claimed, recipients: &[String]) -> Result<Attempted>;
     /// How many attempts it can carry at once.
     fn parallelism(&self) -> usize;
+}
+
+/// Delivery through the mailer's transport.
+pub(crate) struct Through(pub Arc<dyn Transport>);
+
+#[async_trait::async_trait]
+impl Deliver for Through {
+    async fn deliver(&self, m: &Claimed, recipients: &[String]) -> Result<Attempted> {
+        let email = Email::new(
+            m.message_id.clone(),
+            m.envelope_from.as_deref(),
+            recipients,
+            m.raw.clone(),
+        )?
+        .with_template(m.template.clone(), m.tags.clone());
+        let delivery = self.0.send(&email).await?;
+        Ok(Attempted {
+            rejected: delivery.rejected,
+            deferred: delivery.deferred,
+            reply: delivery.reply,
+        })
+    }
+
+    fn parallelism(&self) -> usize {
+        self.0.parallelism()
+    }
 }
 
 /// Runs `count` workers on `queue` until `shutdown` resolves, then lets what is in
@@ -317,7 +343,7 @@ pub(crate) fn decide(
             }
             let outcome = if permanent {
                 "failed"
-            } else if is_delivery_unknown(&e) {
+            } else if e.kind() == ErrorKind::DeliveryUnknown {
                 "unknown"
             } else {
                 "deferred"
@@ -360,10 +386,6 @@ pub(crate) fn decide(
         reply,
         now,
     }
-}
-
-fn is_delivery_unknown(e: &Error) -> bool {
-    e.message().contains("delivery unknown")
 }
 
 #[cfg(test)]
@@ -409,14 +431,12 @@ mod tests {
         let c = claimed(1, Duration::from_secs(3600));
         let now = Timestamp::now();
         let all = Attempted {
-            accepted: vec!["a@x.test".into(), "b@x.test".into()],
             reply: "250 2.0.0 queued as X".into(),
             ..Default::default()
         };
         let f = decide(&c, Ok(all), now, &policy());
         assert_eq!((f.state, f.outcome), (State::Sent, "sent"));
         let one = Attempted {
-            accepted: vec!["a@x.test".into()],
             rejected: vec![rej("B@x.test", 550)],
             reply: "250 ok".into(),
             ..Default::default()
@@ -435,7 +455,6 @@ mod tests {
         let c = claimed(2, Duration::from_secs(3600));
         let now = Timestamp::now();
         let half = Attempted {
-            accepted: vec!["a@x.test".into()],
             deferred: vec![rej("b@x.test", 452)],
             reply: "250 ok".into(),
             ..Default::default()
@@ -524,7 +543,7 @@ mod loop_tests {
 
     #[async_trait::async_trait]
     impl Deliver for Fake {
-        async fn deliver(&self, m: &Claimed, recipients: &[String]) -> Result<Attempted> {
+        async fn deliver(&self, m: &Claimed, _recipients: &[String]) -> Result<Attempted> {
             use std::sync::atomic::Ordering::SeqCst;
             let now = self.concurrent.fetch_add(1, SeqCst) + 1;
             self.max_concurrent.fetch_max(now, SeqCst);
@@ -535,7 +554,6 @@ mod loop_tests {
             }
             self.seen.lock().unwrap().push(m.message_id.clone());
             Ok(Attempted {
-                accepted: recipients.to_vec(),
                 reply: "250 ok".into(),
                 ..Default::default()
             })
