@@ -221,6 +221,9 @@ fn db_error(path: &Path, e: &rusqlite::Error) -> Error {
             " (another process holds its lock)"
         }
         Some(rusqlite::ErrorCode::DiskFull) => " (the disk is full; nothing was stored)",
+        Some(rusqlite::ErrorCode::SystemIoFailure) => {
+            " (a read or write failed: the disk may be full or failing; nothing was stored)"
+        }
         Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
             " (the file is not a missive queue, or it is damaged)"
         }

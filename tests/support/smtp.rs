@@ -223,6 +223,15 @@ impl FakeSmtp {
         self.state.lock().unwrap().always.clear();
     }
 
+    /// Takes `address` again after [`refuse_recipient`](Self::refuse_recipient).
+    pub fn accept_recipient(&self, address: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .rcpt_replies
+            .remove(&address.to_ascii_lowercase());
+    }
+
     /// Answer `RCPT TO:<address>` with `reply` every time.
     pub fn refuse_recipient(&self, address: &str, reply: &str) {
         self.state
