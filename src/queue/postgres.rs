@@ -44,7 +44,7 @@ impl Postgres {
             .map_err(|e| Error::new(ErrorKind::Config, format!("queue database {shown}: {e}")))?;
         let pool = PgPoolOptions::new()
             .max_connections(16)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(5))
             .connect_lazy_with(options.clone());
         Ok(Postgres {
             pool,
