@@ -218,7 +218,10 @@ fn worker_delivers_and_stops_cleanly_on_sigterm() {
         stderr.contains("delivering from sqlite://var/queue.db"),
         "{stderr}"
     );
-    assert_eq!(d.run(&["queue", "retry", "--failed"]).trim(), "retrying 0 failed messages");
+    assert_eq!(
+        d.run(&["queue", "retry", "--failed"]).trim(),
+        "retrying 0 failed messages"
+    );
 }
 
 #[test]
