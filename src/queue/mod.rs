@@ -547,7 +547,7 @@ impl Op {
     }
 
     /// The states the operation applies to.
-    pub fn from_states(self) -> &'static [State] {
+    pub fn applies_to(self) -> &'static [State] {
         match self {
             Op::Retry => &[State::Failed, State::Deferred, State::Held, State::Queued],
             Op::Hold => &[State::Queued, State::Deferred],
@@ -745,7 +745,7 @@ impl Queue {
                 format!("no queued message {id}"),
             )),
             Err(Some(state)) => {
-                let allowed: Vec<&str> = op.from_states().iter().map(|s| s.as_str()).collect();
+                let allowed: Vec<&str> = op.applies_to().iter().map(|s| s.as_str()).collect();
                 let (last, rest) = allowed.split_last().unwrap_or((&"", &[]));
                 let allowed = if rest.is_empty() {
                     last.to_string()

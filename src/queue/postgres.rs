@@ -19,7 +19,7 @@ use crate::error::{Error, ErrorKind, Result};
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/postgres/0001_queue.sql"))];
 
 /// Serializes migrations of processes starting together (any constant will do).
-const MIGRATION_LOCK: i64 = 0x6d69_7373_6976_65;
+const MIGRATION_LOCK: i64 = 0x006d_6973_7369_7665;
 
 const CHANNEL: &str = "missive_queue";
 
@@ -374,7 +374,7 @@ async fn apply_op(
         return Ok(Err(None));
     };
     let state = state_of(&row, "state")?;
-    if !op.from_states().contains(&state) {
+    if !op.applies_to().contains(&state) {
         return Ok(Err(Some(state)));
     }
     let mut recipients: Vec<RecipientStatus> = json_of(&row, "recipients")?;

@@ -681,7 +681,7 @@ fn apply_op(
         return Ok(Err(None));
     };
     let state = parse_state(&state, 0)?;
-    if !op.from_states().contains(&state) {
+    if !op.applies_to().contains(&state) {
         return Ok(Err(Some(state)));
     }
     let mut recipients: Vec<RecipientStatus> = json_column(&recipients, 1)?;
