@@ -848,6 +848,15 @@ mod tests {
     }
 
     #[test]
+    fn a_postgres_queue_opens_outside_a_runtime_and_bad_urls_are_config_errors() {
+        // Mailer::build is a plain function: opening must not need tokio.
+        Queue::open(&QueueConfig::new("postgres://app@127.0.0.1:1/mail")).unwrap();
+        let err = Queue::open(&QueueConfig::new("mysql://db/mail")).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.message().contains("sqlite://PATH or postgres://"), "{err}");
+    }
+
+    #[test]
     fn timestamps_print_as_rfc3339_utc() {
         assert_eq!(Timestamp(0).to_string(), "1970-01-01T00:00:00Z");
         assert_eq!(

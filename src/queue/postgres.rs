@@ -27,7 +27,9 @@ type Work<'a, T> =
     std::pin::Pin<Box<dyn std::future::Future<Output = sqlx::Result<T>> + Send + 'a>>;
 
 pub(crate) struct Postgres {
-    pool: PgPool,
+    /// Made on first use: the pool starts maintenance tasks, which need the runtime
+    /// that `Mailer::build` (a plain function) may be called outside of.
+    pool: std::sync::OnceLock<PgPool>,
     options: PgConnectOptions,
     shown: String,
     ready: tokio::sync::OnceCell<()>,
@@ -42,17 +44,22 @@ impl Postgres {
         let options: PgConnectOptions = url
             .parse()
             .map_err(|e| Error::new(ErrorKind::Config, format!("queue database {shown}: {e}")))?;
-        let pool = PgPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy_with(options.clone());
         Ok(Postgres {
-            pool,
+            pool: std::sync::OnceLock::new(),
             options,
             shown,
             ready: tokio::sync::OnceCell::new(),
             wake: Arc::new(tokio::sync::Notify::new()),
             listening: std::sync::Once::new(),
+        })
+    }
+
+    fn pool(&self) -> &PgPool {
+        self.pool.get_or_init(|| {
+            PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_lazy_with(self.options.clone())
         })
     }
 
@@ -63,7 +70,7 @@ impl Postgres {
         Box::pin(async move {
             self.ready
                 .get_or_try_init(|| async {
-                    let migrated: Work<'_, Option<i64>> = Box::pin(migrate(&self.pool));
+                    let migrated: Work<'_, Option<i64>> = Box::pin(migrate(self.pool()));
                     match migrated.await {
                         Ok(None) => Ok(()),
                         Ok(Some(v)) => Err(Error::new(
@@ -118,7 +125,7 @@ impl Postgres {
     /// Forwards `NOTIFY missive_queue` to the local waiters, reconnecting as needed,
     /// until the store is dropped.
     fn listen(&self) {
-        let pool = self.pool.clone();
+        let pool = self.pool().clone();
         let wake: Weak<tokio::sync::Notify> = Arc::downgrade(&self.wake);
         self.listening.call_once(|| {
             tokio::spawn(async move {
@@ -408,7 +415,7 @@ async fn apply_op(
 impl Store for Postgres {
     async fn enqueue(&self, m: NewMessage) -> Result<Queued> {
         self.run(Box::pin(async {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool().begin().await?;
             let queued = insert(&mut tx, m).await?;
             tx.commit().await?;
             Ok(queued)
@@ -423,7 +430,7 @@ impl Store for Postgres {
         now: Timestamp,
         lease: Duration,
     ) -> Result<Vec<Claimed>> {
-        self.run(Box::pin(claim_rows(&self.pool, worker, limit, now, lease)))
+        self.run(Box::pin(claim_rows(self.pool(), worker, limit, now, lease)))
             .await
     }
 
@@ -436,7 +443,7 @@ impl Store for Postgres {
             .bind(ids)
             .bind(worker)
             .bind(until.0)
-            .execute(&self.pool)
+            .execute(self.pool())
             .await
             .map(|_| ())
         }))
@@ -445,7 +452,7 @@ impl Store for Postgres {
 
     async fn finish(&self, worker: &str, f: Finish) -> Result<()> {
         self.run(Box::pin(async {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool().begin().await?;
             sqlx::query(
                 "INSERT INTO missive_attempts (message, attempt, at, outcome, code, reply, worker) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -498,7 +505,7 @@ impl Store for Postgres {
                 .bind(filter.state.map(State::as_str))
                 .bind(&filter.template)
                 .bind(limit)
-                .fetch_all(&self.pool)
+                .fetch_all(self.pool())
                 .await?;
             rows.iter().map(summary).collect()
         }))
@@ -513,7 +520,7 @@ impl Store for Postgres {
         self.run(Box::pin(async {
             let Some(row) = sqlx::query(&sql)
                 .bind(id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(self.pool())
                 .await?
             else {
                 return Ok(None);
@@ -524,7 +531,7 @@ impl Store for Postgres {
                  WHERE message = $1 ORDER BY id",
             )
             .bind(id)
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool())
             .await?;
             let history = attempts
                 .iter()
@@ -563,7 +570,7 @@ impl Store for Postgres {
         lifetime: Duration,
     ) -> Result<std::result::Result<(), Option<State>>> {
         self.run(Box::pin(async {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool().begin().await?;
             let applied = apply_op(&mut tx, op, id, now, lifetime).await?;
             tx.commit().await?;
             Ok(applied)
@@ -573,7 +580,7 @@ impl Store for Postgres {
 
     async fn retry_failed(&self, now: Timestamp, lifetime: Duration) -> Result<u64> {
         self.run(Box::pin(async {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool().begin().await?;
             let ids: Vec<i64> = sqlx::query_scalar(
                 "SELECT id FROM missive_messages WHERE state = 'failed' FOR UPDATE",
             )
@@ -594,7 +601,7 @@ impl Store for Postgres {
             let rows = sqlx::query(
                 "SELECT state, COUNT(*) AS n, MIN(created_at) AS oldest FROM missive_messages GROUP BY state",
             )
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool())
             .await?;
             let found = rows
                 .iter()
@@ -617,7 +624,7 @@ impl Store for Postgres {
                 "DELETE FROM missive_messages WHERE state IN ('sent', 'cancelled') AND updated_at < $1",
             )
             .bind(cutoff.0)
-            .execute(&self.pool)
+            .execute(self.pool())
             .await
             .map(|r| r.rows_affected())
         }))
