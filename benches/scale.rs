@@ -83,11 +83,9 @@ fn template_count(repo: &Path) {
         let start = Instant::now();
         let (mailer, _) = Mailer::for_tests(dir.path().join("templates"));
         let load = start.elapsed();
-        let config = Config {
-            templates: dir.path().join("templates"),
-            schemas: dir.path().join("schemas"),
-            ..Config::default()
-        };
+        let mut config = Config::default();
+        config.templates = dir.path().join("templates");
+        config.schemas = dir.path().join("schemas");
         let start = Instant::now();
         let report = missive::check(&config);
         let check = start.elapsed();

@@ -26,8 +26,10 @@ const SECRET_KEYS: &[&str] = &[
     "api_key",
 ];
 
-/// Settings of a mailer, as read from `missive.yaml` or built in code.
+/// Settings of a mailer, as read from `missive.yaml` or built in code: start from
+/// [`Config::default`] and set the fields.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Config {
     /// The template folder.
     pub templates: PathBuf,

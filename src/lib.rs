@@ -55,8 +55,13 @@ pub use queue::{
     State, StateStats, Stats, Summary, Timestamp,
 };
 pub use render::Rendered;
+pub use templates::ReloadEvent;
 pub use transport::smtp::{AuthConfig, Mechanism, PoolConfig, SmtpConfig, Timeouts, TlsMode};
 pub use transport::{
     async_trait, Delivery, Email, Inbox, Rejected, RetryConfig, SentMessage, Transport,
 };
-pub use watch::ReloadEvent;
+
+/// The README's examples, compiled and run as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

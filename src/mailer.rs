@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use lettre::message::Mailbox;
 use serde::Serialize;
 use tracing::Instrument;
@@ -14,9 +13,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::message::{self, Attachment, MessageId};
 use crate::queue::{Queue, Queued};
 use crate::render::{self, parse_mailbox, parse_mailboxes, Rendered};
-use crate::templates::TemplateSet;
+use crate::templates::{LiveSet, ReloadEvent, TemplateSet};
 use crate::transport::{retry, Email, Inbox, Outbox, RetryConfig, Smtp, Transport};
-use crate::watch::{self, Live};
+use crate::watch::{self, Watch};
 
 /// Renders named templates and sends them. Cheap to clone; clones share everything.
 ///
@@ -44,7 +43,9 @@ pub struct Mailer {
 }
 
 pub(crate) struct Inner {
-    pub(crate) set: ArcSwap<TemplateSet>,
+    live: Arc<LiveSet>,
+    /// Dropping it (with the last clone of the mailer) stops the watch.
+    _watch: Option<Watch>,
     from: Mailbox,
     transport: Arc<dyn Transport>,
     retry: RetryConfig,
@@ -53,7 +54,6 @@ pub(crate) struct Inner {
     /// hundreds of threads: twice the transport's parallelism, one message on the
     /// wire and the next being rendered per connection.
     in_flight: Arc<tokio::sync::Semaphore>,
-    pub(crate) live: Live,
     /// The durable queue, when one is configured.
     queue: Option<Queue>,
 }
@@ -61,7 +61,7 @@ pub(crate) struct Inner {
 impl std::fmt::Debug for Mailer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Mailer")
-            .field("templates", &self.inner.set.load().templates_dir)
+            .field("templates", &self.inner.live.current().templates_dir)
             .field("from", &self.inner.from.to_string())
             .field("transport", &self.inner.transport.name())
             .finish()
@@ -221,11 +221,17 @@ impl MailerBuilder {
                 format!("default sender: {}", e.message()),
             )
         })?;
-        let live = Live::new(&self.config.templates, &self.config.schemas);
-        // A missing folder is left for the load to explain.
-        if let Some(mode) = self.watch.filter(|_| self.config.templates.is_dir()) {
-            watch::start(&live, mode)?;
-        }
+        // Started before the first load, so that a save during it is not lost. A
+        // missing folder is left for the load to explain.
+        let watch = match self.watch.filter(|_| self.config.templates.is_dir()) {
+            Some(mode) => Some(watch::start(
+                &self.config.templates,
+                &self.config.schemas,
+                mode,
+            )?),
+            None => None,
+        };
+        let mut broken = None;
         let set = match TemplateSet::load(&self.config.templates, &self.config.schemas) {
             Ok(set) => set,
             // A missing or unreadable folder cannot be watched back to health.
@@ -234,11 +240,22 @@ impl MailerBuilder {
                     && self.watch.is_some()
                     && e.kind() != ErrorKind::Config =>
             {
-                live.broken_at_start(e);
+                broken = Some(e);
                 TemplateSet::empty(&self.config.templates)
             }
             Err(e) => return Err(e),
         };
+        let live = Arc::new(LiveSet::new(
+            set,
+            &self.config.templates,
+            &self.config.schemas,
+        ));
+        if let Some(error) = broken {
+            live.broken_at_start(error);
+        }
+        if let Some(watch) = &watch {
+            watch.attach(&live);
+        }
         let retry = self
             .retry
             .clone()
@@ -249,18 +266,15 @@ impl MailerBuilder {
         let queue = self.config.queue.as_ref().map(Queue::open).transpose()?;
         let inner = Arc::new(Inner {
             queue,
-            set: ArcSwap::from_pointee(set),
+            live,
+            _watch: watch,
             from,
             in_flight: Arc::new(tokio::sync::Semaphore::new(
                 transport.parallelism().max(1) * 2,
             )),
             transport,
             retry,
-            live,
         });
-        if self.watch.is_some() {
-            watch::attach(&inner);
-        }
         Ok(Mailer { inner })
     }
 }
@@ -351,7 +365,7 @@ impl Mailer {
 
     /// Names of every sendable template, sorted.
     pub fn template_names(&self) -> Vec<String> {
-        self.inner.set.load().entries.keys().cloned().collect()
+        self.inner.live.current().entries.keys().cloned().collect()
     }
 
     /// Every sendable template with its locale variants and sample data, sorted by
@@ -379,7 +393,26 @@ impl Mailer {
     }
 
     pub(crate) fn set(&self) -> Arc<TemplateSet> {
-        self.inner.set.load_full()
+        self.inner.live.current()
+    }
+
+    /// Reload events from now on: one per save (or burst of saves) that changed the
+    /// template set, telling whether it was swapped in or refused. Only a mailer built
+    /// with [`MailerBuilder::watch`] or [`poll`](MailerBuilder::poll) sends any. The
+    /// receiver reports the channel closed once the last mailer clone is gone.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<ReloadEvent> {
+        self.inner.live.subscribe()
+    }
+
+    /// Why the files on disk do not load, if the last reload failed; the mailer keeps
+    /// rendering with the last set that did. `None` once a reload succeeds again.
+    pub fn last_reload_error(&self) -> Option<Arc<Error>> {
+        self.inner.live.last_error()
+    }
+
+    /// How many times the set was reloaded and swapped in since the mailer was built.
+    pub fn generation(&self) -> u64 {
+        self.inner.live.generation()
     }
 
     /// The transport messages go through; the queue's workers deliver through it.

@@ -7,30 +7,23 @@
 //! events on the file's name, which is all a reload needs.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use notify::{EventKind, RecursiveMode};
 use notify_debouncer_full::{
     new_debouncer_opt, DebounceEventHandler, DebounceEventResult, FileIdCache, NoCache,
     RecommendedCache,
 };
-use tokio::sync::broadcast;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::mailer::{Inner, Mailer};
 use crate::templates::walk::is_editor_litter;
-use crate::templates::TemplateSet;
+use crate::templates::LiveSet;
 
 /// How long a burst of events must stay quiet before a reload. Editors finish a save
 /// within a few milliseconds; this keeps a save to one reload and well inside the
 /// 500 ms budget from save to next render.
 const DEBOUNCE: Duration = Duration::from_millis(50);
-
-/// How many reload events a slow subscriber may fall behind before it misses some.
-const EVENT_BUFFER: usize = 64;
 
 /// How a mailer notices changed files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,36 +35,10 @@ pub(crate) enum Mode {
     Poll(Duration),
 }
 
-/// What a reload did, as told to [`Mailer::subscribe`] receivers.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum ReloadEvent {
-    /// The changed set loaded cleanly and is now the one every new render uses.
-    Reloaded {
-        /// Counts successful reloads from 0, the set the mailer was built with.
-        generation: u64,
-        /// Files whose change triggered the reload.
-        changed: Vec<PathBuf>,
-    },
-    /// The changed set has problems; the last good set stays in use. Every problem is
-    /// in [`Error::problems`].
-    Failed {
-        /// What is wrong, with file and line where known.
-        error: Arc<Error>,
-        /// Files whose change triggered the reload.
-        changed: Vec<PathBuf>,
-    },
-}
-
-/// Reload state every mailer carries, watching or not.
-pub(crate) struct Live {
-    templates: PathBuf,
-    schemas: PathBuf,
-    events: broadcast::Sender<ReloadEvent>,
-    last_error: ArcSwapOption<Error>,
-    generation: AtomicU64,
-    /// Dropping it stops the watch; `None` when the mailer does not watch.
-    watcher: Mutex<Option<Box<dyn Send>>>,
+/// A running watch; dropping it stops the watcher's threads.
+pub(crate) struct Watch {
+    /// In a mutex only to be `Sync`: the debouncer is never touched again.
+    _watcher: Mutex<Box<dyn Send>>,
     target: Arc<Mutex<Target>>,
 }
 
@@ -79,64 +46,38 @@ pub(crate) struct Live {
 /// a save during that load is not lost; until the mailer exists its changes wait.
 enum Target {
     Pending(Vec<PathBuf>),
-    /// Weak, so the watcher never keeps a mailer alive.
-    Mailer(Weak<Inner>),
+    /// Weak, so the watcher never keeps the set (and its mailer) alive.
+    Live(Weak<LiveSet>),
 }
 
-impl Live {
-    pub fn new(templates: &Path, schemas: &Path) -> Live {
-        Live {
-            templates: templates.to_path_buf(),
-            schemas: schemas.to_path_buf(),
-            events: broadcast::channel(EVENT_BUFFER).0,
-            last_error: ArcSwapOption::empty(),
-            generation: AtomicU64::new(0),
-            watcher: Mutex::new(None),
-            target: Arc::new(Mutex::new(Target::Pending(Vec::new()))),
-        }
-    }
-
-    /// Records why the set did not load when the mailer was built.
-    pub fn broken_at_start(&self, error: Error) {
-        for problem in error.problems() {
-            let at = problem
-                .location()
-                .map(ToString::to_string)
-                .unwrap_or_default();
-            tracing::error!(%at, problem = problem.message(), "templates do not load yet");
-        }
-        self.last_error.store(Some(Arc::new(error)));
-    }
-}
-
-/// Starts watching the folders of `live`, before the set is first loaded; changes
-/// wait until [`attach`] names the mailer they reload. The watch stops when `live`
-/// (so the mailer) is dropped, because dropping the debouncer stops its threads.
-pub(crate) fn start(live: &Live, mode: Mode) -> Result<()> {
-    let mut roots = vec![live.templates.clone()];
-    if live.schemas.is_dir() {
-        roots.push(live.schemas.clone());
+/// Starts watching `templates` and `schemas`, before the set is first loaded;
+/// changes wait until [`Watch::attach`] names the set they reload.
+pub(crate) fn start(templates: &Path, schemas: &Path, mode: Mode) -> Result<Watch> {
+    let mut roots = vec![templates.to_path_buf()];
+    if schemas.is_dir() {
+        roots.push(schemas.to_path_buf());
     }
     let filter_roots: Vec<PathBuf> = roots
         .iter()
         .flat_map(|r| [r.clone(), r.canonicalize().unwrap_or_else(|_| r.clone())])
         .collect();
-    let target = live.target.clone();
+    let target = Arc::new(Mutex::new(Target::Pending(Vec::new())));
+    let handler_target = target.clone();
     let handler = move |result: DebounceEventResult| match result {
         Ok(events) => {
             let changed = relevant_paths(&events, &filter_roots);
             if changed.is_empty() {
                 return;
             }
-            let weak = match &mut *lock(&target) {
+            let weak = match &mut *lock(&handler_target) {
                 Target::Pending(waiting) => {
                     waiting.extend(changed);
                     return;
                 }
-                Target::Mailer(weak) => weak.clone(),
+                Target::Live(weak) => weak.clone(),
             };
-            if let Some(inner) = weak.upgrade() {
-                reload(&inner, changed);
+            if let Some(live) = weak.upgrade() {
+                live.reload(changed);
             }
         }
         Err(errors) => {
@@ -148,7 +89,7 @@ pub(crate) fn start(live: &Live, mode: Mode) -> Result<()> {
     let watch_error = |e: notify::Error| {
         Error::new(
             ErrorKind::Config,
-            format!("cannot watch {}: {e}", live.templates.display()),
+            format!("cannot watch {}: {e}", templates.display()),
         )
     };
     let watcher = match mode {
@@ -170,21 +111,25 @@ pub(crate) fn start(live: &Live, mode: Mode) -> Result<()> {
         ),
     }
     .map_err(watch_error)?;
-    tracing::info!(templates = %live.templates.display(), ?mode, "watching for changes");
-    *lock(&live.watcher) = Some(watcher);
-    Ok(())
+    tracing::info!(templates = %templates.display(), ?mode, "watching for changes");
+    Ok(Watch {
+        _watcher: Mutex::new(watcher),
+        target,
+    })
 }
 
-/// Points the watch at the mailer it now serves, and reloads at once if files changed
-/// while it was being built.
-pub(crate) fn attach(inner: &Arc<Inner>) {
-    let target = Target::Mailer(Arc::downgrade(inner));
-    let missed = match std::mem::replace(&mut *lock(&inner.live.target), target) {
-        Target::Pending(missed) => missed,
-        Target::Mailer(_) => Vec::new(),
-    };
-    if !missed.is_empty() {
-        reload(inner, missed);
+impl Watch {
+    /// Points the watch at the set it now reloads, and reloads at once if files
+    /// changed while it was being loaded.
+    pub fn attach(&self, live: &Arc<LiveSet>) {
+        let target = Target::Live(Arc::downgrade(live));
+        let missed = match std::mem::replace(&mut *lock(&self.target), target) {
+            Target::Pending(missed) => missed,
+            Target::Live(_) => Vec::new(),
+        };
+        if !missed.is_empty() {
+            live.reload(missed);
+        }
     }
 }
 
@@ -243,69 +188,6 @@ fn is_litter(path: &Path, roots: &[PathBuf]) -> bool {
         .unwrap_or_else(|| Path::new(path.file_name().unwrap_or_default()));
     rel.components()
         .any(|c| c.as_os_str().to_str().is_some_and(is_editor_litter))
-}
-
-/// Loads what changed (the whole set when a shared file changed); swaps it in if clean,
-/// otherwise keeps the old one and reports every problem.
-fn reload(inner: &Inner, changed: Vec<PathBuf>) {
-    let live = &inner.live;
-    let _span = tracing::info_span!("reload", changed = changed.len()).entered();
-    // After a failed reload the set in use is older than the files on disk, so only a
-    // full load can tell whether everything is fixed.
-    let result = if live.last_error.load().is_some() {
-        TemplateSet::load(&live.templates, &live.schemas)
-    } else {
-        inner.set.load().reload(&changed)
-    };
-    let event = match result {
-        Ok(set) => {
-            inner.set.store(Arc::new(set));
-            live.last_error.store(None);
-            let generation = live.generation.fetch_add(1, Ordering::AcqRel) + 1;
-            tracing::info!(generation, "templates reloaded");
-            ReloadEvent::Reloaded {
-                generation,
-                changed,
-            }
-        }
-        Err(error) => {
-            for problem in error.problems() {
-                let at = problem
-                    .location()
-                    .map(ToString::to_string)
-                    .unwrap_or_default();
-                tracing::error!(%at, problem = problem.message(), "reload failed; keeping the last good templates");
-            }
-            let error = Arc::new(error);
-            live.last_error.store(Some(error.clone()));
-            ReloadEvent::Failed { error, changed }
-        }
-    };
-    // No subscribers is normal: nobody is previewing.
-    let _ = live.events.send(event);
-}
-
-/// The hot-reload half of the mailer's API.
-impl Mailer {
-    /// Reload events from now on: one per save (or burst of saves) that changed the
-    /// template set, telling whether it was swapped in or refused. Only a mailer built
-    /// with [`MailerBuilder::watch`](crate::MailerBuilder::watch) or
-    /// [`poll`](crate::MailerBuilder::poll) sends any. The receiver reports the channel
-    /// closed once the last mailer clone is gone.
-    pub fn subscribe(&self) -> broadcast::Receiver<ReloadEvent> {
-        self.inner.live.events.subscribe()
-    }
-
-    /// Why the files on disk do not load, if the last reload failed; the mailer keeps
-    /// rendering with the last set that did. `None` once a reload succeeds again.
-    pub fn last_reload_error(&self) -> Option<Arc<Error>> {
-        self.inner.live.last_error.load_full()
-    }
-
-    /// How many times the set was reloaded and swapped in since the mailer was built.
-    pub fn generation(&self) -> u64 {
-        self.inner.live.generation.load(Ordering::Acquire)
-    }
 }
 
 #[cfg(test)]

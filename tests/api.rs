@@ -349,11 +349,9 @@ async fn from_config_reads_missive_yaml() {
 #[test]
 fn check_passes_on_the_repository_set_and_counts_renders() {
     let (templates, schemas) = repo();
-    let config = missive::Config {
-        templates,
-        schemas,
-        ..Default::default()
-    };
+    let mut config = missive::Config::default();
+    config.templates = templates;
+    config.schemas = schemas;
     let report = missive::check(&config);
     assert!(report.is_ok(), "{:?}", report.problems);
     assert!(report.templates >= 7, "{report:?}");
@@ -368,11 +366,9 @@ fn check_reports_examples_that_fail_their_schema() {
         "schemas/hello.schema.json",
         "{\n  \"type\": \"object\",\n  \"required\": [\"name\", \"email\"],\n  \"examples\": [\n    {\"name\": \"Ada\"}\n  ]\n}\n",
     );
-    let config = missive::Config {
-        templates: f.templates(),
-        schemas: f.schemas(),
-        ..Default::default()
-    };
+    let mut config = missive::Config::default();
+    config.templates = f.templates();
+    config.schemas = f.schemas();
     let report = missive::check(&config);
     assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
     let problem = &report.problems[0];
@@ -477,21 +473,13 @@ async fn a_custom_transport_gets_the_exact_message_and_its_envelope() {
 #[tokio::test]
 async fn deferred_recipients_are_retried_alone_and_permanent_ones_reported() {
     let transport = Scripted::default();
-    let deferred = |to: &str| missive::Rejected {
-        recipient: to.into(),
-        code: Some(451),
-        reply: "451 4.2.1 try later".into(),
-    };
+    let deferred = |to: &str| missive::Rejected::new(to, Some(451), "451 4.2.1 try later");
     // Popped from the end: the first attempt takes a and defers b and c, refusing
     // nothing; the second takes b and refuses c for good.
     transport.script.lock().unwrap().extend([
         Ok(
             missive::Delivery::new(vec!["b@x.test".into()], "250 ok").with_rejected(vec![
-                missive::Rejected {
-                    recipient: "c@x.test".into(),
-                    code: Some(550),
-                    reply: "550 5.1.1 no such user".into(),
-                },
+                missive::Rejected::new("c@x.test", Some(550), "550 5.1.1 no such user"),
             ]),
         ),
         Ok(missive::Delivery::new(vec!["a@x.test".into()], "250 ok")

@@ -270,6 +270,9 @@ async fn a_rotated_refresh_token_is_saved_before_use_and_survives() {
     send(&a).await.unwrap();
     let second = support::stored_refresh_token(&path);
     assert_ne!(second, first, "the rotated token replaced the old one");
+    // Once the stored access token has expired, the other one renews with the
+    // rotated refresh token, never with the spent one.
+    support::expire_stored_access_token(&path);
     send(&b).await.unwrap();
     let third = support::stored_refresh_token(&path);
     assert_ne!(third, second);
@@ -441,9 +444,178 @@ async fn mailers_sharing_a_credentials_file_never_reuse_a_rotated_token() {
     for send in sends {
         send.await.unwrap().unwrap();
     }
-    assert_eq!(setup.token_requests(), 4);
+    assert_eq!(
+        setup.token_requests(),
+        1,
+        "the first renewal's access token, kept in the file, served the other three"
+    );
+    assert!(!setup.tokens.revoked_any());
+
+    // The kept token expired: four new mailers find it so at once. The renewal lock
+    // lets one spend the refresh token; the others wait and take what it stored,
+    // rather than presenting the same refresh token again.
+    support::expire_stored_access_token(&setup.credentials());
+    let mut mailers = Vec::new();
+    for _ in 0..4 {
+        mailers.push(setup.mailer("xoauth2", "").await.unwrap());
+    }
+    let sends: Vec<_> = mailers
+        .into_iter()
+        .map(|mailer| tokio::spawn(async move { send(&mailer).await }))
+        .collect();
+    for send in sends {
+        send.await.unwrap().unwrap();
+    }
+    assert_eq!(setup.token_requests(), 2);
     assert!(
         !setup.tokens.revoked_any(),
-        "renewals took turns, each with the newest refresh token"
+        "no refresh token was presented twice"
     );
+}
+
+/// A token endpoint on 127.0.0.1 whose certificate (for localhost / 127.0.0.1) comes
+/// from the test CA, which nothing trusts unless `ca_file` names it. Counts the
+/// connections it accepts.
+async fn tls_token_endpoint() -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "https://127.0.0.1:{}/token",
+        listener.local_addr().unwrap().port()
+    );
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let acceptor = support::smtp::test_tls_acceptor();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = acceptor.accept(socket).await;
+            });
+        }
+    });
+    (url, accepted)
+}
+
+#[tokio::test]
+async fn an_untrusted_token_endpoint_certificate_is_named_and_not_retried() {
+    let mut setup = Setup::new(Duration::from_secs(3600), false, RejectStyle::Gmail).await;
+    let (url, accepted) = tls_token_endpoint().await;
+    setup.tokens.url = url;
+    let mailer = setup
+        .mailer("xoauth2", "      attempts: 4\n")
+        .await
+        .unwrap();
+    let err = send(&mailer).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    assert!(!err.is_retryable(), "{err}");
+    assert!(err.message().contains("UnknownIssuer"), "{err}");
+    assert!(err.message().contains("ca_file"), "{err}");
+    assert!(
+        !err.message().contains("error sending request"),
+        "says what is wrong: {err}"
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "a certificate problem is configuration: asked once"
+    );
+    assert_eq!(setup.smtp.connections(), 0);
+}
+
+#[tokio::test]
+async fn a_refused_grant_is_remembered_until_the_credentials_file_changes() {
+    let setup = Setup::new(Duration::from_secs(3600), false, RejectStyle::Gmail).await;
+    let mailer = setup.mailer("xoauth2", "").await.unwrap();
+    // The user removed the app's access: every request with this grant is refused.
+    setup.tokens.revoke_all();
+    for _ in 0..3 {
+        let err = send(&mailer).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+        assert!(err.message().contains("invalid_grant"), "{err}");
+        assert!(err.message().contains("missive auth"), "{err}");
+    }
+    assert_eq!(
+        setup.token_requests(),
+        1,
+        "the refusal is remembered, not asked again by every send"
+    );
+    // `missive auth` wrote a new refresh token: the same mailer uses it.
+    support::credentials_file(setup.dir.path(), &setup.tokens.mint_refresh_token());
+    send(&mailer).await.unwrap();
+    assert_eq!(setup.token_requests(), 2);
+    assert_eq!(setup.smtp.received().len(), 1);
+}
+
+#[tokio::test]
+async fn the_access_token_is_kept_in_the_file_and_reused_while_valid() {
+    let setup = Setup::new(Duration::from_secs(3600), true, RejectStyle::Gmail).await;
+    let first = setup.tokens.mint_refresh_token();
+    // A file as version 1 wrote it: no access token.
+    let path = support::credentials_file(setup.dir.path(), &first);
+    send(&setup.mailer("xoauth2", "").await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(setup.token_requests(), 1);
+    let rotated = support::stored_refresh_token(&path);
+    let access = support::stored_access_token(&path).expect("the access token is kept");
+    assert_eq!(setup.smtp.auths()[0].secret, access);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    // Later runs (new mailers, as new processes) use it without asking the provider,
+    // so a rotating provider's refresh token is not spent on every run.
+    for _ in 0..3 {
+        send(&setup.mailer("xoauth2", "").await.unwrap())
+            .await
+            .unwrap();
+    }
+    assert_eq!(setup.token_requests(), 1);
+    assert_eq!(support::stored_refresh_token(&path), rotated);
+    assert!(setup.smtp.auths().iter().all(|a| a.secret == access));
+    // Expired: the next run renews, with the rotated refresh token.
+    support::expire_stored_access_token(&path);
+    send(&setup.mailer("xoauth2", "").await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(setup.token_requests(), 2);
+    assert_eq!(setup.tokens.requests()[1].form["refresh_token"], rotated);
+    assert_ne!(support::stored_access_token(&path).unwrap(), access);
+    assert!(!setup.tokens.revoked_any());
+}
+
+#[tokio::test]
+async fn a_kept_access_token_the_server_refuses_is_not_offered_again() {
+    let setup = Setup::new(Duration::from_secs(3600), false, RejectStyle::Gmail).await;
+    let path = support::credentials_file(setup.dir.path(), &setup.tokens.mint_refresh_token());
+    // A token the file says is valid for an hour, which the server does not accept
+    // (revoked at the provider, say).
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    json["access_token"] = "at-dead".into();
+    json["access_token_issued_at"] = now.into();
+    json["access_token_expires_at"] = (now + 3600).into();
+    std::fs::write(&path, json.to_string()).unwrap();
+    support::set_mode(&path, 0o600);
+    send(&setup.mailer("xoauth2", "").await.unwrap())
+        .await
+        .unwrap();
+    let auths = setup.smtp.auths();
+    assert_eq!(auths.len(), 2, "{auths:?}");
+    assert_eq!(auths[0].secret, "at-dead");
+    assert!(!auths[0].accepted);
+    assert_ne!(
+        auths[1].secret, "at-dead",
+        "renewed, not taken from the file again"
+    );
+    assert!(auths[1].accepted);
+    assert_eq!(setup.token_requests(), 1);
+    assert_ne!(support::stored_access_token(&path).unwrap(), "at-dead");
 }

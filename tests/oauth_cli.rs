@@ -102,6 +102,11 @@ async fn auth_signs_in_with_pkce_on_a_loopback_redirect_and_status_tells_no_secr
     };
     assert_eq!(query("code_challenge_method"), "S256");
     assert_eq!(query("scope"), "smtp offline_access");
+    assert_eq!(
+        query("prompt"),
+        "consent",
+        "offline_access asks for consent"
+    );
     assert_eq!(query("client_id"), CLIENT_ID);
     let redirect = query("redirect_uri");
     assert!(redirect.starts_with("http://127.0.0.1:"), "{redirect}");
@@ -127,10 +132,25 @@ async fn auth_signs_in_with_pkce_on_a_loopback_redirect_and_status_tells_no_secr
         assert_eq!(mode, 0o600);
     }
 
+    // The config names the client secret's variable: unset, the credential is not ready.
     let status = missive()
         .arg("--config")
         .arg(&config)
         .args(["auth", "status"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(!status.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("MISSIVE_TEST_SECRET (the client secret) is not set"),
+        "{stdout}"
+    );
+    let status = missive()
+        .arg("--config")
+        .arg(&config)
+        .args(["auth", "status"])
+        .env("MISSIVE_TEST_SECRET", CLIENT_SECRET)
         .output()
         .await
         .unwrap();
@@ -249,4 +269,114 @@ async fn google_device_flow_is_refused_with_the_reason() {
         stderr.contains("device flow does not allow the Gmail scope"),
         "{stderr}"
     );
+}
+
+/// A config whose grant the provider has revoked, so that every send fails.
+async fn revoked_setup() -> (
+    FakeTokenEndpoint,
+    FakeSmtp,
+    tempfile::TempDir,
+    std::path::PathBuf,
+) {
+    let tokens = FakeTokenEndpoint::start(Duration::from_secs(3600), false).await;
+    let smtp = FakeSmtp::start(Options {
+        validator: Some(tokens.validator()),
+        ..Options::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), smtp.port, &tokens.url);
+    support::credentials_file(dir.path(), &tokens.mint_refresh_token());
+    tokens.revoke_all();
+    (tokens, smtp, dir, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_send_is_one_plain_line_and_the_details_come_with_v() {
+    let (_tokens, smtp, _dir, config) = revoked_setup().await;
+    let run = |verbose: bool| {
+        let mut command = missive();
+        command.arg("--config").arg(&config);
+        if verbose {
+            command.arg("-v");
+        }
+        command
+            .args(["send", "welcome", "--to", "ada@example.test"])
+            .env("MISSIVE_TEST_SECRET", CLIENT_SECRET)
+            .output()
+    };
+    let output = run(false).await.unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one line per failure:\n{stderr}");
+    assert!(lines[0].starts_with("missive: "), "{stderr}");
+    assert!(lines[0].contains("invalid_grant"), "{stderr}");
+    assert!(lines[0].contains("missive auth generic"), "{stderr}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "no colour codes into a pipe: {stderr:?}"
+    );
+
+    let output = run(true).await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.lines().count() > 1 && stderr.contains("token_renewal"),
+        "-v shows the details: {stderr}"
+    );
+    assert!(
+        !stderr.contains('\x1b'),
+        "no colour codes into a pipe: {stderr:?}"
+    );
+    assert_eq!(smtp.connections(), 0);
+}
+
+/// Runs `missive ARGS` on a pseudo-terminal (util-linux `script`), returning what
+/// the terminal showed.
+async fn on_a_terminal(args: Vec<String>, env: Vec<(&'static str, &'static str)>) -> String {
+    let mut command_line = String::from(env!("CARGO_BIN_EXE_missive"));
+    for arg in &args {
+        command_line.push_str(&format!(" '{arg}'"));
+    }
+    let mut script = Command::new("script");
+    script
+        .args(["-qec", &command_line, "/dev/null"])
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    for (key, value) in env {
+        script.env(key, value);
+    }
+    let output = script.output().await.unwrap_or_else(|e| {
+        panic!("cannot run `script` (util-linux): {e}; install it with `apt-get install bsdutils`")
+    });
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn colour_on_a_terminal_unless_no_color() {
+    let (_tokens, _smtp, _dir, config) = revoked_setup().await;
+    let args: Vec<String> = [
+        "--config",
+        &config.display().to_string(),
+        "-v",
+        "send",
+        "welcome",
+    ]
+    .map(String::from)
+    .to_vec();
+    let coloured = on_a_terminal(args.clone(), vec![("MISSIVE_TEST_SECRET", CLIENT_SECRET)]).await;
+    assert!(coloured.contains("token_renewal"), "{coloured}");
+    assert!(
+        coloured.contains("\x1b["),
+        "a terminal gets colour: {coloured:?}"
+    );
+    let plain = on_a_terminal(
+        args,
+        vec![("MISSIVE_TEST_SECRET", CLIENT_SECRET), ("NO_COLOR", "1")],
+    )
+    .await;
+    assert!(plain.contains("token_renewal"), "{plain}");
+    assert!(!plain.contains('\x1b'), "NO_COLOR is honoured: {plain:?}");
 }

@@ -53,6 +53,9 @@ struct State {
     renewals: u64,
     /// The outcome of the last renewal when it failed, for the callers that waited on it.
     failure: Option<Error>,
+    /// Set when a server refused a token: the next renewal asks the provider rather
+    /// than taking the token the credentials file keeps.
+    refused: bool,
 }
 
 impl TokenCache {
@@ -102,26 +105,44 @@ impl TokenCache {
             }
         }
         let span = tracing::info_span!("token_renewal", credential = %self.source.describe());
-        let result = self.source.fetch().instrument(span.clone()).await;
+        let reuse_stored = !self.lock().refused;
+        let result = self
+            .source
+            .fetch(reuse_stored)
+            .instrument(span.clone())
+            .await;
         let _entered = span.enter();
         let mut state = self.lock();
         state.renewals += 1;
         match result {
             Ok(issued) => {
-                let lifetime = issued.expires_in.unwrap_or(ASSUMED_LIFETIME);
+                let remaining = issued.expires_in.unwrap_or(ASSUMED_LIFETIME);
+                let lifetime = issued.lifetime.unwrap_or(remaining);
                 let margin = self.renew_before.min(lifetime / 5);
                 let token = Token {
                     secret: issued.access_token,
                     generation: state.renewals,
-                    renew_at: Instant::now() + lifetime.saturating_sub(margin),
+                    renew_at: Instant::now() + remaining.saturating_sub(margin),
                 };
-                tracing::info!(expires_in_secs = lifetime.as_secs(), "access token renewed");
+                if issued.lifetime.is_some() {
+                    tracing::info!(
+                        expires_in_secs = remaining.as_secs(),
+                        "access token kept from the credentials file"
+                    );
+                } else {
+                    tracing::info!(
+                        expires_in_secs = remaining.as_secs(),
+                        "access token renewed"
+                    );
+                }
                 state.current = Some(token.clone());
                 state.failure = None;
+                state.refused = false;
                 Ok(token)
             }
             Err(e) => {
-                tracing::warn!(error = %e, "access token renewal failed");
+                // The error goes back to the caller, which reports it: here only a detail.
+                tracing::info!(error = %e, "access token renewal failed");
                 state.current = None;
                 state.failure = Some(e.clone_shallow());
                 Err(e)
@@ -134,6 +155,7 @@ impl TokenCache {
         let mut state = self.lock();
         if state.current.as_ref().map(|t| t.generation) == Some(token.generation) {
             state.current = None;
+            state.refused = true;
         }
     }
 
@@ -156,7 +178,7 @@ mod tests {
     }
 
     impl TokenSource for Counting {
-        fn fetch(&self) -> BoxFuture<'_, Result<Issued>> {
+        fn fetch(&self, _reuse_stored: bool) -> BoxFuture<'_, Result<Issued>> {
             Box::pin(async move {
                 let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
                 tokio::task::yield_now().await;
@@ -166,6 +188,7 @@ mod tests {
                 Ok(Issued {
                     access_token: SecretString::from(format!("token-{n}")),
                     expires_in: Some(Duration::from_secs(3600)),
+                    lifetime: None,
                 })
             })
         }

@@ -42,6 +42,16 @@ pub(crate) enum HttpError {
     Status(u16),
     Timeout,
     Network(String),
+    /// The endpoint's certificate is not trusted or not for its name: configuration,
+    /// which no retry fixes.
+    Certificate(String),
+}
+
+impl HttpError {
+    /// Whether asking again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, HttpError::Certificate(_))
+    }
 }
 
 impl std::fmt::Display for HttpError {
@@ -50,6 +60,7 @@ impl std::fmt::Display for HttpError {
             HttpError::Status(code) => write!(f, "the endpoint answered HTTP {code}"),
             HttpError::Timeout => f.write_str("the endpoint did not answer in time"),
             HttpError::Network(e) => write!(f, "cannot reach the endpoint: {e}"),
+            HttpError::Certificate(e) => write!(f, "TLS with the endpoint failed: {e}"),
         }
     }
 }
@@ -133,11 +144,57 @@ impl<'c> oauth2::AsyncHttpClient<'c> for Http {
 
 fn classify(e: reqwest::Error) -> HttpError {
     if e.is_timeout() {
-        HttpError::Timeout
-    } else {
-        // Without the URL: it may carry query parameters.
-        HttpError::Network(e.without_url().to_string())
+        return HttpError::Timeout;
     }
+    if let Some(tls) = certificate_problem(&e) {
+        let hint = match tls {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
+                "the certificate is not signed by a CA this machine trusts: for a private CA \
+                 set the transport's `ca_file` to its PEM file"
+            }
+            rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            ) => {
+                "the certificate is issued for another name: put the name it carries in the \
+                 URL (for the SMTP server that is `tls_name`; a token endpoint is checked \
+                 against its URL)"
+            }
+            _ => {
+                "check the endpoint's certificate; a private CA goes in the transport's \
+                 `ca_file`"
+            }
+        };
+        return HttpError::Certificate(format!("invalid peer certificate: {tls} ({hint})"));
+    }
+    // Without the URL: it may carry query parameters.
+    HttpError::Network(e.without_url().to_string())
+}
+
+/// The rustls error under a failed request, when the certificate is the reason,
+/// wherever reqwest and hyper wrapped it (hyper-rustls puts it in an `io::Error`
+/// inside another one, and `io::Error::source` skips the error it wraps).
+fn certificate_problem(e: &reqwest::Error) -> Option<&rustls::Error> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(mut err) = current {
+        while let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            err = inner;
+        }
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return matches!(
+                tls,
+                rustls::Error::InvalidCertificate(_)
+                    | rustls::Error::NoCertificatesPresented
+                    | rustls::Error::PeerIncompatible(_)
+            )
+            .then_some(tls);
+        }
+        current = err.source();
+    }
+    None
 }
 
 #[cfg(test)]

@@ -26,6 +26,13 @@ pub struct OAuthConfig {
     /// Device authorization endpoint, for `missive auth --device`.
     #[serde(default)]
     pub device_url: Option<String>,
+    /// The redirect URI registered with the provider, for `missive auth`: a loopback
+    /// `http://` address with a fixed port, e.g. `http://127.0.0.1:8765/callback`.
+    /// By default missive listens on a random port at `http://127.0.0.1:<port>/`,
+    /// which providers following RFC 8252 (Google, Microsoft) accept but most
+    /// OpenID providers do not.
+    #[serde(default)]
+    pub redirect_uri: Option<String>,
     /// Scopes to ask for, overriding the preset's narrowest sending scope.
     #[serde(default)]
     pub scopes: Option<Vec<String>>,
@@ -81,6 +88,7 @@ impl OAuthConfig {
             token_url: None,
             auth_url: None,
             device_url: None,
+            redirect_uri: None,
             scopes: None,
             client_id: None,
             client_secret_env: None,

@@ -1,5 +1,6 @@
 //! The credentials file `missive auth` writes: a refresh token (and what is needed to
-//! use it), mode 0600, replaced atomically whenever a provider rotates the token.
+//! use it) and the last access token with its expiry, mode 0600, replaced atomically
+//! whenever a provider issues a new token.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -48,9 +49,17 @@ struct Stored {
     scopes: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     refresh_token: Option<String>,
-    /// Unix time at which the access token issued last expires, for `missive auth status`.
+    /// The access token issued last, reused by later runs while it is valid, so that
+    /// a command run from cron does not renew (and, with a rotating provider, spend
+    /// the refresh token) every time. Files written before version 2 have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    access_token: Option<String>,
+    /// Unix time at which that access token expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     access_token_expires_at: Option<u64>,
+    /// Unix time at which it was issued: with the expiry, its lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    access_token_issued_at: Option<u64>,
     #[serde(default)]
     updated_at: u64,
 }
@@ -65,7 +74,9 @@ pub(crate) struct Credentials {
     pub token_url: Option<String>,
     pub scopes: Vec<String>,
     pub refresh_token: Option<SecretString>,
+    pub access_token: Option<SecretString>,
     pub access_token_expires_at: Option<u64>,
+    pub access_token_issued_at: Option<u64>,
     pub updated_at: u64,
 }
 
@@ -78,6 +89,8 @@ impl std::fmt::Debug for Credentials {
             .field("has_client_secret", &self.client_secret.is_some())
             .field("token_url", &self.token_url)
             .field("has_refresh_token", &self.refresh_token.is_some())
+            .field("has_access_token", &self.access_token.is_some())
+            .field("access_token_expires_at", &self.access_token_expires_at)
             .finish_non_exhaustive()
     }
 }
@@ -122,7 +135,9 @@ pub(crate) fn load(path: &Path) -> Result<Credentials> {
         token_url: stored.token_url,
         scopes: stored.scopes,
         refresh_token: stored.refresh_token.map(SecretString::from),
+        access_token: stored.access_token.map(SecretString::from),
         access_token_expires_at: stored.access_token_expires_at,
+        access_token_issued_at: stored.access_token_issued_at,
         updated_at: stored.updated_at,
     })
 }
@@ -162,7 +177,7 @@ fn check_private(_path: &Path, _meta: &std::fs::Metadata) -> Result<()> {
 /// never half of one, and the secret is never readable by others even for a moment.
 pub(crate) fn save(path: &Path, credentials: &Credentials) -> Result<()> {
     let stored = Stored {
-        version: 1,
+        version: 2,
         provider: credentials.provider.clone(),
         user: credentials.user.clone(),
         client_id: credentials.client_id.clone(),
@@ -176,7 +191,12 @@ pub(crate) fn save(path: &Path, credentials: &Credentials) -> Result<()> {
             .refresh_token
             .as_ref()
             .map(|s| s.expose_secret().to_string()),
+        access_token: credentials
+            .access_token
+            .as_ref()
+            .map(|s| s.expose_secret().to_string()),
         access_token_expires_at: credentials.access_token_expires_at,
+        access_token_issued_at: credentials.access_token_issued_at,
         updated_at: now_unix(),
     };
     let mut json = serde_json::to_vec_pretty(&stored)
@@ -342,7 +362,48 @@ mod tests {
 
     #[test]
     fn debug_shows_no_secret() {
-        let shown = format!("{:?}", sample());
-        assert!(!shown.contains("rt-1"), "{shown}");
+        let mut credentials = sample();
+        credentials.access_token = Some(SecretString::from("at-1"));
+        let shown = format!("{credentials:?}");
+        assert!(
+            !shown.contains("rt-1") && !shown.contains("at-1"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_version_1_file_without_an_access_token_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("credentials.json");
+        std::fs::write(
+            &path,
+            r#"{"version":1,"provider":"generic","client_id":"cid","refresh_token":"rt-1",
+                "access_token_expires_at":1700000000,"updated_at":1699990000}"#,
+        )
+        .unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let back = load(&path).unwrap();
+        assert_eq!(back.refresh_token.unwrap().expose_secret(), "rt-1");
+        assert!(back.access_token.is_none());
+        assert_eq!(back.access_token_expires_at, Some(1_700_000_000));
+    }
+
+    #[test]
+    fn the_access_token_and_its_times_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("credentials.json");
+        let mut credentials = sample();
+        credentials.access_token = Some(SecretString::from("at-1"));
+        credentials.access_token_issued_at = Some(100);
+        credentials.access_token_expires_at = Some(3700);
+        save(&path, &credentials).unwrap();
+        let back = load(&path).unwrap();
+        assert_eq!(back.access_token.unwrap().expose_secret(), "at-1");
+        assert_eq!(back.access_token_issued_at, Some(100));
+        assert_eq!(back.access_token_expires_at, Some(3700));
     }
 }

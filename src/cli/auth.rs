@@ -17,7 +17,11 @@ pub enum AuthCommand {
     /// Sign in with any OAuth2 provider (give --auth-url and --token-url).
     Generic(LoginArgs),
     /// Show which credential the config uses and when its access token expires.
-    Status,
+    Status {
+        /// Also ask the provider for a new access token and say what it answered.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -46,6 +50,10 @@ pub struct LoginArgs {
     /// Device authorization endpoint (generic provider, with --device).
     #[arg(long, value_name = "URL")]
     device_url: Option<String>,
+    /// The redirect URI registered with the provider, e.g.
+    /// http://127.0.0.1:8765/callback (default: http://127.0.0.1:<random port>/).
+    #[arg(long, value_name = "URL")]
+    redirect_uri: Option<String>,
     /// Where to store the refresh token (default: the config's, else
     /// ~/.config/missive/credentials.json).
     #[arg(long, value_name = "FILE")]
@@ -69,7 +77,7 @@ fn configured(config: &Config) -> (Option<OAuthConfig>, Option<String>, Option<P
 
 pub async fn run(config: &Config, command: AuthCommand) -> Result<ExitCode> {
     let (provider, args) = match command {
-        AuthCommand::Status => return status(config),
+        AuthCommand::Status { check } => return status(config, check).await,
         AuthCommand::Google(args) => (Provider::Google, args),
         AuthCommand::Microsoft(args) => (Provider::Microsoft, args),
         AuthCommand::Generic(args) => (Provider::Generic, args),
@@ -85,6 +93,7 @@ pub async fn run(config: &Config, command: AuthCommand) -> Result<ExitCode> {
     oauth.auth_url = args.auth_url.or(oauth.auth_url);
     oauth.token_url = args.token_url.or(oauth.token_url);
     oauth.device_url = args.device_url.or(oauth.device_url);
+    oauth.redirect_uri = args.redirect_uri.or(oauth.redirect_uri);
     oauth.credentials_file = args.credentials.or(oauth.credentials_file);
     if !args.scopes.is_empty() {
         oauth.scopes = Some(args.scopes);
@@ -103,8 +112,8 @@ pub async fn run(config: &Config, command: AuthCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn status(config: &Config) -> Result<ExitCode> {
-    let (Some(oauth), user, _) = configured(config) else {
+async fn status(config: &Config, check: bool) -> Result<ExitCode> {
+    let (Some(oauth), user, ca_file) = configured(config) else {
         println!("no OAuth2 credential configured: the transport is not SMTP with `auth.oauth`");
         return Ok(ExitCode::FAILURE);
     };
@@ -132,18 +141,38 @@ fn status(config: &Config) -> Result<ExitCode> {
         ),
         None => println!("access token: none issued yet; the first send gets one"),
     }
-    match &status.problem {
-        Some(problem) => {
-            println!("problem:    {problem}");
-            Ok(ExitCode::FAILURE)
+    if let Some(problem) = &status.problem {
+        println!("problem:    {problem}");
+        return Ok(ExitCode::FAILURE);
+    }
+    if !check {
+        // Without asking, "ready" means complete, not honoured: say so.
+        println!(
+            "ready:      {} (not checked with the provider: --check asks it)",
+            if status.ready { "yes" } else { "no" }
+        );
+        return Ok(if status.ready {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    match auth::check(&oauth, user.as_deref(), ca_file.as_deref()).await {
+        Ok(answer) => {
+            match answer.expires_in {
+                Some(valid) => println!(
+                    "check:      the provider issued an access token, valid {} s",
+                    valid.as_secs()
+                ),
+                None => println!("check:      the provider issued an access token"),
+            }
+            println!("ready:      yes");
+            Ok(ExitCode::SUCCESS)
         }
-        None => {
-            println!("ready:      {}", if status.ready { "yes" } else { "no" });
-            Ok(if status.ready {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+        Err(e) => {
+            println!("check:      {}", e.message());
+            println!("ready:      no");
+            Ok(ExitCode::FAILURE)
         }
     }
 }

@@ -142,25 +142,52 @@ enum Format {
 /// Logs go to stderr; `RUST_LOG` wins over `-v`.
 pub fn init_tracing(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
+        // A failed send or sign-in is printed once, as the `missive:` line: the
+        // library's own report of it and of each attempt are details for `-v`.
+        0 => "warn,missive::mailer=error,missive::transport=error",
         1 => "info",
         2 => "debug",
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing::subscriber::set_global_default(subscriber(filter, std::io::stderr));
+    let colour = use_colour(
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        std::env::var_os("NO_COLOR"),
+    );
+    let _ = tracing::subscriber::set_global_default(subscriber(filter, std::io::stderr, colour));
 }
 
-/// Libraries that log protocol traffic at DEBUG and TRACE: lettre writes every SMTP
-/// line, the base64 `AUTH XOAUTH2` one (a bearer token) included, and the HTTP stack
-/// can show token requests. Below INFO they never reach missive's output, whatever
-/// `RUST_LOG` asks for.
-const WIRE_TARGETS: &[&str] = &["lettre", "reqwest", "hyper", "hyper_util", "h2", "rustls"];
+/// Colour codes only for a terminal, and not when `NO_COLOR` is set to anything
+/// but the empty string (no-color.org).
+fn use_colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
 
-fn is_wire_detail(meta: &tracing::Metadata<'_>) -> bool {
+/// Libraries whose DEBUG and TRACE output carries secrets or message content:
+/// lettre writes every SMTP line, the base64 `AUTH XOAUTH2` one (a bearer token)
+/// included; the HTTP stack can show token requests; html5ever, markup5ever and
+/// selectors log every token and character of the HTML (the data in it, a reset
+/// link included) while CSS is inlined. Below INFO they never reach missive's
+/// output, whatever `RUST_LOG` asks for (the `log` ones are also compiled out by
+/// the `cap-dependency-logs` feature).
+const PRIVATE_DETAIL_TARGETS: &[&str] = &[
+    "lettre",
+    "reqwest",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "rustls",
+    "html5ever",
+    "markup5ever",
+    "selectors",
+    "cssparser",
+    "css_inline",
+];
+
+fn is_private_detail(meta: &tracing::Metadata<'_>) -> bool {
     *meta.level() > tracing::Level::INFO
-        && WIRE_TARGETS.iter().any(|t| {
+        && PRIVATE_DETAIL_TARGETS.iter().any(|t| {
             meta.target()
                 .strip_prefix(t)
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
@@ -170,6 +197,7 @@ fn is_wire_detail(meta: &tracing::Metadata<'_>) -> bool {
 fn subscriber<W>(
     filter: tracing_subscriber::EnvFilter,
     writer: W,
+    colour: bool,
 ) -> impl tracing::Subscriber + Send + Sync
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
@@ -177,10 +205,11 @@ where
     use tracing_subscriber::filter::FilterExt;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::Layer;
-    let safe = tracing_subscriber::filter::filter_fn(|meta| !is_wire_detail(meta));
+    let safe = tracing_subscriber::filter::filter_fn(|meta| !is_private_detail(meta));
     tracing_subscriber::registry().with(
         tracing_subscriber::fmt::layer()
             .with_writer(writer)
+            .with_ansi(colour)
             .with_filter(filter.and(safe)),
     )
 }
@@ -503,7 +532,7 @@ mod tests {
                 move || buffer.clone()
             };
             let filter = tracing_subscriber::EnvFilter::new(directives);
-            tracing::subscriber::with_default(subscriber(filter, make), || {
+            tracing::subscriber::with_default(subscriber(filter, make, false), || {
                 let span = tracing::info_span!("smtp_attempt", attempt = 1);
                 let _entered = span.enter();
                 tracing::debug!(
@@ -511,12 +540,15 @@ mod tests {
                     "Wrote: AUTH XOAUTH2 dXNlcj1hQGIBYXV0aD1CZWFyZXIgc2VjcmV0AQE="
                 );
                 tracing::trace!(target: "hyper_util::client", "POST /token refresh_token=rt-secret");
+                tracing::trace!(target: "html5ever::tokenizer", "got characters reset-secret");
+                tracing::debug!(target: "selectors::matching", "Matching <a href=reset-secret>");
                 tracing::info!(target: "lettre", "connection encrypted");
                 tracing::debug!(target: "missive::transport", "retrying");
             });
             let out = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
             assert!(!out.contains("XOAUTH2"), "{directives}: {out}");
             assert!(!out.contains("rt-secret"), "{directives}: {out}");
+            assert!(!out.contains("reset-secret"), "{directives}: {out}");
             assert!(
                 out.contains("connection encrypted"),
                 "{directives}: INFO still passes"
@@ -526,5 +558,16 @@ mod tests {
                 "{directives}: missive's own debug passes"
             );
         }
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(use_colour(true, None));
+        assert!(!use_colour(false, None));
+        assert!(!use_colour(true, Some("1".into())));
+        assert!(
+            use_colour(true, Some("".into())),
+            "an empty NO_COLOR does not count"
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! `missive check` and a hot reload can show them all.
 
 pub(crate) mod front_matter;
+pub(crate) mod live;
 pub(crate) mod walk;
 
 use std::collections::{BTreeMap, HashMap};
@@ -17,6 +18,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::inline::Stylesheets;
 use crate::render::schema::Schema;
 use front_matter::{FrontMatter, TextMode};
+pub(crate) use live::LiveSet;
+pub use live::ReloadEvent;
 
 /// Where a compiled minijinja template came from, to turn its errors into file:line.
 #[derive(Debug, Clone)]

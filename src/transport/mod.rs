@@ -264,6 +264,7 @@ impl Delivery {
 
 /// A recipient the server would not take, while others got the message.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct Rejected {
     /// The envelope address.
     pub recipient: String,
@@ -271,4 +272,19 @@ pub struct Rejected {
     pub code: Option<u16>,
     /// The server's reply, or why delivery to it stopped.
     pub reply: String,
+}
+
+impl Rejected {
+    /// `recipient` refused with `reply` (and its SMTP code, when there is one).
+    pub fn new(
+        recipient: impl Into<String>,
+        code: Option<u16>,
+        reply: impl Into<String>,
+    ) -> Rejected {
+        Rejected {
+            recipient: recipient.into(),
+            code,
+            reply: reply.into(),
+        }
+    }
 }

@@ -28,6 +28,9 @@ OAUTH_USER="alice@missive.test"
 CLIENT_ID="missive"
 CLIENT_SECRET="missive-secret"
 SHORT_CLIENT_ID="missive-short"
+STRICT_CLIENT_ID="missive-oidc" # standard OpenID behaviour: exact redirect URI, offline_access needs prompt=consent
+# Registered for missive-oidc; nothing listens there except `missive auth` in a test.
+STRICT_REDIRECT_URI="http://127.0.0.1:${MISSIVE_INTEROP_OIDC_REDIRECT_PORT:-9471}/callback"
 DOVECOT_CLIENT_ID="dovecot"
 DOVECOT_CLIENT_SECRET="dovecot-secret"
 PASSWORD_USER="carol@missive.test"

@@ -52,3 +52,18 @@ pub fn stored_refresh_token(path: &Path) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// Makes the access token a credentials file keeps look expired, as it is once its
+/// lifetime has passed: the next renewal must spend the refresh token.
+pub fn expire_stored_access_token(path: &Path) {
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    json["access_token_expires_at"] = 1.into();
+    std::fs::write(path, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+    set_mode(path, 0o600);
+}
+
+pub fn stored_access_token(path: &Path) -> Option<String> {
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    json["access_token"].as_str().map(str::to_string)
+}

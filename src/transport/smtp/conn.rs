@@ -2,25 +2,21 @@
 //! transactions, pipelined (RFC 2920) where the server offers it.
 
 use std::fmt;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use lettre::address::Address;
-// lettre marks `AsyncNetworkStream` deprecated for outside use, but it is the one way
-// to run lettre's TLS over a socket of our own (see `TokioIo`) in lettre 0.11.
+// Deprecated for outside use, yet lettre 0.11's one way to put its TLS over our socket.
 #[allow(deprecated)]
 use lettre::transport::smtp::client::AsyncNetworkStream;
 use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
 use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use lettre::transport::smtp::response::Response;
-use secrecy::{ExposeSecret, SecretString};
 
 use crate::error::{Error, ErrorKind};
-use crate::transport::smtp::settings::{Mechanism, TlsMode};
+use crate::transport::smtp::settings::TlsMode;
+use crate::transport::smtp::stream::{Progress, TokioIo, Tracked};
 
 /// Where a failure happened; a stale pooled connection shows itself at `Mail`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,20 +138,10 @@ fn reply_text(e: &lettre::transport::smtp::Error) -> String {
     }
 }
 
-/// A line sent as is. Used for SASL exchanges that lettre has no command for; lettre
-/// is built without its `tracing` feature, so it never logs what we write.
-struct Line<'a>(&'a str);
-
-impl fmt::Display for Line<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}\r\n", self.0)
-    }
-}
-
 /// An open connection and what its server offers beyond what lettre's `ServerInfo`
 /// keeps.
 pub(crate) struct Session {
-    smtp: AsyncSmtpConnection,
+    pub(super) smtp: AsyncSmtpConnection,
     /// What the socket under the connection last did, to tell a reply lost after the
     /// final "." from a write that never finished.
     progress: Arc<Progress>,
@@ -218,136 +204,6 @@ fn within_deadline(wait: Duration) -> Duration {
     match crate::transport::retry::deadline() {
         Some(deadline) => wait.min(deadline.saturating_duration_since(Instant::now())),
         None => wait,
-    }
-}
-
-/// When the socket last wrote, and since when it has been reading (after the last
-/// write): set by [`Tracked`], read by [`Endpoint::finish_data`].
-#[derive(Debug)]
-pub(crate) struct Progress {
-    state: Mutex<(Instant, Option<Instant>)>,
-}
-
-impl Progress {
-    fn new() -> Arc<Progress> {
-        Arc::new(Progress {
-            state: Mutex::new((Instant::now(), None)),
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, (Instant, Option<Instant>)> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// `Some(since)` once everything written so far has been handed to the kernel and
-    /// the connection waits for an answer.
-    fn reading_since(&self) -> Option<Instant> {
-        self.lock().1
-    }
-
-    fn last_write(&self) -> Instant {
-        self.lock().0
-    }
-}
-
-/// A TCP stream that records its reads and writes in a [`Progress`].
-#[derive(Debug)]
-struct Tracked {
-    tcp: tokio::net::TcpStream,
-    progress: Arc<Progress>,
-}
-
-impl tokio::io::AsyncRead for Tracked {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        {
-            let mut state = self.progress.lock();
-            if state.1.is_none() {
-                state.1 = Some(Instant::now());
-            }
-        }
-        Pin::new(&mut self.tcp).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for Tracked {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let result = Pin::new(&mut self.tcp).poll_write(cx, buf);
-        let mut state = self.progress.lock();
-        state.1 = None;
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            state.0 = Instant::now();
-        }
-        result
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_shutdown(cx)
-    }
-}
-
-impl AsyncTokioStream for Tracked {
-    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.tcp.peer_addr()
-    }
-}
-
-/// lettre's TLS stream (futures-io) seen as a tokio stream, so that implicit TLS runs
-/// over a [`Tracked`] socket too.
-#[derive(Debug)]
-#[allow(deprecated)]
-struct TokioIo(AsyncNetworkStream);
-
-impl tokio::io::AsyncRead for TokioIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let unfilled = buf.initialize_unfilled();
-        match futures_io::AsyncRead::poll_read(Pin::new(&mut self.0), cx, unfilled) {
-            Poll::Ready(Ok(n)) => {
-                buf.advance(n);
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl tokio::io::AsyncWrite for TokioIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        futures_io::AsyncWrite::poll_write(Pin::new(&mut self.0), cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        futures_io::AsyncWrite::poll_flush(Pin::new(&mut self.0), cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        futures_io::AsyncWrite::poll_close(Pin::new(&mut self.0), cx)
-    }
-}
-
-impl AsyncTokioStream for TokioIo {
-    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.0.peer_addr()
     }
 }
 
@@ -539,128 +395,6 @@ impl Endpoint {
         }
     }
 
-    /// Authenticates with an OAuth2 bearer token. `Ok(Some(..))` is the server's
-    /// refusal of the token (the caller renews it and tries once more).
-    pub async fn oauth(
-        &self,
-        session: &mut Session,
-        mechanism: Mechanism,
-        user: &str,
-        token: &SecretString,
-    ) -> Result<Option<Rejection>, Failure> {
-        let conn = &mut session.smtp;
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let (initial, dummy) = match mechanism {
-            Mechanism::Oauthbearer => {
-                let user = user.replace('=', "=3D").replace(',', "=2C");
-                (
-                    SecretString::from(b64.encode(format!(
-                        "n,a={user},\x01host={}\x01port={}\x01auth=Bearer {}\x01\x01",
-                        self.host,
-                        self.port,
-                        token.expose_secret()
-                    ))),
-                    // RFC 7628 3.2.3: a failed exchange is closed with a single %x01.
-                    "AQ==",
-                )
-            }
-            _ => (
-                SecretString::from(b64.encode(format!(
-                    "user={user}\x01auth=Bearer {}\x01\x01",
-                    token.expose_secret()
-                ))),
-                // Gmail's XOAUTH2 error challenge is answered with an empty line.
-                "",
-            ),
-        };
-        let command = SecretString::from(format!(
-            "AUTH {} {}",
-            mechanism.name(),
-            initial.expose_secret()
-        ));
-        let first = self
-            .step(Stage::Auth, conn.command(Line(command.expose_secret())))
-            .await;
-        match first {
-            Ok(response) if response.has_code(334) => {
-                let challenge = decode_challenge(&response);
-                match self.step(Stage::Auth, conn.command(Line(dummy))).await {
-                    Err(Failure::Reply { code, text, .. }) if code >= 500 => Ok(Some(Rejection {
-                        code,
-                        text,
-                        challenge,
-                    })),
-                    Err(other) => Err(other),
-                    Ok(response) => Err(Failure::Fatal(Error::new(
-                        ErrorKind::Auth,
-                        format!(
-                            "unexpected answer to the {} error challenge: {}",
-                            mechanism.name(),
-                            response.code()
-                        ),
-                    ))),
-                }
-            }
-            Ok(_) => Ok(None),
-            Err(Failure::Reply { code, text, .. }) if matches!(code, 530 | 534 | 535) => {
-                Ok(Some(Rejection {
-                    code,
-                    text,
-                    challenge: None,
-                }))
-            }
-            Err(Failure::Reply { code, text, .. }) if code >= 500 => Err(Failure::Fatal(
-                Error::new(
-                    ErrorKind::Auth,
-                    format!(
-                        "the server refused AUTH {} ({code} {text}); is the mechanism enabled \
-                         for this account?",
-                        mechanism.name()
-                    ),
-                )
-                .with_smtp_code(code),
-            )),
-            Err(other) => Err(other),
-        }
-    }
-
-    /// Authenticates with user name and password (PLAIN or LOGIN).
-    pub async fn password(
-        &self,
-        session: &mut Session,
-        mechanism: Mechanism,
-        user: &str,
-        password: &SecretString,
-    ) -> Result<(), Failure> {
-        let conn = &mut session.smtp;
-        use lettre::transport::smtp::authentication::{Credentials, Mechanism as M};
-        let lettre_mechanism = match mechanism {
-            Mechanism::Login => M::Login,
-            _ => M::Plain,
-        };
-        if !conn.server_info().supports_auth_mechanism(lettre_mechanism) {
-            return Err(Failure::Fatal(Error::new(
-                ErrorKind::Auth,
-                format!("the server does not offer AUTH {}", mechanism.name()),
-            )));
-        }
-        let credentials = Credentials::new(user.to_string(), password.expose_secret().to_string());
-        match self
-            .step(Stage::Auth, conn.auth(&[lettre_mechanism], &credentials))
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(Failure::Reply { code, text, .. }) if code >= 500 => Err(Failure::Fatal(
-                Error::new(
-                    ErrorKind::Auth,
-                    format!("the server refused the password of {user}: {code} {text}"),
-                )
-                .with_smtp_code(code),
-            )),
-            Err(other) => Err(other),
-        }
-    }
-
     /// One mail transaction to `recipients`: each refused recipient is reported on its
     /// own, and the message goes to those accepted.
     pub async fn transaction(
@@ -837,39 +571,6 @@ pub(crate) struct Refusal {
     pub recipient: Address,
     pub code: u16,
     pub text: String,
-}
-
-/// A server's refusal of an access token.
-#[derive(Debug)]
-pub(crate) struct Rejection {
-    pub code: u16,
-    pub text: String,
-    /// The decoded JSON of an XOAUTH2/OAUTHBEARER error challenge, e.g.
-    /// `{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}`.
-    pub challenge: Option<String>,
-}
-
-impl fmt::Display for Rejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.code, self.text)?;
-        if let Some(challenge) = &self.challenge {
-            write!(f, " (challenge: {challenge})")?;
-        }
-        Ok(())
-    }
-}
-
-/// The JSON status in a `334 <base64>` error challenge, as compact text.
-fn decode_challenge(response: &Response) -> Option<String> {
-    let encoded: String = response.message().collect::<Vec<_>>().join("");
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .ok()?;
-    let text = String::from_utf8(bytes).ok()?;
-    match serde_json::from_str::<serde_json::Value>(&text) {
-        Ok(json) => Some(json.to_string()),
-        Err(_) => Some(text.chars().filter(|c| !c.is_control()).take(300).collect()),
-    }
 }
 
 #[cfg(test)]

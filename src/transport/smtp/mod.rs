@@ -2,7 +2,9 @@
 //! one mail transaction per attempt with the outcome of each recipient.
 
 mod conn;
+mod sasl;
 mod settings;
+mod stream;
 
 pub use settings::{AuthConfig, Mechanism, PoolConfig, SmtpConfig, Timeouts, TlsMode};
 
@@ -273,7 +275,7 @@ impl Smtp {
                 };
                 // lettre cannot change the credentials of a connection it built, and a
                 // server may close after a failed AUTH: renew, then start over, once.
-                tracing::warn!(rejection = %first, "the server refused the access token; renewing it");
+                tracing::info!(rejection = %first, "the server refused the access token; renewing it");
                 let second = match sign_in(endpoint, *mechanism, user, tokens).await? {
                     Ok(conn) => return Ok(conn),
                     Err(rejection) => rejection,
@@ -303,7 +305,7 @@ async fn sign_in(
     mechanism: Mechanism,
     user: &str,
     tokens: &TokenCache,
-) -> Result<Result<Session, conn::Rejection>, Failure> {
+) -> Result<Result<Session, sasl::Rejection>, Failure> {
     // The token first: no connection is opened for credentials that are dead.
     let token = tokens.get().await.map_err(Failure::Fatal)?;
     let mut conn = endpoint.connect().await?;

@@ -60,10 +60,8 @@ impl SmtpConfig {
     /// smtp.auth.mechanism = missive::Mechanism::Xoauth2;
     /// smtp.auth.user = Some("sender@gmail.com".into());
     /// smtp.auth.oauth = Some(missive::auth::OAuthConfig::new(missive::auth::Provider::Google));
-    /// let config = missive::Config {
-    ///     transport: missive::TransportConfig::Smtp(Box::new(smtp)),
-    ///     ..missive::Config::default()
-    /// };
+    /// let mut config = missive::Config::default();
+    /// config.transport = missive::TransportConfig::Smtp(Box::new(smtp));
     /// # let _ = config;
     /// ```
     pub fn new(host: impl Into<String>) -> SmtpConfig {
@@ -220,7 +218,9 @@ mod tests {
         };
         assert_eq!(smtp.tls, TlsMode::Starttls);
         assert_eq!(smtp.pool.max_connections, 4);
-        assert_eq!(smtp.retry.deadline_secs, 120);
+        assert_eq!(smtp.retry.deadline_secs, 600);
+        assert_eq!(smtp.timeouts, Timeouts::default());
+        assert_eq!(smtp.timeouts.final_dot, 600);
         assert_eq!(smtp.auth.mechanism, Mechanism::Xoauth2);
         let oauth = smtp.auth.oauth.expect("oauth");
         assert_eq!(oauth.provider, Provider::Google);

@@ -5,6 +5,9 @@
 //     and one for Dovecot's token introspection;
 //   * refresh-token rotation (reusing a consumed refresh token revokes the grant);
 //   * the client_credentials grant;
+//   * one client, missive-oidc, that behaves as a standard OpenID provider does:
+//     its one registered redirect URI matches exactly (port included), and
+//     offline_access (a refresh token) is granted only with prompt=consent;
 //   * an automatic (no UI) login + consent, so the authorization-code + PKCE flow
 //     of `missive auth generic` can be driven by a plain HTTP client;
 //   * test-only helper routes under /test/ to mint and revoke grants.
@@ -44,6 +47,8 @@ const DEFAULT_SCOPE = 'openid email offline_access smtp';
 const MISSIVE_CLIENT_ID = env.OIDC_CLIENT_ID || 'missive';
 const MISSIVE_CLIENT_SECRET = env.OIDC_CLIENT_SECRET || 'missive-secret';
 const SHORT_CLIENT_ID = env.OIDC_SHORT_CLIENT_ID || 'missive-short';
+const STRICT_CLIENT_ID = env.OIDC_STRICT_CLIENT_ID || 'missive-oidc';
+const STRICT_REDIRECT_URI = env.OIDC_STRICT_REDIRECT_URI || 'http://127.0.0.1:9471/callback';
 const DOVECOT_CLIENT_ID = env.OIDC_DOVECOT_CLIENT_ID || 'dovecot';
 const DOVECOT_CLIENT_SECRET = env.OIDC_DOVECOT_CLIENT_SECRET || 'dovecot-secret';
 
@@ -51,6 +56,7 @@ const DOVECOT_CLIENT_SECRET = env.OIDC_DOVECOT_CLIENT_SECRET || 'dovecot-secret'
 const clientTtl = new Map([
   [MISSIVE_CLIENT_ID, ACCESS_TOKEN_TTL],
   [SHORT_CLIENT_ID, SHORT_ACCESS_TOKEN_TTL],
+  [STRICT_CLIENT_ID, ACCESS_TOKEN_TTL],
 ]);
 const grantTtl = new Map(); // grantId -> seconds
 
@@ -86,6 +92,13 @@ const configuration = {
   clients: [
     missiveClient(MISSIVE_CLIENT_ID),
     missiveClient(SHORT_CLIENT_ID),
+    {
+      // No loopback leniency: a "web" client, whose redirect URI must match the
+      // registered one exactly, as most OpenID providers require of every client.
+      ...missiveClient(STRICT_CLIENT_ID),
+      application_type: 'web',
+      redirect_uris: [STRICT_REDIRECT_URI],
+    },
     {
       // Used by Dovecot (or anyone) to call the introspection endpoint only.
       client_id: DOVECOT_CLIENT_ID,
@@ -138,7 +151,12 @@ const configuration = {
   // allowed the refresh_token grant; oidc-provider would otherwise also require
   // prompt=consent next to offline_access (OIDC Core §11), which real
   // providers (Google, Microsoft) do not.
-  async issueRefreshToken(ctx, client) {
+  // missive-oidc keeps the standard rule: only when offline_access was granted,
+  // which oidc-provider (OIDC Core §11) drops from a request without prompt=consent.
+  async issueRefreshToken(ctx, client, code) {
+    if (client.clientId === STRICT_CLIENT_ID) {
+      return client.grantTypeAllowed('refresh_token') && code.scopes.has('offline_access');
+    }
     return client.grantTypeAllowed('refresh_token');
   },
   async expiresWithSession() {

@@ -8,15 +8,22 @@ use std::time::Duration;
 
 use oauth2::basic::{BasicClient, BasicErrorResponse, BasicErrorResponseType, BasicTokenResponse};
 use oauth2::{
-    AuthType, ClientId, ClientSecret, EndpointNotSet, EndpointSet, RefreshToken, RequestTokenError,
-    Scope, TokenResponse, TokenUrl,
+    AuthType, ClientId, ClientSecret, EndpointNotSet, EndpointSet, RequestTokenError, Scope,
+    TokenResponse, TokenUrl,
 };
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::auth::http::{check_endpoint, Http, HttpError};
 use crate::auth::store::{self, expand_home, Credentials};
-use crate::auth::{BoxFuture, ClientAuth, Grant, Issued, OAuthConfig, Provider, TokenSource};
+use crate::auth::{ClientAuth, Grant, Issued, OAuthConfig, Provider, TokenSource};
 use crate::error::{Error, ErrorKind, Result};
+use client_credentials::ClientCredentialsGrant;
+use refresh::{Origin, RefreshGrant};
+use service_account::ServiceAccountGrant;
+
+mod client_credentials;
+mod refresh;
+mod service_account;
 
 const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
 const GOOGLE_AUTH_URL: &str = "https://accounts.google.com/o/oauth2/v2/auth";
@@ -147,6 +154,7 @@ pub(crate) fn build(
             },
             common,
             rotated: Mutex::new(None),
+            refused: Mutex::new(None),
         }),
         Grant::ClientCredentials => Box::new(ClientCredentialsGrant { common }),
         Grant::JwtBearer => {
@@ -246,13 +254,26 @@ pub(crate) fn token_client(
     Ok(client)
 }
 
+/// A failed token request, and whether the provider refused the grant itself
+/// (`invalid_grant`): then no later request with the same refresh token can succeed.
+pub(crate) struct Failed {
+    pub error: Error,
+    pub grant_refused: bool,
+}
+
+impl From<Failed> for Error {
+    fn from(failed: Failed) -> Error {
+        failed.error
+    }
+}
+
 /// Runs one token request, again after a backoff while the endpoint times out or
-/// answers 5xx; refusals (`invalid_grant`, ...) end at once.
+/// answers 5xx; refusals (`invalid_grant`, ...) and certificate problems end at once.
 pub(crate) async fn request_with_retries<F, Fut>(
     http: &Http,
     hint: &str,
     mut call: F,
-) -> Result<BasicTokenResponse>
+) -> std::result::Result<BasicTokenResponse, Failed>
 where
     F: FnMut() -> Fut,
     Fut: Future<
@@ -265,12 +286,19 @@ where
             Ok(response) => return Ok(response),
             Err(e) => e,
         };
-        let retryable = matches!(error, RequestTokenError::Request(_));
+        let retryable = matches!(&error, RequestTokenError::Request(e) if e.is_retryable());
+        let grant_refused = matches!(
+            &error,
+            RequestTokenError::ServerResponse(r) if *r.error() == BasicErrorResponseType::InvalidGrant
+        );
         let error = token_error(error, hint);
         if !retryable || attempt >= http.attempts {
-            return Err(error);
+            return Err(Failed {
+                error,
+                grant_refused,
+            });
         }
-        tracing::warn!(attempt, error = %error, "token endpoint failed; retrying");
+        tracing::info!(attempt, error = %error, "token endpoint failed; retrying");
         Http::backoff(attempt).await;
         attempt += 1;
     }
@@ -306,7 +334,11 @@ pub(crate) fn token_error(
             Error::new(ErrorKind::Auth, message)
         }
         RequestTokenError::Request(e) => Error::new(
-            ErrorKind::Transient,
+            if e.is_retryable() {
+                ErrorKind::Transient
+            } else {
+                ErrorKind::Config
+            },
             format!("cannot get an access token: {e}"),
         ),
         RequestTokenError::Parse(_, _) => Error::new(
@@ -324,334 +356,7 @@ fn issued(response: &BasicTokenResponse) -> Issued {
     Issued {
         access_token: SecretString::from(response.access_token().secret().to_string()),
         expires_in: response.expires_in(),
-    }
-}
-
-enum Origin {
-    Env(String),
-    File(PathBuf),
-}
-
-/// Delegated access: a user's refresh token, rotated when the provider says so.
-struct RefreshGrant {
-    common: Common,
-    origin: Origin,
-    /// A rotated refresh token that could not be written back (it came from the
-    /// environment, or the file was not writable): used until the process ends.
-    rotated: Mutex<Option<SecretString>>,
-}
-
-impl RefreshGrant {
-    async fn renew(&self) -> Result<Issued> {
-        let _lock = match &self.origin {
-            Origin::File(path) => Some(store::lock_for_renewal(path).await?),
-            Origin::Env(_) => None,
-        };
-        let file = match &self.origin {
-            Origin::File(path) => Some(store::load(path)?),
-            Origin::Env(_) => None,
-        };
-        let kept = self
-            .rotated
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let refresh = match (kept, &self.origin) {
-            (Some(kept), _) => kept,
-            (None, Origin::Env(var)) => self.common.env_secret(var, "refresh token")?,
-            (None, Origin::File(path)) => file
-                .as_ref()
-                .and_then(|f| f.refresh_token.clone())
-                .ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::Auth,
-                        format!(
-                            "{} holds no refresh token: {}",
-                            path.display(),
-                            self.common.reauth_hint()
-                        ),
-                    )
-                })?,
-        };
-        let client = self.common.client(file.as_ref())?;
-        let http = &self.common.http;
-        let token = RefreshToken::new(refresh.expose_secret().to_string());
-        let response = request_with_retries(http, &self.common.reauth_hint(), || {
-            client
-                .exchange_refresh_token(&token)
-                .add_scopes(self.common.scopes())
-                .request_async(http)
-        })
-        .await?;
-        let expires_at = response
-            .expires_in()
-            .map(|d| store::now_unix() + d.as_secs());
-        let rotated = response
-            .refresh_token()
-            .map(|t| SecretString::from(t.secret().to_string()))
-            .filter(|t| t.expose_secret() != refresh.expose_secret());
-        // The old refresh token may be dead from now on: save the new one before the
-        // access token is used, so a crash right after cannot lose it.
-        self.remember(file, rotated, expires_at);
-        Ok(issued(&response))
-    }
-
-    fn remember(
-        &self,
-        file: Option<Credentials>,
-        rotated: Option<SecretString>,
-        expires_at: Option<u64>,
-    ) {
-        let mut kept = self.rotated.lock().unwrap_or_else(|p| p.into_inner());
-        match (&self.origin, file) {
-            (Origin::File(path), Some(mut credentials)) => {
-                if let Some(new) = &rotated {
-                    credentials.refresh_token = Some(new.clone());
-                }
-                credentials.access_token_expires_at = expires_at;
-                match store::save(path, &credentials) {
-                    Ok(()) => {
-                        if rotated.is_some() {
-                            tracing::info!(file = %path.display(), "rotated refresh token saved");
-                        }
-                        *kept = None;
-                    }
-                    Err(e) if rotated.is_some() => {
-                        tracing::error!(
-                            error = %e,
-                            "cannot save the rotated refresh token; it is kept in memory, \
-                             and `missive auth` will be needed after a restart"
-                        );
-                        *kept = rotated;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "cannot update the credentials file"),
-                }
-            }
-            _ => {
-                if rotated.is_some() {
-                    tracing::warn!(
-                        "the provider rotated the refresh token from the environment; the new \
-                         one is kept in memory only: use the credentials file to keep it"
-                    );
-                    *kept = rotated;
-                }
-            }
-        }
-    }
-}
-
-impl TokenSource for RefreshGrant {
-    fn fetch(&self) -> BoxFuture<'_, Result<Issued>> {
-        Box::pin(self.renew())
-    }
-    fn describe(&self) -> String {
-        let from = match &self.origin {
-            Origin::Env(var) => format!("${var}"),
-            Origin::File(path) => path.display().to_string(),
-        };
-        format!(
-            "{} refresh token from {from}",
-            self.common.config.provider.name()
-        )
-    }
-}
-
-/// App-only access with the client's own id and secret.
-struct ClientCredentialsGrant {
-    common: Common,
-}
-
-impl ClientCredentialsGrant {
-    async fn renew(&self) -> Result<Issued> {
-        let file = match &self.common.config.client_secret_env {
-            Some(_) => None,
-            None => Some(store::load(&credentials_path(&self.common.config))?),
-        };
-        let client = self.common.client(file.as_ref())?;
-        let http = &self.common.http;
-        let response = request_with_retries(http, "check the client secret", || {
-            client
-                .exchange_client_credentials()
-                .add_scopes(self.common.scopes())
-                .request_async(http)
-        })
-        .await?;
-        Ok(issued(&response))
-    }
-}
-
-impl TokenSource for ClientCredentialsGrant {
-    fn fetch(&self) -> BoxFuture<'_, Result<Issued>> {
-        Box::pin(self.renew())
-    }
-    fn describe(&self) -> String {
-        format!(
-            "{} client credentials of {}",
-            self.common.config.provider.name(),
-            self.common
-                .config
-                .client_id
-                .as_deref()
-                .unwrap_or("the stored client")
-        )
-    }
-}
-
-/// Google Workspace service account impersonating `user` (domain-wide delegation).
-struct ServiceAccountGrant {
-    common: Common,
-    key_file: PathBuf,
-    user: String,
-}
-
-#[derive(serde::Deserialize)]
-struct ServiceAccountKey {
-    client_email: String,
-    private_key: String,
-    #[serde(default)]
-    private_key_id: Option<String>,
-    #[serde(default)]
-    token_uri: Option<String>,
-}
-
-#[derive(serde::Serialize)]
-struct Claims<'a> {
-    iss: &'a str,
-    sub: &'a str,
-    scope: String,
-    aud: &'a str,
-    iat: u64,
-    exp: u64,
-}
-
-#[derive(serde::Deserialize)]
-struct JwtTokenResponse {
-    access_token: String,
-    #[serde(default)]
-    expires_in: Option<u64>,
-}
-
-#[derive(serde::Deserialize)]
-struct JwtErrorResponse {
-    error: String,
-    #[serde(default)]
-    error_description: Option<String>,
-}
-
-impl ServiceAccountGrant {
-    async fn renew(&self) -> Result<Issued> {
-        let text = store::read_private(&self.key_file, "service account key")?;
-        let key: ServiceAccountKey = serde_json::from_str(&text).map_err(|e| {
-            Error::new(
-                ErrorKind::Config,
-                format!("not a service account JSON key: {e}"),
-            )
-            .at(&self.key_file, e.line(), e.column())
-        })?;
-        let token_url = self
-            .common
-            .config
-            .token_url
-            .clone()
-            .or(key.token_uri.clone())
-            .unwrap_or_else(|| GOOGLE_TOKEN_URL.to_string());
-        check_endpoint(&token_url, "service account token_uri")?;
-        let now = store::now_unix();
-        let claims = Claims {
-            iss: &key.client_email,
-            sub: &self.user,
-            scope: self.common.resolved.scopes.join(" "),
-            aud: &token_url,
-            iat: now,
-            exp: now + 3600,
-        };
-        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-        header.kid = key.private_key_id.clone();
-        let signing_key = jsonwebtoken::EncodingKey::from_rsa_pem(key.private_key.as_bytes())
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Config,
-                    format!("service account private key: {e}"),
-                )
-                .at(&self.key_file, 1, 1)
-            })?;
-        let assertion = SecretString::from(
-            jsonwebtoken::encode(&header, &claims, &signing_key).map_err(|e| {
-                Error::new(ErrorKind::Config, format!("cannot sign the assertion: {e}"))
-            })?,
-        );
-        let body = oauth2::url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer")
-            .append_pair("assertion", assertion.expose_secret())
-            .finish();
-        let mut attempt = 1;
-        loop {
-            let request = oauth2::http::Request::builder()
-                .method(oauth2::http::Method::POST)
-                .uri(&token_url)
-                .header("content-type", "application/x-www-form-urlencoded")
-                .header("accept", "application/json")
-                .body(body.clone().into_bytes())
-                .map_err(|e| Error::new(ErrorKind::Config, format!("token_uri: {e}")))?;
-            match self.common.http.execute(request).await {
-                Ok(response) if response.status().is_success() => {
-                    let token: JwtTokenResponse =
-                        serde_json::from_slice(response.body()).map_err(|_| {
-                            Error::new(
-                                ErrorKind::Auth,
-                                "the token endpoint's answer is not a token response",
-                            )
-                        })?;
-                    return Ok(Issued {
-                        access_token: SecretString::from(token.access_token),
-                        expires_in: token.expires_in.map(Duration::from_secs),
-                    });
-                }
-                Ok(response) => {
-                    let detail = serde_json::from_slice::<JwtErrorResponse>(response.body())
-                        .map(|e| match e.error_description {
-                            Some(d) => format!("{}: {d}", e.error),
-                            None => e.error,
-                        })
-                        .unwrap_or_else(|_| format!("HTTP {}", response.status()));
-                    return Err(Error::new(
-                        ErrorKind::Auth,
-                        format!(
-                            "Google refused the service account {} acting as {} ({detail}): check \
-                             that domain-wide delegation grants {} to this service account's \
-                             client id, and that the user exists in the domain",
-                            key.client_email,
-                            self.user,
-                            self.common.resolved.scopes.join(" ")
-                        ),
-                    ));
-                }
-                Err(e) if attempt < self.common.http.attempts => {
-                    tracing::warn!(attempt, error = %e, "token endpoint failed; retrying");
-                    Http::backoff(attempt).await;
-                    attempt += 1;
-                }
-                Err(e) => {
-                    return Err(Error::new(
-                        ErrorKind::Transient,
-                        format!("cannot get an access token: {e}"),
-                    ))
-                }
-            }
-        }
-    }
-}
-
-impl TokenSource for ServiceAccountGrant {
-    fn fetch(&self) -> BoxFuture<'_, Result<Issued>> {
-        Box::pin(self.renew())
-    }
-    fn describe(&self) -> String {
-        format!(
-            "google service account key {} acting as {}",
-            self.key_file.display(),
-            self.user
-        )
+        lifetime: None,
     }
 }
 
