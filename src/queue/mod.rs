@@ -853,7 +853,10 @@ mod tests {
         Queue::open(&QueueConfig::new("postgres://app@127.0.0.1:1/mail")).unwrap();
         let err = Queue::open(&QueueConfig::new("mysql://db/mail")).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Config);
-        assert!(err.message().contains("sqlite://PATH or postgres://"), "{err}");
+        assert!(
+            err.message().contains("sqlite://PATH or postgres://"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -105,12 +105,18 @@ fn check(what: &str, output: std::io::Result<Output>) {
 impl Postgres {
     pub fn start() -> Postgres {
         let bin = install();
+        // PostgreSQL refuses to run as root; as root, the server runs as `postgres`,
+        // which must be able to reach its folder, so it goes under /tmp whatever
+        // TMPDIR says.
+        let run_as = is_root().then_some("postgres");
         let dir = tempfile::Builder::new()
             .prefix("missive-pg-")
-            .tempdir()
+            .tempdir_in(if run_as.is_some() {
+                PathBuf::from("/tmp")
+            } else {
+                std::env::temp_dir()
+            })
             .unwrap();
-        // PostgreSQL refuses to run as root.
-        let run_as = is_root().then_some("postgres");
         if let Some(user) = run_as {
             check(
                 "chown",
