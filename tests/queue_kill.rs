@@ -129,7 +129,7 @@ impl Run {
             "  type: smtp\n  host: 127.0.0.1\n  port: {smtp_port}\n  tls: none\n  timeout_secs: 5\n  \
              pool: {{ max_connections: 1 }}\n\
              queue:\n  url: \"{queue_url}\"\n  workers: 1\n  backoff: {{ min: 50ms, max: 200ms }}\n  \
-             lease: 1s\n  poll: 50ms\n"
+             lease: 1s\n  poll: 50ms\n  in_flight: 1\n"
         );
         let config = support::config_file(dir.path(), &transport);
         Run { dir, config, env }

@@ -49,6 +49,10 @@ pub struct QueueConfig {
     /// How often an idle worker looks for due messages that no wake-up announced
     /// (deferred ones coming due, or messages another process queued in SQLite).
     pub poll: Duration,
+    /// Messages one worker holds at once (`None`: four per transport connection, so
+    /// that while some are on the wire the outcomes of others share a commit). Each
+    /// message on the wire is one that a crash right after its 250 sends twice.
+    pub in_flight: Option<usize>,
 }
 
 impl QueueConfig {
@@ -64,7 +68,14 @@ impl QueueConfig {
             retention: Duration::from_secs(7 * 86400),
             lease: Duration::from_secs(60),
             poll: Duration::from_secs(1),
+            in_flight: None,
         }
+    }
+
+    /// How many messages one worker holds at once.
+    pub fn in_flight(mut self, in_flight: usize) -> Self {
+        self.in_flight = Some(in_flight.max(1));
+        self
     }
 
     /// The retry schedule's bounds.
@@ -117,6 +128,8 @@ impl fmt::Debug for QueueConfig {
             .field("lifetime", &self.lifetime)
             .field("retention", &self.retention)
             .field("lease", &self.lease)
+            .field("poll", &self.poll)
+            .field("in_flight", &self.in_flight)
             .finish()
     }
 }
@@ -132,6 +145,7 @@ pub(crate) struct RawQueueConfig {
     retention: Option<String>,
     lease: Option<String>,
     poll: Option<String>,
+    in_flight: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -191,6 +205,15 @@ impl RawQueueConfig {
                 ErrorKind::Config,
                 "`queue.lease` must be at least 100ms",
             ));
+        }
+        if let Some(n) = self.in_flight {
+            if n == 0 {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    "`queue.in_flight` must be at least 1",
+                ));
+            }
+            config.in_flight = Some(n);
         }
         if let Some(workers) = self.workers {
             if workers == 0 {

@@ -35,6 +35,8 @@ pub(crate) struct Postgres {
     ready: tokio::sync::OnceCell<()>,
     wake: Arc<tokio::sync::Notify>,
     listening: std::sync::Once,
+    /// A coalesced NOTIFY is on its way.
+    notifying: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Postgres {
@@ -51,6 +53,7 @@ impl Postgres {
             ready: tokio::sync::OnceCell::new(),
             wake: Arc::new(tokio::sync::Notify::new()),
             listening: std::sync::Once::new(),
+            notifying: Arc::default(),
         })
     }
 
@@ -150,11 +153,33 @@ impl Postgres {
         });
     }
 
+    /// Sends one `NOTIFY` for however many enqueues commit while it is on its way.
+    fn notify_soon(&self) {
+        if self
+            .notifying
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        let pool = self.pool().clone();
+        let notifying = self.notifying.clone();
+        tokio::spawn(async move {
+            notifying.store(false, std::sync::atomic::Ordering::Release);
+            if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
+                .bind(CHANNEL)
+                .execute(&pool)
+                .await
+            {
+                tracing::debug!(error = %e, "queue wake-up not sent; workers poll instead");
+            }
+        });
+    }
+
     /// Enqueues on the caller's connection or transaction: the message exists if
     /// and only if that transaction commits, and workers hear of it at the commit.
     pub async fn enqueue_in(&self, conn: &mut PgConnection, m: NewMessage) -> Result<Queued> {
         self.ready().await?;
-        match insert(conn, m).await {
+        match insert(conn, m, true).await {
             Ok(queued) => Ok(queued),
             Err(e) => Err(self.explain(e).await),
         }
@@ -199,9 +224,11 @@ async fn migrate(pool: &PgPool) -> sqlx::Result<Option<i64>> {
     Ok(None)
 }
 
+/// Inserts the message; `notify` also sends the wake-up inside the same transaction.
 async fn insert(
     conn: &mut PgConnection,
     m: NewMessage,
+    notify: bool,
 ) -> std::result::Result<Queued, sqlx::Error> {
     let recipients = store::recipients_json(&store::pending(&m.recipients));
     let tags = serde_json::to_string(&m.tags).unwrap_or_else(|_| "[]".into());
@@ -225,10 +252,12 @@ async fn insert(
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(id) = id {
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(CHANNEL)
-            .execute(&mut *conn)
-            .await?;
+        if notify {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(CHANNEL)
+                .execute(&mut *conn)
+                .await?;
+        }
         return Ok(Queued {
             id,
             message_id: m.message_id,
@@ -414,13 +443,20 @@ async fn apply_op(
 #[async_trait::async_trait]
 impl Store for Postgres {
     async fn enqueue(&self, m: NewMessage) -> Result<Queued> {
-        self.run(Box::pin(async {
-            let mut tx = self.pool().begin().await?;
-            let queued = insert(&mut tx, m).await?;
-            tx.commit().await?;
-            Ok(queued)
-        }))
-        .await
+        // One statement, committed on its own. NOTIFY is sent afterwards, coalesced:
+        // a transaction that notifies holds a database-wide lock through its commit,
+        // which would make concurrent enqueues sync one after another instead of
+        // sharing WAL flushes.
+        let queued = self
+            .run(Box::pin(async {
+                let mut conn = self.pool().acquire().await?;
+                insert(&mut conn, m, false).await
+            }))
+            .await?;
+        if !queued.duplicate {
+            self.notify_soon();
+        }
+        Ok(queued)
     }
 
     async fn claim(

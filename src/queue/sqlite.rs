@@ -364,11 +364,11 @@ fn claim_rows(
     let until = now.plus(lease);
     let mut claimed = Vec::with_capacity(ids.len());
     for id in ids {
-        let (state, owner, attempts): (String, Option<String>, u32) = conn.query_row(
-            "SELECT state, lease_owner, attempts FROM missive_messages WHERE id = ?1",
-            [id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
+        let (state, owner, attempts): (String, Option<String>, u32) = conn
+            .prepare_cached(
+                "SELECT state, lease_owner, attempts FROM missive_messages WHERE id = ?1",
+            )?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         if state == "sending" {
             conn.execute(
                 "INSERT INTO missive_attempts (message, attempt, at, outcome, code, reply, worker) \
@@ -382,11 +382,12 @@ fn claim_rows(
                 ],
             )?;
         }
-        let row = conn.query_row(
+        let row = conn.prepare_cached(
             "UPDATE missive_messages SET state = 'sending', attempts = attempts + 1, \
              lease_owner = ?2, lease_until = ?3, next_attempt_at = ?3, updated_at = ?4 \
              WHERE id = ?1 \
              RETURNING id, message_id, template, tags, envelope_from, recipients, raw, attempts, expires_at",
+        )?.query_row(
             params![id, worker, until.0, now.0],
             |r| {
                 let tags: String = r.get(3)?;
@@ -417,8 +418,10 @@ impl Store for Sqlite {
             .call(move |conn| {
                 if let Some(key) = &m.idempotency_key {
                     let existing = conn
-                        .query_row(
+                        .prepare_cached(
                             "SELECT id, message_id FROM missive_messages WHERE idempotency_key = ?1",
+                        )?
+                        .query_row(
                             [key],
                             |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
                         )
@@ -433,11 +436,12 @@ impl Store for Sqlite {
                 }
                 let recipients = store::recipients_json(&store::pending(&m.recipients));
                 let tags = serde_json::to_string(&m.tags).unwrap_or_else(|_| "[]".into());
-                let id = conn.query_row(
+                let id = conn.prepare_cached(
                     "INSERT INTO missive_messages (message_id, idempotency_key, template, tags, \
                      envelope_from, recipients, raw, state, attempts, next_attempt_at, expires_at, \
                      created_at, updated_at) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', 0, ?8, ?9, ?8, ?8) RETURNING id",
+                )?.query_row(
                     params![
                         m.message_id,
                         m.idempotency_key,
@@ -496,26 +500,27 @@ impl Store for Sqlite {
         let worker = worker.to_string();
         let wake = f.state == State::Queued;
         self.call(move |conn| {
-            conn.execute(
+            conn.prepare_cached(
                 "INSERT INTO missive_attempts (message, attempt, at, outcome, code, reply, worker) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?.execute(
                 params![f.id, f.attempt, f.now.0, f.outcome, f.code, f.reply, worker],
             )?;
             let last_error = (f.state != State::Sent).then_some(&f.reply);
-            conn.execute(
+            conn.prepare_cached(
                 "UPDATE missive_messages SET state = ?3, recipients = ?4, next_attempt_at = ?5, \
                  lease_owner = NULL, lease_until = NULL, updated_at = ?6, last_error = ?7 \
                  WHERE id = ?1 AND state = 'sending' AND lease_owner = ?2",
-                params![
-                    f.id,
-                    worker,
-                    f.state.as_str(),
-                    store::recipients_json(&f.recipients),
-                    f.next_attempt_at.0,
-                    f.now.0,
-                    last_error
-                ],
-            )?;
+            )?
+            .execute(params![
+                f.id,
+                worker,
+                f.state.as_str(),
+                store::recipients_json(&f.recipients),
+                f.next_attempt_at.0,
+                f.now.0,
+                last_error
+            ])?;
             Ok(())
         })
         .await?;
