@@ -23,6 +23,9 @@ const KILLS: usize = 22;
 /// How long after a server's 250 a kill may still cost a duplicate: the outcome's
 /// commit follows the 250 within milliseconds, so this is generous.
 const WINDOW: Duration = Duration::from_secs(2);
+/// A child killed right after sending the final "." is recorded by the server an
+/// instant after the kill: the server took the message, the child never heard.
+const SKEW: Duration = Duration::from_millis(100);
 
 /// The child: enqueue every message not acknowledged yet (8 callers at once, one
 /// idempotency key per message), writing a line per acknowledged enqueue, while one
@@ -46,6 +49,8 @@ async fn child(config: PathBuf, acks: PathBuf) {
     let mailer = Mailer::from_config(&config).await.unwrap();
     let mut term =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+    // From here on SIGTERM stops the workers instead of killing the process.
+    std::fs::write(acks.with_extension("ready"), b"").unwrap();
     let runner = mailer.clone();
     let workers = tokio::spawn(async move {
         runner
@@ -135,6 +140,18 @@ impl Run {
         Run { dir, config, env }
     }
 
+    /// Every child's warnings and errors, for failure messages.
+    fn logs(&self) -> String {
+        (0..=KILLS)
+            .filter_map(|n| {
+                std::fs::read_to_string(self.dir.path().join(format!("child-{n}.log"))).ok()
+            })
+            .flat_map(|text| text.lines().map(str::to_string).collect::<Vec<_>>())
+            .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("panicked"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     fn acks(&self) -> PathBuf {
         self.dir.path().join("acks")
     }
@@ -174,6 +191,7 @@ async fn kill_nine_anywhere(queue_url: String, config_url: &str, env: Vec<(Strin
         child.wait().unwrap();
     }
     let delivered_before_last_run = smtp.received().len();
+    let _ = std::fs::remove_file(run.acks().with_extension("ready"));
     let mut last = run.spawn(KILLS);
     let queue = Queue::open(&QueueConfig::new(queue_url.clone())).unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -191,6 +209,10 @@ async fn kill_nine_anywhere(queue_url: String, config_url: &str, env: Vec<(Strin
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // SIGTERM: the worker stops claiming, finishes what it holds, exits 0.
+    while !run.acks().with_extension("ready").exists() {
+        assert!(Instant::now() < deadline, "the last child never got ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let term = Command::new("kill")
         .args(["-TERM", &last.id().to_string()])
         .status()
@@ -237,20 +259,32 @@ async fn kill_nine_anywhere(queue_url: String, config_url: &str, env: Vec<(Strin
                 pair[0].data, pair[1].data,
                 "seed {seed}: {mid}: copies differ"
             );
-            let kill = kills
-                .iter()
-                .position(|&k| k > pair[0].at && k < pair[1].at && k - pair[0].at < WINDOW);
+            let kill = kills.iter().position(|&k| {
+                k + SKEW > pair[0].at
+                    && k < pair[1].at
+                    && k.saturating_duration_since(pair[0].at) < WINDOW
+            });
             let Some(kill) = kill else {
                 panic!(
-                    "seed {seed}: {mid} was delivered twice with no kill right after the first 250"
+                    "seed {seed}: {mid} was delivered twice with no kill right after the first 250\n{}",
+                    run.logs()
                 );
             };
             *per_kill.entry(kill).or_default() += 1;
+            let when = match kills[kill].checked_duration_since(pair[0].at) {
+                Some(d) => format!("{d:?} before"),
+                None => format!("{:?} after", pair[0].at - kills[kill]),
+            };
+            eprintln!(
+                "duplicate {mid}: first taken {when} kill {kill}, again {:?} after it",
+                pair[1].at - kills[kill]
+            );
         }
     }
     assert!(
         per_kill.values().all(|&n| n == 1),
-        "seed {seed}: a kill cost more than one duplicate: {per_kill:?}"
+        "seed {seed}: a kill cost more than one duplicate: {per_kill:?}\n{}",
+        run.logs()
     );
     eprintln!(
         "kill -9 ({}): {KILLS} kills, {} deliveries ({delivered_before_last_run} before the last run), {duplicates} duplicate(s), seed {seed}",

@@ -43,6 +43,9 @@ pub(crate) struct Sqlite {
     /// Transactions committed, which group commit keeps below the operations run.
     #[cfg_attr(not(test), allow(dead_code))] // read by the group-commit test
     commits: Arc<AtomicU64>,
+    /// For `list`, `show` and `stats`: in WAL mode a reader neither waits for nor
+    /// blocks the writer, so `missive queue list` never stalls a busy worker.
+    reader: Arc<std::sync::Mutex<Connection>>,
 }
 
 impl Sqlite {
@@ -59,6 +62,12 @@ impl Sqlite {
             })?;
         }
         let conn = open_connection(path)?;
+        let reader = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .and_then(|c| c.busy_timeout(BUSY_TIMEOUT).map(|()| c))
+        .map_err(|e| db_error(path, &e))?;
         let (tx, rx) = mpsc::channel::<Job>();
         let shown = path.to_path_buf();
         let commits = Arc::new(AtomicU64::new(0));
@@ -80,7 +89,34 @@ impl Sqlite {
             jobs: std::sync::Mutex::new(Some(tx)),
             wake: Arc::new(tokio::sync::Notify::new()),
             commits,
+            reader: Arc::new(std::sync::Mutex::new(reader)),
         })
+    }
+
+    /// Runs a read on the reader connection, off the async threads.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let reader = self.reader.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().map_err(|_| {
+                Error::new(
+                    ErrorKind::Storage,
+                    format!("queue database {}: a read failed earlier", path.display()),
+                )
+            })?;
+            // One snapshot for the whole read.
+            let tx = conn
+                .unchecked_transaction()
+                .map_err(|e| db_error(&path, &e))?;
+            let value = f(&tx).map_err(|e| db_error(&path, &e))?;
+            drop(tx);
+            Ok(value)
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Storage, format!("queue read task failed: {e}")))?
     }
 
     #[cfg(test)]
@@ -536,7 +572,7 @@ impl Store for Sqlite {
 
     async fn list(&self, filter: &Filter) -> Result<Vec<Summary>> {
         let filter = filter.clone();
-        self.call(move |conn| {
+        self.read(move |conn| {
             let limit = filter
                 .limit
                 .map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
@@ -556,7 +592,7 @@ impl Store for Sqlite {
     }
 
     async fn show(&self, id: i64) -> Result<Option<Detail>> {
-        self.call(move |conn| {
+        self.read(move |conn| {
             let sql = format!(
                 "SELECT {SUMMARY_COLUMNS}, tags, envelope_from, recipients, raw, expires_at \
                  FROM missive_messages WHERE id = ?1"
@@ -638,7 +674,7 @@ impl Store for Sqlite {
     }
 
     async fn stats(&self) -> Result<Stats> {
-        self.call(|conn| {
+        self.read(|conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT state, COUNT(*), MIN(created_at) FROM missive_messages GROUP BY state",
             )?;

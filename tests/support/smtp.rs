@@ -446,8 +446,10 @@ async fn session(
                 let mut data = String::new();
                 let mut lines = 0;
                 let mut dropped = false;
+                let mut ended = false;
                 while let Some(body_line) = conn.line().await? {
                     if body_line == "." {
+                        ended = true;
                         break;
                     }
                     lines += 1;
@@ -460,6 +462,10 @@ async fn session(
                 }
                 if dropped {
                     conn.apply(mid).await?;
+                    return Ok(());
+                }
+                // The client went away mid-message: like a real server, take nothing.
+                if !ended {
                     return Ok(());
                 }
                 if let Some(flow) = conn.apply(take_fault(state, Stage::EndOfData)).await? {
