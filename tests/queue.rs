@@ -106,7 +106,7 @@ async fn enqueue_stores_what_is_sent_byte_for_byte_and_bad_input_queues_nothing(
     let db = rusqlite::Connection::open(s.dir.path().join("queue.db")).unwrap();
     let raw: Vec<u8> = db
         .query_row(
-            "SELECT raw FROM missive_messages WHERE id = ?1",
+            "SELECT raw FROM missive_bodies WHERE message = ?1",
             [queued.id],
             |r| r.get(0),
         )

@@ -1,6 +1,7 @@
 -- missive's mail queue, version 1. Times are milliseconds since the Unix epoch (UTC).
 
--- One row per message: the exact MIME bytes that every attempt sends.
+-- One row per message. Its bytes live in missive_bodies: SQLite rewrites a whole row
+-- on every update, and a state change should not rewrite the message.
 CREATE TABLE missive_messages (
     id              INTEGER PRIMARY KEY,
     message_id      TEXT    NOT NULL,
@@ -10,7 +11,6 @@ CREATE TABLE missive_messages (
     tags            TEXT    NOT NULL,           -- JSON array of strings
     envelope_from   TEXT,
     recipients      TEXT    NOT NULL,           -- JSON [{address, state, code, reply}]
-    raw             BLOB    NOT NULL,
     state           TEXT    NOT NULL,           -- queued sending deferred sent failed held cancelled
     attempts        INTEGER NOT NULL DEFAULT 0,
     -- When it is due; for `sending`, when the lease runs out (so one index finds both).
@@ -24,6 +24,12 @@ CREATE TABLE missive_messages (
 );
 CREATE INDEX missive_messages_due ON missive_messages (state, next_attempt_at);
 CREATE INDEX missive_messages_template ON missive_messages (template, id);
+
+-- The exact MIME bytes that every attempt sends.
+CREATE TABLE missive_bodies (
+    message INTEGER PRIMARY KEY REFERENCES missive_messages (id) ON DELETE CASCADE,
+    raw     BLOB    NOT NULL
+);
 
 -- Every delivery attempt: when, what came of it, the server's code and reply.
 CREATE TABLE missive_attempts (

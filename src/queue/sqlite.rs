@@ -422,13 +422,12 @@ fn claim_rows(
             "UPDATE missive_messages SET state = 'sending', attempts = attempts + 1, \
              lease_owner = ?2, lease_until = ?3, next_attempt_at = ?3, updated_at = ?4 \
              WHERE id = ?1 \
-             RETURNING id, message_id, template, tags, envelope_from, recipients, raw, attempts, expires_at",
+             RETURNING id, message_id, template, tags, envelope_from, recipients, attempts, expires_at",
         )?.query_row(
             params![id, worker, until.0, now.0],
             |r| {
                 let tags: String = r.get(3)?;
                 let recipients: String = r.get(5)?;
-                let raw: Vec<u8> = r.get(6)?;
                 Ok(Claimed {
                     id: r.get(0)?,
                     message_id: r.get(1)?,
@@ -436,13 +435,19 @@ fn claim_rows(
                     tags: json_column(&tags, 3)?,
                     envelope_from: r.get(4)?,
                     recipients: json_column(&recipients, 5)?,
-                    raw: raw.into(),
-                    attempt: r.get(7)?,
-                    expires_at: Timestamp(r.get(8)?),
+                    raw: Arc::from(&[][..]),
+                    attempt: r.get(6)?,
+                    expires_at: Timestamp(r.get(7)?),
                 })
             },
         )?;
-        claimed.push(row);
+        let raw: Vec<u8> = conn
+            .prepare_cached("SELECT raw FROM missive_bodies WHERE message = ?1")?
+            .query_row([id], |r| r.get(0))?;
+        claimed.push(Claimed {
+            raw: raw.into(),
+            ..row
+        });
     }
     Ok(claimed)
 }
@@ -474,9 +479,9 @@ impl Store for Sqlite {
                 let tags = serde_json::to_string(&m.tags).unwrap_or_else(|_| "[]".into());
                 let id = conn.prepare_cached(
                     "INSERT INTO missive_messages (message_id, idempotency_key, template, tags, \
-                     envelope_from, recipients, raw, state, attempts, next_attempt_at, expires_at, \
+                     envelope_from, recipients, state, attempts, next_attempt_at, expires_at, \
                      created_at, updated_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', 0, ?8, ?9, ?8, ?8) RETURNING id",
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', 0, ?7, ?8, ?7, ?7) RETURNING id",
                 )?.query_row(
                     params![
                         m.message_id,
@@ -485,12 +490,13 @@ impl Store for Sqlite {
                         tags,
                         m.envelope_from,
                         recipients,
-                        &m.raw[..],
                         m.now.0,
                         m.expires_at.0
                     ],
                     |r| r.get(0),
                 )?;
+                conn.prepare_cached("INSERT INTO missive_bodies (message, raw) VALUES (?1, ?2)")?
+                    .execute(params![id, &m.raw[..]])?;
                 Ok(Queued {
                     id,
                     message_id: m.message_id,
@@ -594,7 +600,8 @@ impl Store for Sqlite {
     async fn show(&self, id: i64) -> Result<Option<Detail>> {
         self.read(move |conn| {
             let sql = format!(
-                "SELECT {SUMMARY_COLUMNS}, tags, envelope_from, recipients, raw, expires_at \
+                "SELECT {SUMMARY_COLUMNS}, tags, envelope_from, recipients, \
+                 (SELECT raw FROM missive_bodies WHERE message = id), expires_at \
                  FROM missive_messages WHERE id = ?1"
             );
             let detail = conn
