@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use lettre::message::Mailbox;
 
+use crate::address::parse_mailbox;
 use crate::config::Config;
 use crate::error::{Error, ErrorKind};
 use crate::message;
-use crate::render::{self, parse_mailbox};
+use crate::render;
 use crate::templates::TemplateSet;
 
 /// What a check found.
@@ -45,8 +46,13 @@ pub fn check(config: &Config) -> Report {
             return report;
         }
     };
-    let set = match TemplateSet::load(&config.templates, &config.schemas) {
-        Ok(set) => set,
+    // What loads is checked even when other files do not, so one run finds every
+    // problem, each once.
+    let set = match TemplateSet::load_partial(&config.templates, &config.schemas) {
+        Ok((set, problems)) => {
+            report.problems = problems;
+            set
+        }
         Err(e) => {
             report.problems = e.problems().map(Error::clone_shallow).collect();
             return report;
@@ -58,7 +64,7 @@ pub fn check(config: &Config) -> Report {
 
 fn check_set(set: &TemplateSet, from: &Mailbox, report: &mut Report) {
     let mut validated = HashSet::new();
-    for variant in set.variants() {
+    for variant in set.variants().chain(&set.orphans) {
         report.templates += 1;
         let label = match &variant.locale {
             Some(locale) => format!("{} ({locale})", variant.name),
@@ -85,7 +91,7 @@ fn check_set(set: &TemplateSet, from: &Mailbox, report: &mut Report) {
                     report.problems.push(
                         Error::new(
                             ErrorKind::InvalidData,
-                            format!("example {index} does not match its own schema"),
+                            format!("`examples[{index}]` does not match its own schema"),
                         )
                         .at(&schema.file, schema.examples_line, 1)
                         .with_violations(violations),
@@ -94,14 +100,17 @@ fn check_set(set: &TemplateSet, from: &Mailbox, report: &mut Report) {
                 continue;
             }
             report.renders += 1;
-            let result = render::render(set, &variant.name, variant.locale.as_deref(), &example)
-                .and_then(|rendered| {
-                    message::build(rendered, &[], Some(from), &message::MessageId::Random)
-                });
-            if let Err(e) = result {
-                report
-                    .problems
-                    .push(e.note(format!("with example {index} of {}", schema.file.display())));
+            let result = render::render_variant(set, variant, &example).and_then(|rendered| {
+                message::build(rendered, &[], Some(from), &message::MessageId::Random)
+            });
+            match result {
+                // It uses a file that failed to load, which has its own error.
+                Err(e) if e.is_follow_on() => {}
+                Err(e) => report.problems.push(e.note(format!(
+                    "with `examples[{index}]` of {}",
+                    schema.file.display()
+                ))),
+                Ok(_) => {}
             }
         }
     }

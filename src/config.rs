@@ -57,6 +57,74 @@ pub enum TransportConfig {
     },
     /// An SMTP submission server.
     Smtp(Box<crate::transport::smtp::SmtpConfig>),
+    /// The Gmail API, with the `gmail.send` scope.
+    Gmail(Box<crate::transport::GmailConfig>),
+    /// Microsoft Graph `sendMail`, with `Mail.Send`.
+    Graph(Box<crate::transport::GraphConfig>),
+    /// Transports tried in order: the next one when one fails transiently.
+    Failover {
+        /// Two or more transports, in the order they are tried.
+        transports: Vec<TransportConfig>,
+        /// Retries of transient failures (each tries the transports in order again),
+        /// for direct sends.
+        #[serde(default)]
+        retry: crate::transport::RetryConfig,
+    },
+}
+
+impl TransportConfig {
+    /// The transport this section describes, with its limits, for use on its own or
+    /// wrapped in a policy of your own ([`crate::MailerBuilder::transport`]). Checks the
+    /// settings; connects to nothing and reads no credential yet.
+    pub fn open(&self) -> Result<std::sync::Arc<dyn crate::Transport>> {
+        crate::transport::open(self)
+    }
+
+    /// The retry policy of direct sends through this transport.
+    pub(crate) fn retry(&self) -> crate::transport::RetryConfig {
+        match self {
+            TransportConfig::Outbox { .. } => crate::transport::RetryConfig::default(),
+            TransportConfig::Smtp(smtp) => smtp.retry.clone(),
+            TransportConfig::Gmail(gmail) => gmail.retry.clone(),
+            TransportConfig::Graph(graph) => graph.retry.clone(),
+            TransportConfig::Failover { retry, .. } => retry.clone(),
+        }
+    }
+
+    /// Resolves relative paths against `base`, the config file's folder.
+    fn relative_to(&mut self, base: &Path) {
+        let join = |p: &mut PathBuf| {
+            if p.is_relative() && !p.starts_with("~") && !base.as_os_str().is_empty() {
+                *p = base.join(&*p);
+            }
+        };
+        let oauth_paths = |oauth: &mut crate::auth::OAuthConfig| {
+            [&mut oauth.credentials_file, &mut oauth.key_file]
+                .into_iter()
+                .flatten()
+                .for_each(join);
+        };
+        match self {
+            TransportConfig::Outbox { dir } => join(dir),
+            TransportConfig::Smtp(smtp) => {
+                smtp.ca_file.iter_mut().for_each(join);
+                smtp.auth.oauth.iter_mut().for_each(oauth_paths);
+            }
+            TransportConfig::Gmail(gmail) => {
+                gmail.ca_file.iter_mut().for_each(join);
+                oauth_paths(&mut gmail.oauth);
+            }
+            TransportConfig::Graph(graph) => {
+                graph.ca_file.iter_mut().for_each(join);
+                oauth_paths(&mut graph.oauth);
+            }
+            TransportConfig::Failover { transports, .. } => {
+                for transport in transports {
+                    transport.relative_to(base);
+                }
+            }
+        }
+    }
 }
 
 fn default_outbox() -> PathBuf {
@@ -191,7 +259,7 @@ impl Config {
             transport: raw.transport.unwrap_or(defaults.transport),
             queue,
         };
-        crate::render::parse_mailbox(&config.from).map_err(|e| {
+        crate::address::parse_mailbox(&config.from).map_err(|e| {
             let line = text
                 .lines()
                 .position(|l| l.trim_start().starts_with("from:"))
@@ -211,21 +279,7 @@ impl Config {
         };
         join(&mut self.templates);
         join(&mut self.schemas);
-        match &mut self.transport {
-            TransportConfig::Outbox { dir } => join(dir),
-            TransportConfig::Smtp(smtp) => {
-                let mut paths = vec![&mut smtp.ca_file];
-                if let Some(oauth) = &mut smtp.auth.oauth {
-                    paths.push(&mut oauth.credentials_file);
-                    paths.push(&mut oauth.key_file);
-                }
-                for path in paths.into_iter().flatten() {
-                    if !path.starts_with("~") {
-                        join(path);
-                    }
-                }
-            }
-        }
+        self.transport.relative_to(base);
         self
     }
 }
@@ -279,6 +333,38 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::Config);
         assert_eq!(err.location().unwrap().line, 4);
         assert!(!err.to_string().contains("hunter2"));
+    }
+
+    /// Every `transport:` block of docs/api-transports.md is a valid configuration.
+    #[test]
+    fn the_documented_api_transports_parse() {
+        let docs = include_str!("../docs/api-transports.md");
+        let blocks: Vec<&str> = docs
+            .split("```yaml\n")
+            .skip(1)
+            .filter_map(|b| b.split("```").next())
+            .filter(|b| b.starts_with("transport:"))
+            .collect();
+        let mut kinds = Vec::new();
+        for block in blocks {
+            let config = parse(block).unwrap_or_else(|e| panic!("{e}\n{block}"));
+            kinds.push(match config.transport {
+                TransportConfig::Gmail(gmail) => {
+                    assert!(gmail.token_settings().is_ok());
+                    "gmail"
+                }
+                TransportConfig::Graph(graph) => {
+                    assert!(graph.save_to_sent_items);
+                    "graph"
+                }
+                TransportConfig::Failover { transports, .. } => {
+                    assert_eq!(transports.len(), 2);
+                    "failover"
+                }
+                _ => "other",
+            });
+        }
+        assert_eq!(kinds, ["gmail", "graph", "failover", "gmail"]);
     }
 
     #[test]

@@ -84,12 +84,19 @@ impl fmt::Display for Location {
 }
 
 /// One way in which data fails a template's schema.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Errors end up in logs, and the data can hold secrets (a reset link carries its
+/// token): `Display` and `Debug` give the pointer and the rule only. [`detail`]
+/// (Violation::detail) quotes the offending value, for a designer's own screen.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Violation {
     /// JSON pointer into the data (`""` is the whole document).
     pub pointer: String,
-    /// What is wrong there.
+    /// The rule that fails there, without the value: `value is not a "uri"`.
     pub message: String,
+    /// The same, quoting the value: `"https://…?token=…" is not a "uri"`. Never put it
+    /// in logs.
+    pub detail: String,
 }
 
 impl fmt::Display for Violation {
@@ -100,6 +107,15 @@ impl fmt::Display for Violation {
             &self.pointer
         };
         write!(f, "{pointer}: {}", self.message)
+    }
+}
+
+impl fmt::Debug for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Violation")
+            .field("pointer", &self.pointer)
+            .field("message", &self.message)
+            .finish_non_exhaustive()
     }
 }
 
@@ -118,7 +134,11 @@ struct Inner {
     /// Retried already where it arose (a token endpoint): a direct send does not
     /// multiply those retries with its own.
     retried: bool,
+    /// The least wait before another attempt that the server asked for (`Retry-After`).
+    retry_after: Option<std::time::Duration>,
     related: Vec<Error>,
+    /// Caused only by another file's failure, which has an error of its own.
+    follow_on: bool,
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
@@ -134,7 +154,9 @@ impl Error {
                 smtp_code: None,
                 message_id: None,
                 retried: false,
+                retry_after: None,
                 related: Vec::new(),
+                follow_on: false,
                 source: None,
             }),
         }
@@ -186,6 +208,17 @@ impl Error {
         self.inner.retried
     }
 
+    pub(crate) fn with_retry_after(mut self, wait: std::time::Duration) -> Error {
+        self.inner.retry_after = Some(wait);
+        self
+    }
+
+    /// How long the server asked us to wait before trying again (an HTTP
+    /// `Retry-After`), for [`ErrorKind::Transient`] failures that said so.
+    pub(crate) fn retry_after(&self) -> Option<std::time::Duration> {
+        self.inner.retry_after
+    }
+
     pub(crate) fn with_message_id(mut self, message_id: &str) -> Error {
         self.inner.message_id = Some(message_id.to_string());
         self
@@ -195,6 +228,19 @@ impl Error {
     pub(crate) fn note(mut self, note: impl fmt::Display) -> Error {
         self.inner.message = format!("{} ({note})", self.inner.message);
         self
+    }
+
+    /// Marks an error caused only by another file's failure: `missive check` reports
+    /// that one, not this.
+    pub(crate) fn follow_on(mut self) -> Error {
+        self.inner.follow_on = true;
+        self
+    }
+
+    /// Whether this error only follows from another file's failure (see
+    /// [`follow_on`](Self::follow_on)).
+    pub(crate) fn is_follow_on(&self) -> bool {
+        self.inner.follow_on
     }
 
     /// A copy without the underlying source error (which need not be `Clone`).
@@ -208,7 +254,9 @@ impl Error {
                 smtp_code: self.inner.smtp_code,
                 message_id: self.inner.message_id.clone(),
                 retried: self.inner.retried,
+                retry_after: self.inner.retry_after,
                 related: Vec::new(),
+                follow_on: self.inner.follow_on,
                 source: None,
             }),
         }
@@ -347,18 +395,21 @@ mod tests {
             .with_violations(vec![
                 Violation {
                     pointer: "/user/email".into(),
-                    message: "\"x\" is not a \"email\"".into(),
+                    message: "value is not a \"email\"".into(),
+                    detail: "\"x@secret\" is not a \"email\"".into(),
                 },
                 Violation {
                     pointer: String::new(),
                     message: "\"user\" is a required property".into(),
+                    detail: "{} has no \"user\"".into(),
                 },
             ]);
         assert_eq!(
             err.to_string(),
             "schemas/welcome.schema.json:3:1: data for `welcome` is invalid\n  \
-             /user/email: \"x\" is not a \"email\"\n  (root): \"user\" is a required property"
+             /user/email: value is not a \"email\"\n  (root): \"user\" is a required property"
         );
+        assert!(!format!("{err:?}").contains("x@secret"), "{err:?}");
         assert_eq!(err.kind(), ErrorKind::InvalidData);
     }
 

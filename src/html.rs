@@ -23,7 +23,8 @@ pub(crate) enum Token<'a> {
     Text(&'a str),
     /// `<!-- … -->`, with the markers.
     Comment(&'a str),
-    /// `<!DOCTYPE …>` and other `<!…>`/`<?…>` declarations.
+    /// `<!DOCTYPE …>` and other `<!…>`/`<?…>` declarations; also markup that makes no
+    /// element (`</>`, `</ x>`, a tag the document ends inside).
     Declaration(&'a str),
 }
 
@@ -80,12 +81,20 @@ impl<'a> Iterator for Scanner<'a> {
             self.pos = end;
             return Some((Token::Comment(&html[start..end]), start..end));
         }
-        if rest.starts_with("<!") || rest.starts_with("<?") {
+        // `</>` is dropped by a parser, and `</` before anything but a letter opens a
+        // bogus comment up to `>`: markup that makes no element either way.
+        let bogus_end =
+            rest.starts_with("</") && !rest.as_bytes().get(2).is_some_and(u8::is_ascii_alphabetic);
+        if rest.starts_with("<!") || rest.starts_with("<?") || bogus_end {
             let end = rest.find('>').map_or(html.len(), |e| start + e + 1);
             self.pos = end;
             return Some((Token::Declaration(&html[start..end]), start..end));
         }
-        let end = tag_end(rest).map_or(html.len(), |e| start + e);
+        let Some(end) = tag_end(rest).map(|e| start + e) else {
+            // The document ends inside the tag: a parser drops it.
+            self.pos = html.len();
+            return Some((Token::Declaration(rest), start..html.len()));
+        };
         self.pos = end;
         let inner = html[start + 1..end].trim_end_matches('>');
         if let Some(closing) = inner.strip_prefix('/') {
@@ -99,8 +108,25 @@ impl<'a> Iterator for Scanner<'a> {
             .find(|c: char| c.is_ascii_whitespace() || c == '/')
             .unwrap_or(inner.len());
         let name = &inner[..name_end];
-        let self_closing = inner.ends_with('/');
-        let attrs = inner[name_end..].trim_end_matches('/');
+        let mut self_closing = inner.ends_with('/');
+        let mut attrs = inner[name_end..].trim_end_matches('/');
+        if self_closing {
+            // In `<a href=x/>` the slash belongs to the unquoted value, as a parser reads it.
+            let full = &inner[name_end..];
+            let in_value = attribute_spans(full)
+                .last()
+                .is_some_and(|(_, value, span)| {
+                    let text = &full[span.clone()];
+                    span.end == full.len()
+                        && !value.is_empty()
+                        && text.contains('=')
+                        && !text.ends_with(['"', '\''])
+                });
+            if in_value {
+                self_closing = false;
+                attrs = full;
+            }
+        }
         if let Some(raw) = RAW_TEXT.iter().find(|r| r.eq_ignore_ascii_case(name)) {
             self.raw_until = Some(raw);
         }
@@ -113,6 +139,130 @@ impl<'a> Iterator for Scanner<'a> {
             start..end,
         ))
     }
+}
+
+/// How deep elements may nest in a document missive inlines CSS into. html5ever, under
+/// css-inline, takes time quadratic in the depth (every start tag looks down the stack
+/// of open elements) and recurses once per level, so a document thousands of levels
+/// deep takes seconds and then overflows the 2 MiB stack of a render thread. Browsers
+/// cap nesting too (Chromium's parser at 512); mail layouts nest a few dozen deep.
+pub(crate) const MAX_DEPTH: usize = 512;
+
+/// Elements that never have content.
+const VOID: &[&str] = &[
+    "area", "base", "basefont", "bgsound", "br", "col", "embed", "frame", "hr", "img", "input",
+    "keygen", "link", "meta", "param", "source", "track", "wbr",
+];
+
+/// Elements an end tag does not close past, as HTML's "has an element in scope".
+const SCOPE: &[&str] = &[
+    "applet", "caption", "html", "marquee", "object", "table", "td", "template", "th",
+];
+
+/// Table parts, whose end tags close past cells: HTML's "in table scope".
+const TABLE_PARTS: &[&str] = &[
+    "caption", "colgroup", "table", "tbody", "td", "tfoot", "th", "thead", "tr",
+];
+const TABLE_SCOPE: &[&str] = &["html", "table", "template"];
+
+/// Starts of elements that close a `<p>` left open.
+const CLOSES_P: &[&str] = &[
+    "address",
+    "article",
+    "aside",
+    "blockquote",
+    "center",
+    "details",
+    "dialog",
+    "dir",
+    "div",
+    "dl",
+    "fieldset",
+    "figcaption",
+    "figure",
+    "footer",
+    "form",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "header",
+    "hgroup",
+    "hr",
+    "main",
+    "menu",
+    "nav",
+    "ol",
+    "p",
+    "pre",
+    "section",
+    "summary",
+    "table",
+    "ul",
+];
+
+/// The open elements a start tag `name` closes when they are on top, as a parser would
+/// (`<li>` ends the `<li>` before it).
+fn implied_ends(name: &str) -> &'static [&'static str] {
+    match name {
+        "li" => &["li", "p"],
+        "dt" | "dd" => &["dt", "dd", "p"],
+        "option" => &["option"],
+        "optgroup" => &["option", "optgroup"],
+        "tr" => &["td", "th", "tr"],
+        "td" | "th" => &["td", "th"],
+        "thead" | "tbody" | "tfoot" => &["td", "th", "tr", "thead", "tbody", "tfoot"],
+        _ if CLOSES_P.contains(&name) => &["p"],
+        _ => &[],
+    }
+}
+
+fn is_one_of(name: &str, names: &[&str]) -> bool {
+    names.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// Where `html` first nests elements deeper than `max`: the byte offset of the start tag
+/// that goes past it, and its name.
+///
+/// It follows end tags and the ends HTML implies (`<p>`, `<li>`, table cells), close to
+/// the depth a parser builds; the stack it keeps never outgrows `max`, so the pass is
+/// linear in the document whatever its depth.
+pub(crate) fn too_deep(html: &str, max: usize) -> Option<(usize, &str)> {
+    let mut open: Vec<&str> = Vec::new();
+    for (token, range) in Scanner::new(html) {
+        match token {
+            Token::Start { name, .. } => {
+                if is_one_of(name, VOID) {
+                    continue;
+                }
+                let ends = implied_ends(&name.to_ascii_lowercase());
+                while open.last().is_some_and(|top| is_one_of(top, ends)) {
+                    open.pop();
+                }
+                open.push(name);
+                if open.len() > max {
+                    return Some((range.start, name));
+                }
+            }
+            Token::End { name } => {
+                let scope = if is_one_of(name, TABLE_PARTS) {
+                    TABLE_SCOPE
+                } else {
+                    SCOPE
+                };
+                let found = open
+                    .iter()
+                    .rposition(|n| n.eq_ignore_ascii_case(name) || is_one_of(n, scope));
+                if let Some(at) = found.filter(|&at| open[at].eq_ignore_ascii_case(name)) {
+                    open.truncate(at);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Whether `<` at the start of `s` opens markup rather than being a literal `<`.
@@ -137,7 +287,11 @@ fn next_markup(html: &str, from: usize, mut end: usize) -> usize {
 fn find_end_tag(s: &str, name: &str) -> Option<usize> {
     let mut from = 0;
     while let Some(i) = s[from..].find("</").map(|i| i + from) {
-        if starts_with_ci(&s[i + 2..], name) {
+        // Only the element's own end tag ends it: `</styles>` is text inside `<style>`.
+        let after = s.as_bytes().get(i + 2 + name.len());
+        if starts_with_ci(&s[i + 2..], name)
+            && after.is_some_and(|b| b.is_ascii_whitespace() || matches!(b, b'/' | b'>'))
+        {
             return Some(i);
         }
         from = i + 2;
@@ -402,6 +556,25 @@ mod tests {
     }
 
     #[test]
+    fn nesting_depth_follows_end_tags_and_implied_ends() {
+        let deep = |n: usize| format!("{}x{}", "<div>".repeat(n), "</div>".repeat(n));
+        assert_eq!(too_deep(&deep(3), 3), None);
+        assert_eq!(too_deep(&deep(4), 3), Some((15, "div")));
+        // Siblings, void elements, self-closed void elements and closed elements add
+        // nothing; unclosed <li>, <p> and cells end where a parser ends them.
+        let flat = "<ul><li>a<li>b<li>c</ul><p>1<p>2<p>3<br><img src=x/><hr/>                    <table><tr><td>1<td>2<tr><td>3</table><dl><dt>a<dd>b<dt>c</dl>";
+        assert_eq!(too_deep(&flat.repeat(50), 3), None);
+        // An end tag does not close past a table cell, as in a parser.
+        let cells = "<div><table><tr><td></div>".repeat(2);
+        assert!(too_deep(&cells, 6).is_some());
+        // Stray end tags change nothing.
+        assert_eq!(
+            too_deep(&format!("<div></span></p>{}", "</b>".repeat(9)), 1),
+            None
+        );
+    }
+
+    #[test]
     fn entities_decode_like_a_browser() {
         assert_eq!(decode_entities("a &amp; b"), "a & b");
         assert_eq!(
@@ -412,5 +585,330 @@ mod tests {
         assert_eq!(decode_entities("AT&T &bogus; &"), "AT&T &bogus; &");
         assert_eq!(decode_entities("&amp"), "&");
         assert!(matches!(decode_entities("plain"), Cow::Borrowed(_)));
+    }
+}
+
+/// Issue 11.8: the hand-written scanner against html5ever's tokenizer, on generated
+/// documents (nesting, attributes quoted every way and not at all, comments,
+/// conditional comments, entities, `<style>`/`<script>` contents, malformed markup), and
+/// the inliner and the text part on the same documents, which must never panic. A
+/// seeded generator keeps every run the same; a failure prints its seed and document.
+#[cfg(test)]
+mod generated {
+    use super::*;
+    use html5ever::tokenizer::states::RawKind;
+    use html5ever::tokenizer::{
+        BufferQueue, TagKind, Token as H5Token, TokenSink, TokenSinkResult, Tokenizer,
+        TokenizerOpts,
+    };
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    const CASES: u64 = 2_000;
+
+    /// A token as both sides can state it: names lower-cased, entities decoded,
+    /// attributes in order with the first of a repeated name kept, as a parser keeps it.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum View {
+        Start(String, Vec<(String, String)>, bool),
+        End(String),
+        Text(String),
+        Comment(String),
+        Doctype,
+    }
+
+    fn push_text(out: &mut Vec<View>, text: &str) {
+        if text.is_empty() {
+            return;
+        }
+        if let Some(View::Text(last)) = out.last_mut() {
+            last.push_str(text);
+        } else {
+            out.push(View::Text(text.to_string()));
+        }
+    }
+
+    fn ours(html: &str) -> Vec<View> {
+        let mut out = Vec::new();
+        for (token, _) in Scanner::new(html) {
+            match token {
+                Token::Start {
+                    name,
+                    attrs,
+                    self_closing,
+                } => {
+                    let mut seen: Vec<(String, String)> = Vec::new();
+                    for (k, v) in attributes(attrs) {
+                        let k = k.to_ascii_lowercase();
+                        if !seen.iter().any(|(s, _)| *s == k) {
+                            seen.push((k, decode_entities(v).into_owned()));
+                        }
+                    }
+                    out.push(View::Start(name.to_ascii_lowercase(), seen, self_closing));
+                }
+                Token::End { name } => out.push(View::End(name.to_ascii_lowercase())),
+                Token::Text(text) => push_text(&mut out, &decode_entities(text)),
+                Token::Comment(c) => {
+                    let inner = c.strip_prefix("<!--").unwrap_or(c);
+                    let inner = inner.strip_suffix("-->").unwrap_or(inner);
+                    out.push(View::Comment(inner.to_string()));
+                }
+                Token::Declaration(d) if starts_with_ci(d, "<!doctype") => out.push(View::Doctype),
+                // A parser drops `</>`, and a tag the document ends in, altogether.
+                Token::Declaration(d)
+                    if d == "</>"
+                        || (!d.ends_with('>')
+                            && d[1..]
+                                .trim_start_matches('/')
+                                .starts_with(|c: char| c.is_ascii_alphabetic())) => {}
+                Token::Declaration(d) => {
+                    let inner = d
+                        .strip_prefix("<!")
+                        .or_else(|| d.strip_prefix("</"))
+                        .or_else(|| d.strip_prefix('<'))
+                        .unwrap_or(d);
+                    let inner = inner.strip_suffix('>').unwrap_or(inner);
+                    out.push(View::Comment(inner.to_string()));
+                }
+            }
+        }
+        out
+    }
+
+    #[derive(Default)]
+    struct Sink {
+        out: RefCell<Vec<View>>,
+    }
+
+    impl TokenSink for Sink {
+        type Handle = ();
+
+        fn process_token(&self, token: H5Token, _line: u64) -> TokenSinkResult<()> {
+            let mut out = self.out.borrow_mut();
+            match token {
+                H5Token::TagToken(tag) => {
+                    let name = tag.name.to_string();
+                    match tag.kind {
+                        TagKind::StartTag => {
+                            let attrs = tag
+                                .attrs
+                                .iter()
+                                .map(|a| (a.name.local.to_string(), a.value.to_string()))
+                                .collect();
+                            out.push(View::Start(name.clone(), attrs, tag.self_closing));
+                            // What the tree builder would tell the tokenizer.
+                            let raw = match name.as_str() {
+                                "style" | "xmp" | "iframe" | "noembed" | "noframes" => {
+                                    Some(RawKind::Rawtext)
+                                }
+                                "title" | "textarea" => Some(RawKind::Rcdata),
+                                "script" => Some(RawKind::ScriptData),
+                                _ => None,
+                            };
+                            if let Some(raw) = raw {
+                                return TokenSinkResult::RawData(raw);
+                            }
+                        }
+                        TagKind::EndTag => out.push(View::End(name)),
+                    }
+                }
+                H5Token::CharacterTokens(text) => push_text(&mut out, &text),
+                H5Token::CommentToken(text) => out.push(View::Comment(text.to_string())),
+                H5Token::DoctypeToken(_) => out.push(View::Doctype),
+                H5Token::NullCharacterToken | H5Token::EOFToken | H5Token::ParseError(_) => {}
+            }
+            TokenSinkResult::Continue
+        }
+    }
+
+    fn html5ever(html: &str) -> Vec<View> {
+        let tokenizer = Tokenizer::new(Sink::default(), TokenizerOpts::default());
+        let input = BufferQueue::default();
+        input.push_back(html.into());
+        let _ = tokenizer.feed(&input);
+        tokenizer.end();
+        tokenizer.sink.out.take()
+    }
+
+    fn pick<'a>(rng: &mut fastrand::Rng, from: &[&'a str]) -> &'a str {
+        from[rng.usize(..from.len())]
+    }
+
+    const NAMES: &[&str] = &[
+        "div", "p", "a", "b", "span", "table", "tr", "td", "img", "br", "ul", "li", "h1", "center",
+        "font", "Div", "TD", "x-card", "o:p",
+    ];
+
+    fn attribute(rng: &mut fastrand::Rng) -> String {
+        let name = pick(
+            rng,
+            &[
+                "class", "id", "style", "href", "data-x", "hidden", "alt", "TITLE", "width",
+            ],
+        );
+        let value = pick(
+            rng,
+            &[
+                "x",
+                "a b",
+                "color: red; display:none",
+                "https://x.test/?a=1&amp;b=2",
+                "é▲",
+                "&lt;&#39;&#x2F;&quot;",
+                "a>b",
+                "",
+                "5",
+            ],
+        );
+        let sep = pick(rng, &[" ", "\n", "  ", "\t"]);
+        match rng.usize(..5) {
+            0 => format!("{sep}{name}=\"{}\"", value.replace('"', "'")),
+            1 => format!("{sep}{name}='{}'", value.replace('\'', "\"")),
+            2 if !value.is_empty() => {
+                let bare: String = value
+                    .chars()
+                    .filter(|c| !c.is_whitespace() && !"\"'=<>`".contains(*c))
+                    .collect();
+                format!("{sep}{name}={}", if bare.is_empty() { "v" } else { &bare })
+            }
+            3 => format!("{sep}{name} = \"{value}\""),
+            _ => format!("{sep}{name}"),
+        }
+    }
+
+    fn piece(rng: &mut fastrand::Rng, depth: usize) -> String {
+        match rng.usize(..12) {
+            0 | 1 => pick(
+                rng,
+                &[
+                    "Hello",
+                    " world ",
+                    "a < b",
+                    "1 <2",
+                    "x > y",
+                    "é▲ü",
+                    "\n  ",
+                    "tom & jerry",
+                ],
+            )
+            .to_string(),
+            2 => pick(
+                rng,
+                &[
+                    "&amp;",
+                    "&lt;",
+                    "&gt;",
+                    "&quot;",
+                    "&#39;",
+                    "&#x2F;",
+                    "&#8212;",
+                    "&nbsp;",
+                    "&rsquo;",
+                    "&copy ",
+                    "& ",
+                    "&bogus;",
+                    "&#x1F600;",
+                ],
+            )
+            .to_string(),
+            3..=5 if depth < 6 => {
+                let name = pick(rng, NAMES);
+                let attrs: String = (0..rng.usize(..4)).map(|_| attribute(rng)).collect();
+                let close = pick(rng, &[">", ">", " />", "/>"]);
+                let inner: String = (0..rng.usize(..4)).map(|_| piece(rng, depth + 1)).collect();
+                let end = if rng.usize(..5) == 0 {
+                    String::new()
+                } else {
+                    format!("</{}{}>", name, pick(rng, &["", " ", " class=x"]))
+                };
+                format!("<{name}{attrs}{close}{inner}{end}")
+            }
+            6 => pick(
+                rng,
+                &[
+                    "<!-- note -->",
+                    "<!--[if mso]><table><tr><td><![endif]-->",
+                    "<!---->",
+                    "<!-- a -- b -->",
+                    "<!--<p>not a tag</p>-->",
+                ],
+            )
+            .to_string(),
+            7 => pick(
+                rng,
+                &[
+                    "<style>p > a { x: '<' } .a{b:c}</style>",
+                    "<style type=\"text/css\">a</styles>b</style>",
+                    "<STYLE>td { color: red }</Style >",
+                    "<script>if (a < b && c > d) { x = '</p>'; }</script>",
+                    "<title>A &amp; B <b></title>",
+                    "<textarea><p>not a tag</p></textarea>",
+                ],
+            )
+            .to_string(),
+            8 => pick(
+                rng,
+                &[
+                    "<!DOCTYPE html>",
+                    "<![if !mso]>",
+                    "<![endif]>",
+                    "<?xml version=\"1.0\"?>",
+                ],
+            )
+            .to_string(),
+            9 => pick(
+                rng,
+                &[
+                    "< p>",
+                    "<>",
+                    "</>",
+                    "</ p>",
+                    "<3",
+                    "a<b>c",
+                    "<a\nhref=x>",
+                    "<p/ class=x>",
+                    ">",
+                ],
+            )
+            .to_string(),
+            _ => format!("</{}>", pick(rng, NAMES)),
+        }
+    }
+
+    fn document(rng: &mut fastrand::Rng) -> String {
+        let mut doc: String = (0..rng.usize(1..30)).map(|_| piece(rng, 0)).collect();
+        // Now and then the document stops in the middle of something.
+        if rng.usize(..8) == 0 {
+            doc.push_str(pick(
+                rng,
+                &["<a href=\"x", "<div", "<!-- open", "<style>p{"],
+            ));
+        }
+        doc
+    }
+
+    #[test]
+    fn the_scanner_sees_what_html5ever_sees() {
+        for seed in 0..CASES {
+            let doc = document(&mut fastrand::Rng::with_seed(seed));
+            assert_eq!(ours(&doc), html5ever(&doc), "seed {seed}: {doc:?}");
+        }
+    }
+
+    #[test]
+    fn inlining_and_text_never_panic() {
+        let sheets = crate::inline::Stylesheets::new(HashMap::from([(
+            "s.css".to_string(),
+            Arc::from("p { color: red } td a { margin: 0 } .x:hover { color: blue } div > b { font-weight: bold }"),
+        )]));
+        for seed in 0..CASES / 4 {
+            let doc = document(&mut fastrand::Rng::with_seed(seed));
+            let doc =
+                format!("<link rel=stylesheet href=s.css><style>b {{ color: green }}</style>{doc}");
+            let _ = crate::text::from_html(&doc);
+            // An error is fine (a malformed `<link>`, say); a panic is not.
+            let _ = sheets.inline_and_text(&doc, std::path::Path::new("t.html"), true);
+        }
     }
 }

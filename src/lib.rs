@@ -7,7 +7,7 @@
 //!
 //! The pipeline, one module per stage: `templates` (loading, front-matter, the set) →
 //! `render` (minijinja, schema check) → `inline` (CSS) → `text` → `message` (MIME) →
-//! `transport` (outbox, memory, smtp), with `auth` beside it for OAuth2 tokens, and
+//! `transport` (outbox, memory, smtp, gmail, graph, failover), with `auth` beside it for OAuth2 tokens, and
 //! `watch` (hot reload) on top of the set.
 //!
 //! ```
@@ -27,6 +27,7 @@
 //! # Ok(()) }
 //! ```
 
+mod address;
 pub mod auth;
 mod check;
 mod config;
@@ -58,7 +59,8 @@ pub use render::Rendered;
 pub use templates::ReloadEvent;
 pub use transport::smtp::{AuthConfig, Mechanism, PoolConfig, SmtpConfig, Timeouts, TlsMode};
 pub use transport::{
-    async_trait, Delivery, Email, Inbox, Rejected, RetryConfig, SentMessage, Transport,
+    async_trait, Delivery, Email, Failover, GmailConfig, GraphConfig, Inbox, Limited, Rate,
+    Rejected, RetryConfig, SentMessage, Transport,
 };
 
 /// The README's examples, compiled and run as doctests so that they stay true.

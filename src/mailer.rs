@@ -8,13 +8,14 @@ use lettre::message::Mailbox;
 use serde::Serialize;
 use tracing::Instrument;
 
+use crate::address::{parse_mailbox, parse_mailboxes};
 use crate::config::{Config, TransportConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{self, Attachment, MessageId};
 use crate::queue::{Queue, Queued};
-use crate::render::{self, parse_mailbox, parse_mailboxes, Rendered};
+use crate::render::{self, Rendered};
 use crate::templates::{LiveSet, ReloadEvent, TemplateSet};
-use crate::transport::{retry, Email, Inbox, Outbox, RetryConfig, Smtp, Transport};
+use crate::transport::{retry, Email, Inbox, RetryConfig, Transport};
 use crate::watch::{self, Watch};
 
 /// Renders named templates and sends them. Cheap to clone; clones share everything.
@@ -199,10 +200,7 @@ impl MailerBuilder {
     pub fn build(mut self) -> Result<Mailer> {
         let transport: Arc<dyn Transport> = match self.transport.take() {
             Some(transport) => transport,
-            None => match &self.config.transport {
-                TransportConfig::Outbox { dir } => Arc::new(Outbox::new(dir)),
-                TransportConfig::Smtp(smtp) => Arc::new(Smtp::new(smtp)?),
-            },
+            None => crate::transport::open(&self.config.transport)?,
         };
         self.build_with(transport)
     }
@@ -259,10 +257,7 @@ impl MailerBuilder {
         let retry = self
             .retry
             .clone()
-            .unwrap_or_else(|| match &self.config.transport {
-                TransportConfig::Smtp(smtp) => smtp.retry.clone(),
-                _ => RetryConfig::default(),
-            });
+            .unwrap_or_else(|| self.config.transport.retry());
         let queue = self.config.queue.as_ref().map(Queue::open).transpose()?;
         let inner = Arc::new(Inner {
             queue,
@@ -324,8 +319,14 @@ impl Mailer {
     }
 
     /// Renders `name` with `data` and sends it to the recipients its front-matter names.
+    ///
+    /// It waits for room among the messages in flight before it copies `data`: a
+    /// burst of thousands of sends holds the callers' data, not a copy per send.
     pub async fn send_template(&self, name: &str, data: &impl Serialize) -> Result<Receipt> {
-        self.template(name).data(data).send().await
+        let permit = self.inner.in_flight_permit().await?;
+        // Boxed, so that a send still waiting above is a small future, not one the
+        // size of a whole delivery.
+        Box::pin(self.template(name).data(data).deliver(Some(permit))).await
     }
 
     /// A message from template `name`, to adjust before sending.
@@ -604,18 +605,27 @@ impl TemplateMessage {
     }
 
     /// Validates, renders and builds the message on tokio's blocking pool, once the
-    /// mailer has room for another message in flight.
-    async fn build_email(self) -> Result<(Email, tokio::sync::OwnedSemaphorePermit, Mailer)> {
+    /// mailer has room for another message in flight (`permit`, when the caller took
+    /// that room already).
+    async fn build_email(
+        self,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<(Email, tokio::sync::OwnedSemaphorePermit, Mailer)> {
         let parts = self.parts()?;
         self.checked_data()?;
         let message_id = self.message_id_rule();
         // Checked above; moved rather than cloned, as the message is consumed.
         let data = self.data.unwrap_or_default();
         let mailer = self.mailer;
+        let permit = match permit {
+            Some(permit) => permit,
+            None => mailer.inner.in_flight_permit().await?,
+        };
+        // Taken once there is room, so that a send waiting meanwhile uses the set
+        // in force when it renders.
         let set = mailer.set();
         let from = mailer.inner.from.clone();
         let attachments = self.attachments;
-        let permit = mailer.inner.in_flight_permit().await?;
         let email = tokio::task::spawn_blocking(move || {
             let rendered = render_message(&set, &parts, &data)?;
             message::build(rendered, &attachments, Some(&from), &message_id)
@@ -635,7 +645,7 @@ impl TemplateMessage {
     pub async fn enqueue(self) -> Result<Queued> {
         let queue = self.mailer.require_queue()?.clone();
         let key = self.idempotency_key.clone();
-        let (email, in_flight, _mailer) = self.build_email().await?;
+        let (email, in_flight, _mailer) = self.build_email(None).await?;
         // The permit bounds rendering; the write is bounded by group commit instead.
         drop(in_flight);
         queue.enqueue(&email, key.as_deref()).await
@@ -647,7 +657,7 @@ impl TemplateMessage {
     pub async fn enqueue_in(self, conn: &mut sqlx::PgConnection) -> Result<Queued> {
         let queue = self.mailer.require_queue()?.clone();
         let key = self.idempotency_key.clone();
-        let (email, in_flight, _mailer) = self.build_email().await?;
+        let (email, in_flight, _mailer) = self.build_email(None).await?;
         drop(in_flight);
         queue.enqueue_in(conn, &email, key.as_deref()).await
     }
@@ -655,7 +665,11 @@ impl TemplateMessage {
     /// Renders (off the async worker threads) and sends through the mailer's
     /// transport, retrying transient failures as the retry policy allows.
     pub async fn send(self) -> Result<Receipt> {
-        let (email, _in_flight, mailer) = self.build_email().await?;
+        self.deliver(None).await
+    }
+
+    async fn deliver(self, permit: Option<tokio::sync::OwnedSemaphorePermit>) -> Result<Receipt> {
+        let (email, _in_flight, mailer) = self.build_email(permit).await?;
         let transport = &mailer.inner.transport;
         let span = tracing::info_span!(
             "send",

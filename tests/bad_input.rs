@@ -425,3 +425,260 @@ fn bad_config_file() {
     assert!(err.message().contains("dri"), "{err}");
     assert!(err.location().unwrap().file.ends_with("missive.yaml"));
 }
+
+/// Issue 11.2: errors in front-matter values name the field, and an address list entry
+/// by its place; the rendered (data-derived) value is never quoted.
+#[test]
+fn front_matter_errors_name_the_field() {
+    let f = Fixture::new();
+    f.write(
+        "templates/syntax.html",
+        "---\nsubject: Hi\nheaders:\n  X-Ref: \"{{ ref }\"\n---\nx\n",
+    );
+    let err = f.load_error();
+    assert!(
+        err.message()
+            .starts_with("front-matter `headers.X-Ref`: syntax error"),
+        "{err}"
+    );
+    assert_at(&err, "templates/syntax.html", 4);
+    f.write(
+        "templates/syntax.html",
+        "---\nsubject: \"{{ user.name }\"\n---\nx\n",
+    );
+    let err = f.load_error();
+    assert!(
+        err.message()
+            .starts_with("front-matter `subject`: syntax error"),
+        "{err}"
+    );
+    assert_at(&err, "templates/syntax.html", 2);
+    std::fs::remove_file(f.path("templates/syntax.html")).unwrap();
+
+    f.write(
+        "templates/fields.html",
+        "---\nsubject: \"Hi {{ user.name }}\"\nto:\n  - ada@x.test\n  - \"{{ user.email }}\"\ncc: \"ada@x.test, {{ user.email }}\"\nheaders:\n  X-Ref: \"{{ ref }}\"\n---\nx\n",
+    );
+    let (mailer, _) = f.mailer().unwrap();
+    let good = json!({"user": {"name": "Ada", "email": "ada@x.test"}, "ref": "r1"});
+    mailer.render("fields", &good).unwrap();
+    let with = |patch: serde_json::Value| {
+        let mut data = good.clone();
+        for (k, v) in patch.as_object().unwrap() {
+            data[k] = v.clone();
+        }
+        mailer.render("fields", &data).unwrap_err()
+    };
+
+    let err = with(json!({"user": {"email": "ada@x.test"}}));
+    assert_eq!(err.kind(), ErrorKind::Render);
+    assert!(
+        err.message()
+            .starts_with("front-matter `subject`: undefined value `user.name`"),
+        "{err}"
+    );
+    assert_at(&err, "templates/fields.html", 2);
+
+    let err = with(json!({"ref": "a\r\nBcc: x@evil.test"}));
+    assert_eq!(err.kind(), ErrorKind::Address);
+    assert!(
+        err.message().starts_with("front-matter `headers.X-Ref`: "),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("evil"), "{err}");
+    assert_at(&err, "templates/fields.html", 8);
+
+    let err = with(json!({"user": {"name": "Ada", "email": "token-8f3a"}}));
+    assert_eq!(err.kind(), ErrorKind::Address);
+    assert!(
+        err.message()
+            .starts_with("front-matter `to[1]`: not a valid address"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("token-8f3a"), "{err}");
+    assert_at(&err, "templates/fields.html", 3);
+
+    f.write(
+        "templates/fields.html",
+        "---\nsubject: Hi\ncc: \"ada@x.test, {{ user.email }}\"\n---\nx\n",
+    );
+    let (mailer, _) = f.mailer().unwrap();
+    let err = mailer
+        .render("fields", &json!({"user": {"email": "token-8f3a"}}))
+        .unwrap_err();
+    assert!(
+        err.message()
+            .starts_with("front-matter `cc`: address 2 of the 2 in the list is not valid"),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("token-8f3a"), "{err}");
+    assert_at(&err, "templates/fields.html", 3);
+}
+
+/// Issue 11.3: templates that include, import or extend each other in a circle say so
+/// and show the chain, instead of "could not render include: error in …".
+#[test]
+fn include_import_and_extends_cycles_show_the_chain() {
+    let f = Fixture::new();
+    f.write("templates/_a.html", "a\n{% include \"_b.html\" %}\n");
+    f.write("templates/_b.html", "b\n\n{% include \"_a.html\" %}\n");
+    f.write("templates/_i1.html", "{% import \"_i2.html\" as two %}\n");
+    f.write("templates/_i2.html", "\n{% import \"_i1.html\" as one %}\n");
+    f.write("templates/_e1.html", "{% extends \"_e2.html\" %}\n");
+    f.write("templates/_e2.html", "\n{%- extends '_e1.html' %}\n");
+    f.write(
+        "templates/inc.html",
+        "---\nsubject: Hi\n---\n{% include \"_a.html\" %}\n",
+    );
+    f.write(
+        "templates/imp.html",
+        "---\nsubject: Hi\n---\n{% import \"_i1.html\" as x %}\n",
+    );
+    f.write(
+        "templates/ext.html",
+        "---\nsubject: Hi\n---\n{% extends \"_e1.html\" %}\n",
+    );
+    let (mailer, _) = f.mailer().unwrap();
+
+    let err = mailer.render("inc", &json!({})).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Render);
+    assert!(
+        err.message()
+            .starts_with("`include`/`import` cycle: inc.html → _a.html → _b.html → _a.html"),
+        "{err}"
+    );
+    assert_at(&err, "templates/_b.html", 3);
+
+    let err = mailer.render("imp", &json!({})).unwrap_err();
+    assert!(
+        err.message()
+            .starts_with("`include`/`import` cycle: imp.html → _i1.html → _i2.html → _i1.html"),
+        "{err}"
+    );
+    assert_at(&err, "templates/_i2.html", 2);
+
+    let err = mailer.render("ext", &json!({})).unwrap_err();
+    assert!(
+        err.message()
+            .starts_with("`extends` cycle: _e1.html → _e2.html → _e1.html"),
+        "{err}"
+    );
+    assert_at(&err, "templates/_e2.html", 2);
+}
+
+/// An error inside an included partial is reported where it is, not as "could not
+/// render include" at the include.
+#[test]
+fn an_error_in_an_included_partial_points_into_the_partial() {
+    let f = Fixture::new();
+    f.write(
+        "templates/_partials/card.html",
+        "<div>\n{{ user.nickname }}</div>\n",
+    );
+    f.write(
+        "templates/card.html",
+        "---\nsubject: Hi\n---\n\n{% include \"_partials/card.html\" %}\n",
+    );
+    let (mailer, _) = f.mailer().unwrap();
+    let err = mailer.render("card", &json!({"user": {}})).unwrap_err();
+    assert!(
+        err.message().starts_with("undefined value `user.nickname`"),
+        "{err}"
+    );
+    assert!(
+        err.message().contains("(included from ") && err.message().contains("card.html:5)"),
+        "{err}"
+    );
+    assert_at(&err, "templates/_partials/card.html", 2);
+}
+
+/// Issue 11.4, for the preview's error view (a failed load): each problem once, none
+/// that only follows from another file's failure.
+#[test]
+fn a_failed_load_has_no_follow_on_problems() {
+    let f = Fixture::new();
+    f.write("templates/bye.html", "---\nsubject: [unclosed\n---\nx\n");
+    f.write("templates/bye.fr.html", "---\nsubject: Salut\n---\nx\n");
+    f.write("schemas/broken.schema.json", "{ oops }\n");
+    f.write(
+        "templates/uses.html",
+        "---\nsubject: Hi\nschema: broken.schema.json\n---\nx\n",
+    );
+    f.write("schemas/hello.schema.json", "{\n  \"type\": 7\n}\n");
+    let err = f.load_error();
+    let problems: Vec<String> = err.problems().map(|p| p.to_string()).collect();
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+    assert!(
+        problems.iter().any(|p| p.contains("bye.html:2:")),
+        "{problems:#?}"
+    );
+    assert!(
+        problems.iter().any(|p| p.contains("broken.schema.json:1:")),
+        "{problems:#?}"
+    );
+    assert!(
+        problems.iter().any(|p| p.contains("hello.schema.json:")),
+        "{problems:#?}"
+    );
+}
+
+/// Issue 11.6: html5ever (under css-inline) takes quadratic time in nesting depth and
+/// recurses per level. Past `MAX_DEPTH` (512) a document is refused with an error that
+/// names the file and the line; short of it, and with long flat lists, it renders.
+#[test]
+fn html_nested_past_the_limit_is_refused_clearly() {
+    let f = Fixture::new();
+    let body = |n: usize| {
+        format!(
+            "---\nsubject: Deep\nto: a@x.test\n---\n{{% extends \"_layouts/base.html\" %}}\n{{% block content %}}\n{}\n<p>x</p>{}{{% endblock %}}\n",
+            "<div>".repeat(n),
+            "</div>".repeat(n)
+        )
+    };
+    f.write("templates/deep.html", &body(100_000));
+    f.write("templates/ok.html", &body(400));
+    let items = "<li>item".repeat(5_000);
+    f.write(
+        "templates/list.html",
+        &format!(
+            "---\nsubject: List\nto: a@x.test\n---\n<ul>{items}</ul><p>{}</p>\n",
+            "<p>x".repeat(2_000)
+        ),
+    );
+    let (mailer, _) = f.mailer().unwrap();
+    let err = mailer.render("deep", &json!({})).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Render);
+    assert!(
+        err.message().contains(
+            "nests elements more than 512 deep (the `<div>` on line 4 of the rendered HTML)"
+        ),
+        "{err}"
+    );
+    assert_at(&err, "templates/deep.html", 1);
+    let ok = mailer.render("ok", &json!({})).unwrap();
+    assert!(
+        ok.html().contains("<p style=\"color: #333333;\">x</p>"),
+        "{}",
+        &ok.html()[..200]
+    );
+    let list = mailer.render("list", &json!({})).unwrap();
+    assert_eq!(list.text().unwrap().matches("- item").count(), 5_000);
+}
+
+/// One file with several problems reports them all, in line order.
+#[test]
+fn every_problem_of_one_file_is_reported() {
+    let f = Fixture::new();
+    f.write(
+        "templates/hello.html",
+        "---\nsubject: \"{{ a }\"\nto: \"{{ b }\"\nschema: nope.schema.json\n---\n{% if %}\n",
+    );
+    let err = f.load_error();
+    let lines: Vec<usize> = err.problems().map(|p| p.location().unwrap().line).collect();
+    assert_eq!(
+        lines,
+        [2, 3, 4, 6],
+        "{:#?}",
+        err.problems().map(|p| p.to_string()).collect::<Vec<_>>()
+    );
+}

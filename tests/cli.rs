@@ -1,4 +1,5 @@
 //! The `missive` binary, black-box: exit codes, output formats, files written.
+//! `MISSIVE_BIN=target/release/missive` runs them against a release build.
 
 mod common;
 
@@ -7,7 +8,7 @@ use common::{repo, Fixture};
 use predicates::prelude::*;
 
 fn missive() -> Command {
-    let mut cmd = Command::cargo_bin("missive").expect("binary");
+    let mut cmd = Command::new(common::missive_bin());
     cmd.env_remove("MISSIVE_CONFIG").env_remove("RUST_LOG");
     cmd
 }
@@ -65,7 +66,7 @@ fn check_prints_one_line_per_schema_violation() {
         .assert()
         .code(1)
         .stdout(
-            predicate::str::contains("schemas/hello.schema.json:4:1: example 0 does not match its own schema: (root): \"name\" is a required property")
+            predicate::str::contains("schemas/hello.schema.json:4:1: `examples[0]` does not match its own schema: (root): \"name\" is a required property")
                 .and(predicate::str::contains("\"email\" is a required property")),
         );
 }
@@ -159,7 +160,7 @@ fn render_errors_name_the_file_and_exit_1() {
         .assert()
         .code(1)
         .stderr(predicate::str::contains(
-            "templates/hello.html:3:1: undefined value `email`",
+            "templates/hello.html:3:1: front-matter `to`: undefined value `email`",
         ));
     missive()
         .current_dir(f.dir.path())
@@ -295,7 +296,7 @@ fn an_outbox_killed_mid_write_keeps_only_whole_messages() {
          {% endfor %}{% endfor %}</body></html>\n",
     );
     f.write("data.json", "{}");
-    let bin = assert_cmd::cargo::cargo_bin("missive");
+    let bin = common::missive_bin();
     let run = || {
         std::process::Command::new(&bin)
             .current_dir(f.dir.path())
@@ -344,4 +345,132 @@ fn an_outbox_killed_mid_write_keeps_only_whole_messages() {
             );
         }
     }
+}
+
+/// Issue 11.1: release builds (what `cargo install` makes) named no expression, because
+/// minijinja's debug info followed `debug_assertions`. CI runs this file against
+/// `target/release/missive` through `MISSIVE_BIN`.
+#[test]
+fn undefined_values_are_named_in_body_block_partial_and_subject() {
+    let f = Fixture::new();
+    f.write(
+        "templates/_partials/ui.html",
+        "{% macro nick(u) %}\n{{ u.nickname }}{% endmacro %}\n",
+    );
+    f.write(
+        "templates/body.html",
+        "---\nsubject: Hi\nto: a@x.test\n---\n<p>\n{{ user.nickname }}</p>\n",
+    );
+    f.write(
+        "templates/block.html",
+        "---\nsubject: Hi\nto: a@x.test\n---\n{% extends \"_layouts/base.html\" %}\n{% block content %}\n{{ user.nickname }}{% endblock %}\n",
+    );
+    f.write(
+        "templates/partial.html",
+        "---\nsubject: Hi\nto: a@x.test\n---\n{% import \"_partials/ui.html\" as ui %}\n{{ ui.nick(user) }}\n",
+    );
+    f.write(
+        "templates/subject.html",
+        "---\nsubject: \"Hi {{ user.nickname }}\"\nto: a@x.test\n---\nx\n",
+    );
+    for (name, expected) in [
+        (
+            "body",
+            "templates/body.html:6:1: undefined value `user.nickname`",
+        ),
+        (
+            "block",
+            "templates/block.html:7:1: undefined value `user.nickname`",
+        ),
+        (
+            "partial",
+            "templates/_partials/ui.html:2:1: undefined value `u.nickname`",
+        ),
+        ("subject", "templates/subject.html:2:1: "),
+    ] {
+        let assert = missive()
+            .current_dir(f.dir.path())
+            .args(["render", name, "--data", "-"])
+            .write_stdin(r#"{"user": {}}"#)
+            .assert()
+            .code(1);
+        let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+        assert!(stderr.contains("nickname`"), "{name}: {stderr}");
+    }
+}
+
+/// Issue 11.4: one broken file does not hide the rest. Every problem of the set comes
+/// out of one run, each once, with no follow-on error from another file's failure,
+/// and everything that loads is still rendered.
+#[test]
+fn check_reports_every_problem_once_without_follow_on_errors() {
+    let f = Fixture::new();
+    f.write(
+        "schemas/hello.schema.json",
+        "{\n  \"type\": \"object\",\n  \"required\": [\"name\", \"email\"],\n  \"examples\": [\n    {\"name\": \"Ada\", \"email\": \"ada@x.test\"},\n    {\"name\": \"Bob\"}\n  ]\n}\n",
+    );
+    // Front-matter that does not parse, and a locale variant of it that is fine.
+    f.write(
+        "templates/welcome.html",
+        "---\nsubject: [unclosed\n---\nx\n",
+    );
+    f.write(
+        "templates/welcome.fr.html",
+        "---\nsubject: Bienvenue\nto: a@x.test\nschema: hello.schema.json\n---\n<p>{{ name }}</p>\n",
+    );
+    // Two problems in one file: a broken subject and a broken body.
+    f.write(
+        "templates/twice.html",
+        "---\nsubject: \"{{ name }\"\n---\n\n{% if %}\n",
+    );
+    // A schema that is not JSON, and a template naming it.
+    f.write(
+        "schemas/broken.schema.json",
+        "{\n  \"type\": \"object\",\n  oops\n}\n",
+    );
+    f.write(
+        "templates/uses-broken.html",
+        "---\nsubject: Hi\nschema: broken.schema.json\n---\nx\n",
+    );
+    // A broken partial, and a template including it that is otherwise fine.
+    f.write("templates/_partials/card.html", "<div>{% for %}</div>\n");
+    f.write(
+        "templates/card.html",
+        "---\nsubject: Hi\nto: a@x.test\nschema: hello.schema.json\n---\n{% include \"_partials/card.html\" %}\n",
+    );
+    let assert = missive()
+        .current_dir(f.dir.path())
+        .arg("check")
+        .assert()
+        .code(1);
+    let out = String::from_utf8_lossy(&assert.get_output().stdout).into_owned();
+    let err = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+    let lines: Vec<&str> = out.lines().collect();
+    let expect = [
+        "schemas/broken.schema.json:3:",
+        "templates/_partials/card.html:1:",
+        "templates/twice.html:2:1: front-matter `subject`: syntax error",
+        "templates/twice.html:5:1: syntax error",
+        "templates/welcome.html:2:",
+        "schemas/hello.schema.json:4:1: `examples[1]` does not match its own schema: (root): \"email\" is a required property",
+    ];
+    assert_eq!(lines.len(), expect.len(), "{out}\n{err}");
+    for want in expect {
+        assert_eq!(
+            lines.iter().filter(|l| l.starts_with(want)).count(),
+            1,
+            "{want} once in:\n{out}"
+        );
+    }
+    for follow_on in [
+        "no base template",
+        "not found",
+        "card.html:6",
+        "does not exist",
+    ] {
+        assert!(!out.contains(follow_on), "{follow_on}: {out}");
+    }
+    // hello and welcome.fr were rendered with their good example; card was tried.
+    assert!(err.contains("with 3 renders"), "{err}");
 }

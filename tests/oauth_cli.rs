@@ -12,7 +12,12 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 fn missive() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_missive"));
+    // `$MISSIVE_BIN` (relative to the crate) runs these against another build, e.g. release.
+    let bin = std::env::var_os("MISSIVE_BIN").map_or_else(
+        || env!("CARGO_BIN_EXE_missive").into(),
+        |bin| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(bin),
+    );
+    let mut command = Command::new(bin);
     command
         .env_remove("RUST_LOG")
         .env_remove("MISSIVE_CONFIG")

@@ -70,7 +70,7 @@ impl Server {
         )
         .unwrap();
         prepare(dir.path());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_missive"))
+        let mut child = Command::new(common::missive_bin())
             .arg("--templates")
             .arg(dir.path().join("templates"))
             .arg("--schemas")

@@ -1,5 +1,7 @@
 //! `missive render --watch`: renders again on every save, to a file or to stdout.
 
+mod common;
+
 use std::fs;
 use std::io::Read;
 use std::path::Path;
@@ -42,7 +44,7 @@ impl Watching {
     }
 
     fn start_with(dir: &Path, args: &[&str]) -> Watching {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_missive"))
+        let mut child = Command::new(common::missive_bin())
             .arg("--templates")
             .arg(dir.join("templates"))
             .arg("--schemas")

@@ -63,16 +63,36 @@ pub struct LoginArgs {
     device: bool,
 }
 
-/// The SMTP transport's `auth.oauth` and `auth.user`, when the config has them.
+/// The transport's token settings and user, when the config has them: SMTP's
+/// `auth.oauth` and `auth.user`; the API transports' `oauth` with their narrow scopes
+/// (`gmail.send`, Graph's `Mail.Send`); the first such member of a failover.
 fn configured(config: &Config) -> (Option<OAuthConfig>, Option<String>, Option<PathBuf>) {
-    match &config.transport {
-        TransportConfig::Smtp(smtp) => (
-            smtp.auth.oauth.clone(),
-            smtp.auth.user.clone(),
-            smtp.ca_file.clone(),
-        ),
-        _ => (None, None, None),
+    fn of(transport: &TransportConfig) -> (Option<OAuthConfig>, Option<String>, Option<PathBuf>) {
+        match transport {
+            TransportConfig::Smtp(smtp) => (
+                smtp.auth.oauth.clone(),
+                smtp.auth.user.clone(),
+                smtp.ca_file.clone(),
+            ),
+            TransportConfig::Gmail(gmail) => (
+                gmail.token_settings().ok(),
+                gmail.user.clone().filter(|u| u != "me"),
+                gmail.ca_file.clone(),
+            ),
+            TransportConfig::Graph(graph) => (
+                graph.token_settings().ok(),
+                Some(graph.user.clone()).filter(|u| u != "me"),
+                graph.ca_file.clone(),
+            ),
+            TransportConfig::Failover { transports, .. } => transports
+                .iter()
+                .map(of)
+                .find(|found| found.0.is_some())
+                .unwrap_or((None, None, None)),
+            _ => (None, None, None),
+        }
     }
+    of(&config.transport)
 }
 
 pub async fn run(config: &Config, command: AuthCommand) -> Result<ExitCode> {
@@ -114,7 +134,10 @@ pub async fn run(config: &Config, command: AuthCommand) -> Result<ExitCode> {
 
 async fn status(config: &Config, check: bool) -> Result<ExitCode> {
     let (Some(oauth), user, ca_file) = configured(config) else {
-        println!("no OAuth2 credential configured: the transport is not SMTP with `auth.oauth`");
+        println!(
+            "no OAuth2 credential configured: the transport is not gmail, graph or SMTP with \
+             `auth.oauth`"
+        );
         return Ok(ExitCode::FAILURE);
     };
     let status = auth::status(&oauth, user.as_deref())?;

@@ -274,9 +274,10 @@ fn problems(error: &Error) -> Vec<Value> {
                     "column": l.column,
                 })),
                 "excerpt": p.location().map(excerpt).unwrap_or_default(),
+                // The designer's own sample data is on the page anyway.
                 "violations": p.violations().iter().map(|v| json!({
                     "pointer": v.pointer,
-                    "message": v.message,
+                    "message": v.detail,
                 })).collect::<Vec<_>>(),
             })
         })

@@ -83,6 +83,9 @@ pub(crate) enum TextMode {
 pub(crate) struct Value {
     pub source: String,
     pub line: usize,
+    /// The field it is, for errors: `subject`, `to`, `to[1]` (an entry of a YAML list,
+    /// from 0 as in the file), `headers.List-Unsubscribe`.
+    pub field: String,
 }
 
 /// Checked front-matter, values not yet rendered.
@@ -150,11 +153,19 @@ pub(crate) fn parse(file: &Path, split: &Split<'_>) -> Result<FrontMatter> {
     let value = |key: &str, source: String| Value {
         line: lines.of(key),
         source,
+        field: key.to_string(),
     };
     let many = |key: &str, v: Option<OneOrMany>| match v {
         None => Vec::new(),
         Some(OneOrMany::One(s)) => vec![value(key, s)],
-        Some(OneOrMany::Many(list)) => list.into_iter().map(|s| value(key, s)).collect(),
+        Some(OneOrMany::Many(list)) => list
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| Value {
+                field: format!("{key}[{i}]"),
+                ..value(key, s)
+            })
+            .collect(),
     };
     let subject = raw.subject.ok_or_else(|| missing_subject(file))?;
     let text = match raw.text {
@@ -196,7 +207,15 @@ pub(crate) fn parse(file: &Path, split: &Split<'_>) -> Result<FrontMatter> {
                 .at(file, line, 1))
             }
         };
-        headers.push((name, Value { source, line }));
+        let field = format!("headers.{name}");
+        headers.push((
+            name,
+            Value {
+                source,
+                line,
+                field,
+            },
+        ));
     }
     Ok(FrontMatter {
         subject: value("subject", subject),
@@ -324,6 +343,9 @@ mod tests {
         assert_eq!(fm.subject.line, 2);
         assert_eq!(fm.to.len(), 2);
         assert_eq!(fm.to[1].line, 3);
+        assert_eq!(fm.to[1].field, "to[1]");
+        assert_eq!(fm.subject.field, "subject");
+        assert_eq!(fm.headers[0].1.field, "headers.X-Campaign");
         assert_eq!(fm.headers[0].0, "X-Campaign");
         assert_eq!(fm.headers[0].1.line, 7);
         assert_eq!(fm.headers[1].1.source, "7");

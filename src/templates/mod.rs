@@ -6,9 +6,10 @@
 
 pub(crate) mod front_matter;
 pub(crate) mod live;
+pub(crate) mod schema;
 pub(crate) mod walk;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -16,29 +17,33 @@ use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::inline::Stylesheets;
-use crate::render::schema::Schema;
 use front_matter::{FrontMatter, TextMode};
 pub(crate) use live::LiveSet;
 pub use live::ReloadEvent;
+use schema::Schema;
 
 /// Where a compiled minijinja template came from, to turn its errors into file:line.
 #[derive(Debug, Clone)]
 pub(crate) struct Source {
     pub file: PathBuf,
     /// For the template of a variant's front-matter values: the template line each value
-    /// starts on and the file line it stands on. Bodies keep file lines as they are.
-    pub line_map: Option<Vec<(usize, usize)>>,
+    /// starts on, the file line it stands on and its field. Bodies keep file lines as
+    /// they are.
+    pub line_map: Option<Vec<(usize, usize, String)>>,
 }
 
 impl Source {
-    fn file_line(&self, line: usize) -> usize {
+    /// The file line of template line `line`, and the front-matter field it is in.
+    fn file_line(&self, line: usize) -> (usize, Option<&str>) {
         match &self.line_map {
-            None => line,
+            None => (line, None),
             Some(map) => map
                 .iter()
-                .take_while(|(start, _)| *start <= line)
+                .take_while(|(start, _, _)| *start <= line)
                 .last()
-                .map_or(1, |(_, file_line)| *file_line),
+                .map_or((1, None), |(_, file_line, field)| {
+                    (*file_line, Some(field.as_str()))
+                }),
         }
     }
 }
@@ -56,6 +61,8 @@ pub(crate) struct Field {
     pub slot: Option<usize>,
     /// Its line in the file.
     pub line: usize,
+    /// Which field it is (`subject`, `to[1]`, `headers.X-Id`), for errors.
+    pub field: String,
 }
 
 /// The front-matter of one variant, ready to render.
@@ -107,6 +114,9 @@ pub(crate) struct TemplateSet {
     pub entries: BTreeMap<String, Entry>,
     pub stylesheets: Arc<Stylesheets>,
     pub sources: HashMap<String, Source>,
+    /// Locale variants whose base template failed to load (only in a partial load):
+    /// still checked, never sendable.
+    pub orphans: Vec<Arc<Variant>>,
     /// What the set was loaded from, kept for reloading only what changed.
     origin: Arc<Origin>,
 }
@@ -134,6 +144,30 @@ impl TemplateSet {
     ///
     /// On failure the error lists every problem found ([`Error::problems`]).
     pub fn load(templates_dir: &Path, schemas_dir: &Path) -> Result<TemplateSet> {
+        let (set, errors) = TemplateSet::load_partial(templates_dir, schemas_dir)?;
+        if let Some(error) = Error::from_many(errors) {
+            tracing::warn!(
+                problems = error.problems().count(),
+                "template set has problems"
+            );
+            return Err(error);
+        }
+        tracing::info!(templates = set.entries.len(), "template set loaded");
+        Ok(set)
+    }
+
+    /// Loads what does load, for `missive check`: the set of every file that compiled,
+    /// and the problems of the others, each once. A file that only fails because one it
+    /// uses failed (a locale variant of a broken base, a template naming a schema that
+    /// does not parse, a `<link>` to a stylesheet that cannot be read) adds no problem
+    /// of its own; rendering one that extends, includes or imports a broken file fails
+    /// with an error that [`Error::is_follow_on`] marks.
+    ///
+    /// `Err` only when a folder cannot be read at all.
+    pub fn load_partial(
+        templates_dir: &Path,
+        schemas_dir: &Path,
+    ) -> Result<(TemplateSet, Vec<Error>)> {
         let _span = tracing::info_span!("load", templates = %templates_dir.display()).entered();
         let mut errors = Vec::new();
         let files = walk::walk(templates_dir, &mut errors)?;
@@ -143,26 +177,17 @@ impl TemplateSet {
             Vec::new()
         };
         let mut builder = Builder::new(templates_dir);
-        let schemas = load_schemas(&schema_files, &mut errors);
+        let schemas = load_schemas(&schema_files, &mut builder.broken_schemas, &mut errors);
         builder.add_files(&files, &mut errors);
         builder.add_sendables(&files, &schemas, schemas_dir, &mut errors);
         builder.check_links(None, &mut errors);
-        if let Some(error) = Error::from_many(errors) {
-            tracing::warn!(
-                problems = error.problems().count(),
-                "template set has problems"
-            );
-            return Err(error);
-        }
         let origin = Origin {
             root: templates_dir.canonicalize().ok(),
             schemas_dir: schemas_dir.to_path_buf(),
             files,
             schemas,
         };
-        let set = builder.finish(Arc::new(origin), None);
-        tracing::info!(templates = set.entries.len(), "template set loaded");
-        Ok(set)
+        Ok((builder.finish(Arc::new(origin), None), errors))
     }
 
     /// The set as it is on disk after `changed` files were saved.
@@ -251,23 +276,66 @@ impl TemplateSet {
 
     /// Turns a minijinja error into ours, with the file and line it happened at.
     pub fn jinja_error(&self, err: &minijinja::Error, kind: ErrorKind) -> Error {
-        jinja_error(&self.sources, err, kind)
+        let source_of = |name: &str| {
+            self.env
+                .get_template(name)
+                .ok()
+                .map(|t| t.source().to_string())
+        };
+        jinja_error(&self.sources, err, kind, &source_of)
     }
 }
 
 /// Maps a minijinja error onto the file and line it came from, naming the undefined
 /// variable where that is the problem.
+///
+/// An error inside an `{% include %}` or `{% import %}` comes wrapped once per level
+/// ("could not render include: error in …"); the innermost is the one that says what
+/// is wrong and where, and the levels say which files lead to it. `source_of` gives a
+/// template's text, to follow `{% extends %}` when inheritance goes round in a cycle.
 pub(crate) fn jinja_error(
     sources: &HashMap<String, Source>,
     err: &minijinja::Error,
     kind: ErrorKind,
+    source_of: &dyn Fn(&str) -> Option<String>,
 ) -> Error {
-    let source = err.name().and_then(|n| sources.get(n));
-    let mut message = match err.kind() {
+    let mut chain = vec![err];
+    let mut next = std::error::Error::source(err);
+    while let Some(cause) = next {
+        if let Some(inner) = cause.downcast_ref::<minijinja::Error>() {
+            chain.push(inner);
+        }
+        next = cause.source();
+    }
+    let inner = chain[chain.len() - 1];
+    let includes: Vec<&minijinja::Error> = chain
+        .iter()
+        .copied()
+        .filter(|e| e.kind() == minijinja::ErrorKind::BadInclude)
+        .collect();
+    let at = |name: Option<&str>, line: Option<usize>| -> Option<(&Source, usize, Option<&str>)> {
+        let source = sources.get(name?)?;
+        let (line, field) = source.file_line(line.unwrap_or(1));
+        Some((source, line, field))
+    };
+    if let Some((cycle, closing)) = include_cycle(&includes, inner) {
+        let mut error = Error::new(
+            kind,
+            format!(
+                "`include`/`import` cycle: {} (each file includes or imports the next;                  a template that includes itself needs a condition that ends it)",
+                cycle.join(" → ")
+            ),
+        );
+        if let Some((source, line, _)) = at(closing.name(), closing.line()) {
+            error = error.at(&source.file, line, 1);
+        }
+        return error;
+    }
+    let mut message = match inner.kind() {
         minijinja::ErrorKind::UndefinedError => {
-            let expr = err
+            let expr = inner
                 .range()
-                .zip(err.template_source())
+                .zip(inner.template_source())
                 .and_then(|(range, text)| text.get(range))
                 .map(|e| e.trim().to_string());
             match expr {
@@ -277,20 +345,108 @@ pub(crate) fn jinja_error(
                 _ => "undefined value".to_string(),
             }
         }
-        other => match err.detail() {
+        minijinja::ErrorKind::InvalidOperation
+            if inner
+                .detail()
+                .is_some_and(|d| d.starts_with("cycle in template inheritance")) =>
+        {
+            // "… \"_a.html\" was referenced more than once": the cycle starts there.
+            let again = inner.detail().and_then(|d| d.split('"').nth(1));
+            match extends_cycle(again, source_of) {
+                Some(cycle) => format!("`extends` cycle: {}", cycle.join(" → ")),
+                None => format!("`extends` cycle: {}", inner.detail().unwrap_or_default()),
+            }
+        }
+        other => match inner.detail() {
             Some(detail) => format!("{other}: {detail}"),
             None => other.to_string(),
         },
     };
-    if let (None, Some(name)) = (source, err.name()) {
+    let place = at(inner.name(), inner.line());
+    if let (None, Some(name)) = (&place, inner.name()) {
         message.push_str(&format!(" (in {name})"));
     }
-    let mut error = Error::new(kind, message);
-    if let Some(source) = source {
-        let line = source.file_line(err.line().unwrap_or(1));
-        error = error.at(&source.file, line, 1);
+    if let Some(outer) = includes.first() {
+        if let Some((source, line, _)) = at(outer.name(), outer.line()) {
+            message.push_str(&format!(
+                " (included from {}:{line})",
+                source.file.display()
+            ));
+        }
     }
-    error
+    let error = match place {
+        Some((source, line, field)) => {
+            if let Some(field) = field {
+                message = format!("front-matter `{field}`: {message}");
+            }
+            Error::new(kind, message).at(&source.file, line, 1)
+        }
+        None => Error::new(kind, message),
+    };
+    // In a partial load: it uses a file that failed, whose own error says why.
+    if inner.detail().is_some_and(|d| d.ends_with(BROKEN)) {
+        error.follow_on()
+    } else {
+        error
+    }
+}
+
+/// When `includes` (outermost first) ended in minijinja's recursion limit because
+/// templates include each other: the names from the outermost to the first one met
+/// again, and the include that goes back.
+fn include_cycle<'e>(
+    includes: &[&'e minijinja::Error],
+    inner: &'e minijinja::Error,
+) -> Option<(Vec<String>, &'e minijinja::Error)> {
+    let limit = inner.kind() == minijinja::ErrorKind::InvalidOperation
+        && inner.detail() == Some("recursion limit exceeded");
+    if !limit || includes.is_empty() {
+        return None;
+    }
+    // Level i is the include statement in template i; template i + 1 is what it named.
+    let levels: Vec<&minijinja::Error> = includes.iter().copied().chain([inner]).collect();
+    let mut names: Vec<String> = Vec::new();
+    for (i, level) in levels.iter().enumerate() {
+        let name = level.name()?.to_string();
+        if names.contains(&name) {
+            names.push(name);
+            return Some((names, levels[i - 1]));
+        }
+        names.push(name);
+    }
+    None
+}
+
+/// The chain of literal `{% extends "…" %}` from `start` until a name comes again.
+fn extends_cycle(
+    start: Option<&str>,
+    source_of: &dyn Fn(&str) -> Option<String>,
+) -> Option<Vec<String>> {
+    let mut names = vec![start?.to_string()];
+    loop {
+        let parent = extends_target(&source_of(names.last()?)?)?;
+        let again = names.contains(&parent);
+        names.push(parent);
+        if again {
+            return Some(names);
+        }
+    }
+}
+
+/// The name in a template's first `{% extends "name" %}`, if it is a literal.
+fn extends_target(text: &str) -> Option<String> {
+    let mut rest = text;
+    while let Some(open) = rest.find("{%") {
+        let tag = rest[open + 2..].trim_start_matches(['-', '+']).trim_start();
+        if let Some(args) = tag.strip_prefix("extends") {
+            let args = args.trim_start();
+            let quote = args.chars().next().filter(|c| *c == '"' || *c == '\'')?;
+            let body = &args[1..];
+            return body.find(quote).map(|end| body[..end].to_string());
+        }
+        rest = &rest[open + 2..];
+    }
+    None
 }
 
 /// HTML-escapes what HTML needs escaped. minijinja's escaper also writes `/` as
@@ -321,11 +477,46 @@ struct Builder {
     entries: BTreeMap<String, Entry>,
     /// HTML sources with a `<link>` added since links were last checked: name, file, text.
     html: Vec<(String, PathBuf, String)>,
+    /// Files under the templates folder that failed to load, by name: whatever uses
+    /// them fails too, and must not report that as a problem of its own.
+    broken: HashSet<String>,
+    /// Schema files that failed to load, by name under the schemas folder.
+    broken_schemas: HashSet<String>,
+    orphans: Vec<Arc<Variant>>,
+}
+
+/// What the loader says of a template that is in the folder but failed to load.
+const BROKEN: &str = "failed to load; see its own error";
+
+/// Refuses names that leave the folder, and says of `broken` ones that they failed.
+/// Everything the set may include was added up front; the loader only runs for names
+/// that are not there, to say why they fail.
+fn set_loader(env: &mut Environment<'static>, broken: HashSet<String>) {
+    env.set_loader(move |name| {
+        if name.split('/').any(|part| part == "..") || name.starts_with('/') {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                format!("`{name}` is outside the templates folder and is never read"),
+            ))
+        } else if broken.contains(name) {
+            Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                format!("`{name}` {BROKEN}"),
+            ))
+        } else {
+            Ok(None)
+        }
+    });
 }
 
 impl Builder {
     fn new(templates_dir: &Path) -> Builder {
         let mut env = Environment::new();
+        // minijinja keeps the source and span an error needs to name the failing
+        // expression only in debug mode, which it otherwise ties to `debug_assertions`:
+        // release builds (what `cargo install` makes) would say just "undefined value".
+        // It costs nothing until an error is made.
+        env.set_debug(true);
         env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
         env.set_auto_escape_callback(|name| {
             if name.ends_with(".html") || name.ends_with(".htm") {
@@ -340,18 +531,7 @@ impl Builder {
             }
             _ => minijinja::escape_formatter(out, state, value),
         });
-        // Everything the set may include was added up front; the loader only runs for
-        // names that are not there, to say why a path that leaves the folder fails.
-        env.set_loader(|name| {
-            if name.split('/').any(|part| part == "..") || name.starts_with('/') {
-                Err(minijinja::Error::new(
-                    minijinja::ErrorKind::InvalidOperation,
-                    format!("`{name}` is outside the templates folder and is never read"),
-                ))
-            } else {
-                Ok(None)
-            }
-        });
+        set_loader(&mut env, HashSet::new());
         Builder {
             templates_dir: templates_dir.to_path_buf(),
             env,
@@ -359,6 +539,9 @@ impl Builder {
             stylesheets: HashMap::new(),
             entries: BTreeMap::new(),
             html: Vec::new(),
+            broken: HashSet::new(),
+            broken_schemas: HashSet::new(),
+            orphans: Vec::new(),
         }
     }
 
@@ -367,7 +550,7 @@ impl Builder {
         name: String,
         text: String,
         file: &Path,
-        line_map: Option<Vec<(usize, usize)>>,
+        line_map: Option<Vec<(usize, usize, String)>>,
     ) -> Result<()> {
         // Only a `<link>` start tag can fail the check, so text without one (most
         // sendables: they extend a layout) is not held until the check runs.
@@ -385,7 +568,7 @@ impl Builder {
         );
         self.env
             .add_template_owned(name, text)
-            .map_err(|e| jinja_error(&self.sources, &e, ErrorKind::Template))
+            .map_err(|e| jinja_error(&self.sources, &e, ErrorKind::Template, &|_| None))
     }
 
     /// Layouts, partials, `.txt` bodies and stylesheets: everything but sendables.
@@ -401,6 +584,7 @@ impl Builder {
                 walk::Kind::Sendable | walk::Kind::Other => Ok(()),
             };
             if let Err(e) = result {
+                self.broken.insert(file.rel.clone());
                 errors.push(e);
             }
         }
@@ -426,7 +610,14 @@ impl Builder {
                         },
                     );
                 }
-                Err(e) => errors.push(e),
+                Err(e) => {
+                    self.broken.insert(file.rel.clone());
+                    errors.extend(
+                        e.problems()
+                            .map(Error::clone_shallow)
+                            .filter(|e| !e.is_follow_on()),
+                    );
+                }
             }
         }
         for file in files.iter().filter(|f| f.kind() == walk::Kind::Text) {
@@ -453,10 +644,13 @@ impl Builder {
                 .clone()
                 .unwrap_or_default()
                 .to_ascii_lowercase();
+            let base_file = format!("{}.html", variant.name);
             match self.entries.get_mut(&variant.name) {
                 Some(entry) => {
                     entry.locales.insert(key, Arc::new(variant));
                 }
+                // Its base has an error of its own; this variant is still checked.
+                None if self.broken.contains(&base_file) => self.orphans.push(Arc::new(variant)),
                 None => errors.push(
                     Error::new(
                         ErrorKind::Template,
@@ -485,14 +679,36 @@ impl Builder {
         let (name, locale) = walk::split_locale(stem);
         // The comment stands in for the front-matter, so body lines stay file lines.
         let body = format!("{{#{}#}}{}", "\n".repeat(split.lines), split.body);
-        self.add(file.rel.clone(), body, &file.path, None)?;
+        // The body, the fields and the schema are independent: one run reports all three.
+        let body = self.add(file.rel.clone(), body, &file.path, None);
         let text_name = format!("{stem}.txt");
         let text = files
             .iter()
             .any(|f| f.rel == text_name)
             .then_some(text_name);
-        let fields = self.compile_fields(&file.rel, &file.path, &fm)?;
-        let schema = resolve_schema(&fm, name, &file.path, schemas, schemas_dir)?;
+        let fields = self.compile_fields(&file.rel, &file.path, &fm);
+        let schema = resolve_schema(
+            &fm,
+            name,
+            &file.path,
+            schemas,
+            &self.broken_schemas,
+            schemas_dir,
+        );
+        let (fields, schema) = match (body, fields, schema) {
+            (Ok(()), Ok(fields), Ok(schema)) => (fields, schema),
+            (body, fields, schema) => {
+                // Each may hold several (every broken field): one flat list, by line.
+                let mut problems: Vec<Error> = [body.err(), fields.err(), schema.err()]
+                    .iter()
+                    .flatten()
+                    .flat_map(|e| e.problems().map(Error::clone_shallow))
+                    .collect();
+                problems.sort_by_key(|e| e.location().map(|l| l.line));
+                return Err(Error::from_many(problems)
+                    .unwrap_or_else(|| Error::new(ErrorKind::Template, "failed to load")));
+            }
+        };
         Ok(Variant {
             name: name.to_string(),
             locale: locale.map(str::to_string),
@@ -521,8 +737,11 @@ impl Builder {
                     .template_from_named_str(html, &value.source)
                     .map_err(|e| {
                         let detail = e.detail().map(|d| format!(": {d}")).unwrap_or_default();
-                        Error::new(ErrorKind::Template, format!("{}{detail}", e.kind()))
-                            .at(file, value.line, 1)
+                        Error::new(
+                            ErrorKind::Template,
+                            format!("front-matter `{}`: {}{detail}", value.field, e.kind()),
+                        )
+                        .at(file, value.line, 1)
                     })?;
                 dynamic.push(value);
                 Some(dynamic.len() - 1)
@@ -533,19 +752,37 @@ impl Builder {
                 text: value.source.clone(),
                 slot,
                 line: value.line,
+                field: value.field.clone(),
             })
         };
-        let subject = field(&fm.subject)?;
-        let from = fm.from.as_ref().map(&mut field).transpose()?;
-        let reply_to = fm.reply_to.as_ref().map(&mut field).transpose()?;
-        let to = fm.to.iter().map(&mut field).collect::<Result<Vec<_>>>()?;
-        let cc = fm.cc.iter().map(&mut field).collect::<Result<Vec<_>>>()?;
-        let bcc = fm.bcc.iter().map(&mut field).collect::<Result<Vec<_>>>()?;
-        let headers = fm
+        // Every broken value is reported, not only the first.
+        let mut problems = Vec::new();
+        let mut ok = |result: Result<Field>| match result {
+            Ok(f) => Some(f),
+            Err(e) => {
+                problems.push(e);
+                None
+            }
+        };
+        let subject = ok(field(&fm.subject));
+        let from = fm.from.as_ref().and_then(|v| ok(field(v)));
+        let reply_to = fm.reply_to.as_ref().and_then(|v| ok(field(v)));
+        let to: Vec<Field> = fm.to.iter().filter_map(|v| ok(field(v))).collect();
+        let cc: Vec<Field> = fm.cc.iter().filter_map(|v| ok(field(v))).collect();
+        let bcc: Vec<Field> = fm.bcc.iter().filter_map(|v| ok(field(v))).collect();
+        let headers: Vec<(String, Field)> = fm
             .headers
             .iter()
-            .map(|(n, v)| Ok((n.clone(), field(v)?)))
-            .collect::<Result<Vec<_>>>()?;
+            .filter_map(|(n, v)| Some((n.clone(), ok(field(v))?)))
+            .collect();
+        let subject = match (subject, Error::from_many(problems)) {
+            (Some(subject), None) => subject,
+            (_, problem) => {
+                return Err(
+                    problem.unwrap_or_else(|| Error::new(ErrorKind::Template, "`subject` failed"))
+                )
+            }
+        };
         let slots = dynamic.len();
         let template = if dynamic.is_empty() {
             None
@@ -558,7 +795,7 @@ impl Builder {
                     source.push_str(FIELD_SEPARATOR);
                     line += 1;
                 }
-                line_map.push((line, value.line));
+                line_map.push((line, value.line, value.field.clone()));
                 source.push_str(&value.source);
                 line += value.source.matches('\n').count();
             }
@@ -585,7 +822,7 @@ impl Builder {
         html.sort_by(|a, b| a.0.cmp(&b.0));
         let sheets = sheets.unwrap_or(&self.stylesheets);
         for (_, file, text) in html {
-            if let Err(e) = crate::inline::check_static_links(&text, &file, sheets) {
+            if let Err(e) = crate::inline::check_static_links(&text, &file, sheets, &self.broken) {
                 errors.push(e);
             }
         }
@@ -600,6 +837,9 @@ impl Builder {
             stylesheets: HashMap::new(),
             entries: set.entries.clone(),
             html: Vec::new(),
+            broken: HashSet::new(),
+            broken_schemas: HashSet::new(),
+            orphans: Vec::new(),
         }
     }
 
@@ -632,9 +872,13 @@ impl Builder {
         Ok(())
     }
 
-    fn finish(self, origin: Arc<Origin>, stylesheets: Option<Arc<Stylesheets>>) -> TemplateSet {
+    fn finish(mut self, origin: Arc<Origin>, stylesheets: Option<Arc<Stylesheets>>) -> TemplateSet {
+        if !self.broken.is_empty() {
+            set_loader(&mut self.env, std::mem::take(&mut self.broken));
+        }
         TemplateSet {
             templates_dir: self.templates_dir,
+            orphans: self.orphans,
             env: self.env,
             entries: self.entries,
             stylesheets: stylesheets
@@ -645,7 +889,11 @@ impl Builder {
     }
 }
 
-fn load_schemas(files: &[walk::File], errors: &mut Vec<Error>) -> HashMap<String, Arc<Schema>> {
+fn load_schemas(
+    files: &[walk::File],
+    broken: &mut HashSet<String>,
+    errors: &mut Vec<Error>,
+) -> HashMap<String, Arc<Schema>> {
     let mut schemas = HashMap::new();
     for file in files.iter().filter(|f| f.rel.ends_with(".json")) {
         match file
@@ -655,7 +903,10 @@ fn load_schemas(files: &[walk::File], errors: &mut Vec<Error>) -> HashMap<String
             Ok(schema) => {
                 schemas.insert(file.rel.clone(), Arc::new(schema));
             }
-            Err(e) => errors.push(e),
+            Err(e) => {
+                broken.insert(file.rel.clone());
+                errors.push(e);
+            }
         }
     }
     schemas
@@ -667,10 +918,23 @@ fn resolve_schema(
     name: &str,
     file: &Path,
     schemas: &HashMap<String, Arc<Schema>>,
+    broken: &HashSet<String>,
     schemas_dir: &Path,
 ) -> Result<Option<Arc<Schema>>> {
+    // A schema that failed to load has its own error; the template cannot be checked.
+    let follow_on = |rel: &str| {
+        Error::new(
+            ErrorKind::Template,
+            format!("schema `{rel}` failed to load"),
+        )
+        .follow_on()
+    };
     let Some(value) = &fm.schema else {
-        return Ok(schemas.get(&format!("{name}.schema.json")).cloned());
+        let rel = format!("{name}.schema.json");
+        if broken.contains(&rel) {
+            return Err(follow_on(&rel));
+        }
+        return Ok(schemas.get(&rel).cloned());
     };
     let rel = value.source.trim_start_matches("./");
     if rel.starts_with('/') || rel.split('/').any(|p| p == "..") {
@@ -683,6 +947,9 @@ fn resolve_schema(
             ),
         )
         .at(file, value.line, 1));
+    }
+    if broken.contains(rel) {
+        return Err(follow_on(rel));
     }
     schemas.get(rel).cloned().map(Some).ok_or_else(|| {
         Error::new(

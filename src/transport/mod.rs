@@ -1,13 +1,23 @@
 //! Where messages go: the [`Transport`] trait and its built-in implementations
-//! (outbox, in-memory, SMTP). A transport receives an [`Email`] — the envelope and the
+//! (outbox, in-memory, SMTP, the Gmail API, Microsoft Graph, failover), and the
+//! per-transport rate and concurrency limits. A transport receives an [`Email`] — the envelope and the
 //! exact MIME bytes — and makes one delivery attempt; retrying is left to the caller
 //! ([`retry`] for direct sends, the queue for queued mail).
 
+mod api;
+mod failover;
+pub(crate) mod gmail;
+pub(crate) mod graph;
+mod limit;
 mod memory;
 mod outbox;
 pub(crate) mod retry;
 pub(crate) mod smtp;
 
+pub use failover::Failover;
+pub use gmail::GmailConfig;
+pub use graph::GraphConfig;
+pub use limit::{Limited, Rate};
 pub use memory::{Inbox, SentMessage};
 pub(crate) use outbox::Outbox;
 pub use retry::RetryConfig;
@@ -20,6 +30,28 @@ use lettre::address::{Address, Envelope};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::render::Rendered;
+
+/// The transport a config describes, with its limits. Connects to nothing yet.
+pub(crate) fn open(config: &crate::config::TransportConfig) -> Result<Arc<dyn Transport>> {
+    use crate::config::TransportConfig;
+    Ok(match config {
+        TransportConfig::Outbox { dir } => Arc::new(Outbox::new(dir)),
+        TransportConfig::Smtp(smtp) => Arc::new(Smtp::new(smtp)?),
+        TransportConfig::Gmail(gmail) => Arc::new(Limited::new(
+            gmail::Gmail::new(gmail)?,
+            gmail.rate,
+            gmail.max_concurrent,
+        )),
+        TransportConfig::Graph(graph) => Arc::new(Limited::new(
+            graph::Graph::new(graph)?,
+            graph.rate,
+            graph.max_concurrent,
+        )),
+        TransportConfig::Failover { transports, .. } => Arc::new(Failover::new(
+            transports.iter().map(open).collect::<Result<Vec<_>>>()?,
+        )?),
+    })
+}
 
 /// Re-exported so that a transport of your own needs no direct dependency on it.
 pub use async_trait::async_trait;

@@ -151,7 +151,10 @@ pub(crate) async fn deliver(
                 (error, Vec::new())
             }
         };
-        let backoff = policy.backoff(attempt);
+        // A server that said when to come back is not asked again sooner.
+        let backoff = policy
+            .backoff(attempt)
+            .max(error.retry_after().unwrap_or_default());
         if !policy.should_retry(&error)
             || attempt >= policy.attempts
             || Instant::now() + backoff > deadline

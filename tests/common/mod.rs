@@ -69,6 +69,16 @@ impl Fixture {
     }
 }
 
+/// The `missive` binary under test: `$MISSIVE_BIN` when set (CI points it at the
+/// release build, which is what `cargo install` makes and where debug-only behaviour
+/// would hide), else the one cargo built beside these tests. Relative to the crate.
+pub fn missive_bin() -> PathBuf {
+    match std::env::var_os("MISSIVE_BIN") {
+        Some(path) => Path::new(env!("CARGO_MANIFEST_DIR")).join(path),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_missive")),
+    }
+}
+
 /// The repository's own example set.
 pub fn repo() -> (PathBuf, PathBuf) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

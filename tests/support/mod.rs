@@ -2,6 +2,7 @@
 //! both tokio tasks on 127.0.0.1 with an ephemeral port.
 #![allow(dead_code)]
 
+pub mod api;
 pub mod postgres;
 pub mod smtp;
 pub mod token;

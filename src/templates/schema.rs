@@ -86,7 +86,7 @@ impl Schema {
         Some(serde_json::from_str(text).map_err(|e| {
             Error::new(
                 ErrorKind::Template,
-                format!("example {index} does not read back: {e}"),
+                format!("`examples[{index}]` does not read back: {e}"),
             )
             .at(&self.file, self.examples_line, 1)
         }))
@@ -98,7 +98,8 @@ impl Schema {
             .iter_errors(data)
             .map(|e| Violation {
                 pointer: e.instance_path().as_str().to_string(),
-                message: e.to_string(),
+                message: e.masked().to_string(),
+                detail: e.to_string(),
             })
             .collect()
     }
@@ -175,6 +176,13 @@ mod tests {
         assert!(pointers.contains(&"/user/email"), "{pointers:?}");
         assert!(pointers.contains(&"/user"), "{pointers:?}");
         assert_eq!(pointers.len(), 2);
+        // Issue 10.6: the value stays out of what goes to logs.
+        let email = &err.violations()[pointers.iter().position(|p| *p == "/user/email").unwrap()];
+        assert_eq!(email.message, "value is not a \"email\"");
+        assert_eq!(email.detail, "\"nope\" is not a \"email\"");
+        for shown in [err.to_string(), format!("{err:?}")] {
+            assert!(!shown.contains("nope"), "{shown}");
+        }
     }
 
     #[test]

@@ -1,0 +1,205 @@
+//! Inlining by plan: which style each element ends up with depends only on the CSS and
+//! the document's shape, so css-inline runs once per (stylesheet, shape) and later
+//! documents of that shape get the same styles written in directly.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::html::{self, Scanner, Token};
+use crate::text;
+
+use super::css_inline_direct;
+use super::rules::Split;
+
+/// How many inlining plans are kept: one per distinct (stylesheet, document shape), so a
+/// loop rendering 1 to 50 rows makes up to 50.
+pub(super) const PLAN_CACHE_LIMIT: usize = 4096;
+
+/// Attributes whose values selectors commonly depend on, whatever the stylesheet says.
+pub(super) const KEY_ATTRIBUTES: &[&str] =
+    &["class", "id", "style", "lang", "dir", "type", "xml:lang"];
+
+/// Marks each start tag while a plan is made, to find it again in css-inline's output.
+pub(super) const MARKER: &str = "data-missive-node";
+
+/// The plans made for one inlinable stylesheet.
+#[derive(Debug)]
+pub(super) struct CssPlans {
+    pub(super) css: String,
+    pub(super) by_shape: HashMap<Box<[u8]>, Arc<Plan>>,
+}
+
+/// The final `style` of every start tag of one document shape, by position.
+#[derive(Debug)]
+pub(super) enum Plan {
+    Styles {
+        styles: Vec<Option<Box<str>>>,
+        /// Whether each element's planned style hides it, for the text part.
+        hidden: Vec<bool>,
+    },
+    /// The parser adds or merges styled elements for this shape: run css-inline each time.
+    Direct,
+}
+
+/// A document's start tags and everything selector matching can see of it.
+pub(super) struct Shape {
+    /// Byte range of each start tag, and of its name within it.
+    pub(super) tags: Vec<(Range<usize>, usize)>,
+    /// Tag names, the attributes present and the values selectors may test, in order,
+    /// each piece length-prefixed so that no two shapes write the same bytes.
+    pub(super) signature: Vec<u8>,
+}
+
+impl Shape {
+    pub(super) fn of(html: &str, split: &Split) -> Shape {
+        let mut signature = Vec::with_capacity(html.len() / 8);
+        let mut tags = Vec::new();
+        for (token, range) in Scanner::new(html) {
+            match token {
+                Token::Start { name, attrs, .. } => {
+                    tags.push((range, name.len()));
+                    signature.push(0);
+                    push_lower(&mut signature, name);
+                    for (attr, value) in html::attributes(attrs) {
+                        let keyed = KEY_ATTRIBUTES.iter().any(|k| k.eq_ignore_ascii_case(attr))
+                            || split
+                                .selector_attributes
+                                .iter()
+                                .any(|k| k.eq_ignore_ascii_case(attr));
+                        signature.push(if keyed { 3 } else { 4 });
+                        push_lower(&mut signature, attr);
+                        if keyed {
+                            push_piece(&mut signature, value.as_bytes());
+                        }
+                    }
+                }
+                Token::End { name } => {
+                    signature.push(1);
+                    push_lower(&mut signature, name);
+                }
+                // Text never changes which selectors match, but whether there is any can
+                // change the tree the parser builds (and `:empty`).
+                Token::Text(text) => signature.push(5 + u8::from(text.trim().is_empty())),
+                Token::Comment(_) | Token::Declaration(_) => {}
+            }
+        }
+        Shape { tags, signature }
+    }
+}
+
+/// Writes `bytes` after their length (LEB128: one byte below 128).
+pub(super) fn push_piece(out: &mut Vec<u8>, bytes: &[u8]) {
+    let mut len = bytes.len();
+    while len >= 0x80 {
+        out.push((len as u8 & 0x7f) | 0x80);
+        len >>= 7;
+    }
+    out.push(len as u8);
+    out.extend_from_slice(bytes);
+}
+
+/// Writes `s` lowercased, length first: names are nearly always lowercase already.
+pub(super) fn push_lower(out: &mut Vec<u8>, s: &str) {
+    push_piece(out, s.as_bytes());
+    let start = out.len() - s.len();
+    out[start..].make_ascii_lowercase();
+}
+
+/// Runs css-inline once on `html` with every start tag marked, and reads back the style
+/// each marked element ends up with.
+pub(super) fn make_plan(html: &str, split: &Split, shape: &Shape, file: &Path) -> Result<Plan> {
+    let mut marked = String::with_capacity(html.len() + shape.tags.len() * 24);
+    let mut copied = 0;
+    for (index, (range, name_len)) in shape.tags.iter().enumerate() {
+        let at = range.start + 1 + name_len;
+        marked.push_str(&html[copied..at]);
+        marked.push_str(&format!(" {MARKER}=\"{index}\""));
+        copied = at;
+    }
+    marked.push_str(&html[copied..]);
+    let output = css_inline_direct(&marked, &split.inline, file)?;
+    let mut styles: Vec<Option<Box<str>>> = vec![None; shape.tags.len()];
+    let mut seen = vec![false; shape.tags.len()];
+    for (token, _) in Scanner::new(&output) {
+        let Token::Start { attrs, .. } = token else {
+            continue;
+        };
+        let mut index = None;
+        let mut style = None;
+        for (name, value) in html::attributes(attrs) {
+            if name == MARKER {
+                index = value.parse::<usize>().ok();
+            } else if name.eq_ignore_ascii_case("style") {
+                style = Some(value);
+            }
+        }
+        match index {
+            Some(i) if i < seen.len() && !seen[i] => {
+                seen[i] = true;
+                styles[i] = style.map(Box::from);
+            }
+            // The parser made this element, or merged two into one: positions no longer
+            // map one to one, so this shape is inlined the slow way every time.
+            Some(_) => return Ok(Plan::Direct),
+            None if style.is_some() => return Ok(Plan::Direct),
+            None => {}
+        }
+    }
+    if seen.iter().any(|s| !s) {
+        return Ok(Plan::Direct);
+    }
+    let hidden = styles
+        .iter()
+        .map(|style| style.as_deref().is_some_and(text::hides))
+        .collect();
+    Ok(Plan::Styles { styles, hidden })
+}
+
+/// Where a new attribute goes in the tag at `range`: before its `>`, or its `/>`.
+pub(super) fn attrs_end(html: &str, range: &Range<usize>) -> usize {
+    let tag = &html[range.clone()];
+    let Some(body) = tag.strip_suffix('>') else {
+        return range.end;
+    };
+    match body.strip_suffix('/') {
+        Some(before)
+            if before.ends_with(|c: char| c.is_ascii_whitespace() || c == '"' || c == '\'') =>
+        {
+            range.start + before.len()
+        }
+        _ => range.start + body.len(),
+    }
+}
+
+/// Writes the planned styles into `html`, replacing any `style` attribute already there.
+pub(super) fn apply(html: &str, shape: &Shape, styles: &[Option<Box<str>>]) -> String {
+    let extra: usize = styles.iter().flatten().map(|s| s.len() + 9).sum();
+    let mut out = String::with_capacity(html.len() + extra);
+    let mut copied = 0;
+    for ((range, name_len), style) in shape.tags.iter().zip(styles) {
+        let Some(style) = style else { continue };
+        let attrs_start = range.start + 1 + name_len;
+        let tag = &html[attrs_start..range.end];
+        let existing = html::attribute_spans(tag).find(|(n, _, _)| n.eq_ignore_ascii_case("style"));
+        match existing {
+            Some((_, _, span)) => {
+                out.push_str(&html[copied..attrs_start + span.start]);
+                copied = attrs_start + span.end;
+            }
+            None => {
+                let at = attrs_end(html, range);
+                out.push_str(&html[copied..at]);
+                copied = at;
+                out.push(' ');
+            }
+        }
+        out.push_str("style=\"");
+        out.push_str(style);
+        out.push('"');
+    }
+    out.push_str(&html[copied..]);
+    out
+}
