@@ -6,6 +6,8 @@
 //!
 //! `cargo bench --bench queue`. PostgreSQL figures need Debian's `postgresql` package
 //! (the bench starts a private server as the tests do); without it they are skipped.
+//! `MISSIVE_BENCH_SINK=127.0.0.1:10025` delivers to that SMTP sink (Postfix's
+//! `smtp-sink`, which `tests/interop/up.sh` starts there) instead of the in-process one.
 
 #[path = "../tests/support/postgres.rs"]
 #[allow(dead_code)]
@@ -148,7 +150,18 @@ async fn drain(mailer: &Mailer, n: u64) -> (Duration, u64) {
 }
 
 async fn run() {
-    let port = sink::sink().await;
+    let port = match std::env::var("MISSIVE_BENCH_SINK") {
+        Ok(addr) => {
+            let port = addr.rsplit(':').next().and_then(|p| p.parse().ok());
+            let port = port.expect("MISSIVE_BENCH_SINK is 127.0.0.1:PORT");
+            println!("sink: {addr}");
+            port
+        }
+        Err(_) => {
+            println!("sink: in-process");
+            sink::sink().await
+        }
+    };
     let dir = tempfile::tempdir().expect("temp dir");
     let config = config(dir.path(), port);
     let plain = mailer(&config, None);
