@@ -182,13 +182,30 @@ async fn kill_nine_anywhere(queue_url: String, config_url: &str, env: Vec<(Strin
         .as_nanos() as u64;
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut kills: Vec<Instant> = Vec::new();
+    let mut mid_delivery = 0;
     for n in 0..KILLS {
         let mut child = run.spawn(n);
-        // Early kills land in start-up and enqueueing, later ones in delivery.
-        tokio::time::sleep(Duration::from_millis(rng.u64(150..900))).await;
+        if n % 2 == 0 {
+            // Any moment: start-up, enqueueing, claiming, sending, recording.
+            tokio::time::sleep(Duration::from_millis(rng.u64(150..900))).await;
+        } else {
+            // While mail is flowing: once this child has delivered a few messages,
+            // a few milliseconds later, so that kills also land mid-DATA and between
+            // a 250 and its commit however fast the children are.
+            let start = smtp.received().len();
+            let until = Instant::now() + Duration::from_secs(5);
+            while smtp.received().len() < (start + 20).min(TOTAL) && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            tokio::time::sleep(Duration::from_micros(rng.u64(0..5000))).await;
+        }
+        let delivered = smtp.received().len();
         child.kill().unwrap(); // SIGKILL
         kills.push(Instant::now());
         child.wait().unwrap();
+        if smtp.received().len() > delivered || delivered < TOTAL {
+            mid_delivery += 1;
+        }
     }
     let delivered_before_last_run = smtp.received().len();
     let _ = std::fs::remove_file(run.acks().with_extension("ready"));
@@ -287,7 +304,7 @@ async fn kill_nine_anywhere(queue_url: String, config_url: &str, env: Vec<(Strin
         run.logs()
     );
     eprintln!(
-        "kill -9 ({}): {KILLS} kills, {} deliveries ({delivered_before_last_run} before the last run), {duplicates} duplicate(s), seed {seed}",
+        "kill -9 ({}): {KILLS} kills ({mid_delivery} with mail still to deliver), {} deliveries ({delivered_before_last_run} before the last run), {duplicates} duplicate(s), seed {seed}",
         Queue::describe_url(&queue_url),
         received.len()
     );
