@@ -597,10 +597,12 @@ impl TemplateMessage {
         Ok(Parts {
             name: self.name.clone(),
             locale: self.locale.clone(),
-            to: list(&self.to)?,
-            cc: list(&self.cc)?,
-            bcc: list(&self.bcc)?,
-            reply_to: self.reply_to.as_deref().map(parse_mailbox).transpose()?,
+            overrides: render::Overrides {
+                to: list(&self.to)?,
+                cc: list(&self.cc)?,
+                bcc: list(&self.bcc)?,
+                reply_to: self.reply_to.as_deref().map(parse_mailbox).transpose()?,
+            },
         })
     }
 
@@ -719,25 +721,15 @@ impl Inner {
 struct Parts {
     name: String,
     locale: Option<String>,
-    to: Option<Vec<Mailbox>>,
-    cc: Option<Vec<Mailbox>>,
-    bcc: Option<Vec<Mailbox>>,
-    reply_to: Option<Mailbox>,
+    overrides: render::Overrides,
 }
 
 fn render_message(set: &TemplateSet, parts: &Parts, data: &serde_json::Value) -> Result<Rendered> {
-    let mut rendered = render::render(set, &parts.name, parts.locale.as_deref(), data)?;
-    if let Some(to) = &parts.to {
-        rendered.to = to.clone();
-    }
-    if let Some(cc) = &parts.cc {
-        rendered.cc = cc.clone();
-    }
-    if let Some(bcc) = &parts.bcc {
-        rendered.bcc = bcc.clone();
-    }
-    if let Some(reply_to) = &parts.reply_to {
-        rendered.reply_to = Some(reply_to.clone());
-    }
-    Ok(rendered)
+    render::render(
+        set,
+        &parts.name,
+        parts.locale.as_deref(),
+        data,
+        &parts.overrides,
+    )
 }

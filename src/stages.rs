@@ -60,7 +60,7 @@ impl Stages {
 
     /// Every stage at once, as `send` runs them before MIME.
     pub fn rendered(&self, data: &serde_json::Value) -> Result<Rendered> {
-        render::render(&self.set, &self.name, None, data)
+        render::render(&self.set, &self.name, None, data, &Default::default())
     }
 
     /// Builds the MIME message of a rendered template.

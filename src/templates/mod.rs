@@ -51,6 +51,10 @@ impl Source {
 /// Separates the rendered front-matter values in the output of their shared template.
 pub(crate) const FIELD_SEPARATOR: &str = "\u{1e}\n";
 
+/// The variable that tells the front-matter template which addresses the caller gave
+/// (`to`, `cc`, `bcc`, `reply_to`: true when given); set only when some are.
+pub(crate) const GIVEN: &str = "__missive_given";
+
 /// A front-matter value, compiled once at load time.
 #[derive(Debug, Clone)]
 pub(crate) struct Field {
@@ -796,7 +800,18 @@ impl Builder {
                     line += 1;
                 }
                 line_map.push((line, value.line, value.field.clone()));
-                source.push_str(&value.source);
+                // An address the caller may replace renders only when not replaced, so
+                // that a value it does not need cannot fail the send.
+                let group = value.field.split('[').next().unwrap_or_default();
+                if matches!(group, "to" | "cc" | "bcc" | "reply_to") {
+                    source.push_str(&format!(
+                        "{{% if {GIVEN} is not defined or not {GIVEN}.{group} %}}"
+                    ));
+                    source.push_str(&value.source);
+                    source.push_str("{% endif %}");
+                } else {
+                    source.push_str(&value.source);
+                }
                 line += value.source.matches('\n').count();
             }
             let name = format!("{html}#front-matter");
@@ -987,7 +1002,14 @@ mod tests {
     }
 
     fn render(set: &TemplateSet, name: &str) -> crate::Rendered {
-        crate::render::render(set, name, None, &serde_json::json!({"n": 1})).unwrap()
+        crate::render::render(
+            set,
+            name,
+            None,
+            &serde_json::json!({"n": 1}),
+            &Default::default(),
+        )
+        .unwrap()
     }
 
     #[test]
