@@ -5,7 +5,8 @@
 //! a kill fell between its 250 and the commit of that outcome: at most one copy per
 //! kill, with the same Message-ID and the same bytes.
 //!
-//! The child is this test binary run again (`child_process`, ignored in normal runs).
+//! The child is this test binary run again (`child_process`, ignored in normal runs);
+//! a binary of its own, so that the child is small and starts fast.
 
 mod support;
 

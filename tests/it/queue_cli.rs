@@ -1,8 +1,6 @@
 //! `missive send --queue`, `missive queue ...` and `missive worker`, black-box: output
 //! for people and scripts, exit codes, and storage failures named on stderr.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
@@ -16,7 +14,7 @@ impl Dir {
     /// A config with the repository's templates, the outbox and a SQLite queue.
     fn new() -> Dir {
         let dir = tempfile::tempdir().unwrap();
-        let (templates, schemas) = common::repo();
+        let (templates, schemas) = crate::common::repo();
         std::fs::write(
             dir.path().join("missive.yaml"),
             format!(

@@ -2,16 +2,12 @@
 //! one queue, enqueues inside the app's own transaction, NOTIFY wakes idle workers,
 //! and an unreachable server or a wrong password is a clear error.
 
-mod support;
-
-use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use missive::{Email, ErrorKind, Mailer, Queue, QueueConfig, State};
+use crate::support::postgres::{Postgres, USER};
+use crate::support::smtp::{FakeSmtp, Options};
+use missive::{ErrorKind, Mailer, Queue, QueueConfig, State};
 use sqlx::Connection as _;
-use support::postgres::{Postgres, PASSWORD, USER};
-use support::smtp::{FakeSmtp, Options};
 
 fn message_id_of(data: &str) -> String {
     data.lines()
@@ -32,88 +28,98 @@ async fn wait_for(queue: &Queue, state: State, n: u64, limit: Duration) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_worker_processes_deliver_3000_messages_exactly_once() {
-    let pg = Postgres::start();
-    let url = pg.database("three");
-    let smtp = FakeSmtp::start(Options::default()).await;
-    let queue = Queue::open(&QueueConfig::new(url.clone())).unwrap();
-    let mut tasks = Vec::new();
-    for caller in 0..16 {
-        let queue = queue.clone();
-        tasks.push(tokio::spawn(async move {
-            for n in (caller..3000).step_by(16) {
-                let mid = format!("<m{n}@three.test>");
-                let raw = format!(
-                    "From: a@three.test\r\nTo: r{n}@three.test\r\nMessage-ID: {mid}\r\nSubject: {n}\r\n\r\nhello\r\n"
-                );
-                let email = Email::new(mid, Some("a@three.test"), &[format!("r{n}@three.test")], raw.into_bytes()).unwrap();
-                queue.enqueue(&email, None).await.unwrap();
-            }
-        }));
+/// `missive worker` processes: needs the binary (feature `cli`).
+#[cfg(feature = "cli")]
+mod processes {
+    use super::*;
+    use crate::support::postgres::PASSWORD;
+    use missive::Email;
+    use std::collections::HashMap;
+    use std::process::{Command, Stdio};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_worker_processes_deliver_3000_messages_exactly_once() {
+        let pg = Postgres::start();
+        let url = pg.database("three");
+        let smtp = FakeSmtp::start(Options::default()).await;
+        let queue = Queue::open(&QueueConfig::new(url.clone())).unwrap();
+        let mut tasks = Vec::new();
+        for caller in 0..16 {
+            let queue = queue.clone();
+            tasks.push(tokio::spawn(async move {
+                for n in (caller..3000).step_by(16) {
+                    let mid = format!("<m{n}@three.test>");
+                    let raw = format!(
+                        "From: a@three.test\r\nTo: r{n}@three.test\r\nMessage-ID: {mid}\r\nSubject: {n}\r\n\r\nhello\r\n"
+                    );
+                    let email = Email::new(mid, Some("a@three.test"), &[format!("r{n}@three.test")], raw.into_bytes()).unwrap();
+                    queue.enqueue(&email, None).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::support::config_file(
+            dir.path(),
+            &format!(
+                "  type: smtp\n  host: 127.0.0.1\n  port: {}\n  tls: none\n  timeout_secs: 5\n\
+                 queue:\n  url: postgres://{USER}@127.0.0.1:{}/three\n  workers: 2\n  lease: 10s\n  poll: 100ms\n",
+                smtp.port, pg.port
+            ),
+        );
+        let workers: Vec<_> = (0..3)
+            .map(|_| {
+                Command::new(env!("CARGO_BIN_EXE_missive"))
+                    .arg("--config")
+                    .arg(&config)
+                    .arg("worker")
+                    .env("PGPASSWORD", PASSWORD)
+                    .env_remove("MISSIVE_QUEUE_URL")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        wait_for(&queue, State::Sent, 3000, Duration::from_secs(90)).await;
+        for w in &workers {
+            let killed = Command::new("kill")
+                .args(["-TERM", &w.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(killed.success());
+        }
+        for w in workers {
+            let out = w.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(out.status.success(), "worker exits 0 on SIGTERM: {stderr}");
+            assert!(stderr.contains("stopped"), "{stderr}");
+            assert!(!stderr.contains(PASSWORD), "{stderr}");
+        }
+        let mut copies: HashMap<String, usize> = HashMap::new();
+        for r in smtp.received() {
+            *copies.entry(message_id_of(&r.data)).or_default() += 1;
+        }
+        assert_eq!(copies.len(), 3000);
+        assert!(
+            copies.values().all(|&n| n == 1),
+            "each delivered exactly once"
+        );
+        let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+        let processes: i64 = sqlx::query_scalar(
+            "SELECT COUNT(DISTINCT split_part(worker, '/', 1)) FROM missive_attempts WHERE outcome = 'sent'",
+        )
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        assert_eq!(processes, 3, "all three processes delivered");
     }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let config = support::config_file(
-        dir.path(),
-        &format!(
-            "  type: smtp\n  host: 127.0.0.1\n  port: {}\n  tls: none\n  timeout_secs: 5\n\
-             queue:\n  url: postgres://{USER}@127.0.0.1:{}/three\n  workers: 2\n  lease: 10s\n  poll: 100ms\n",
-            smtp.port, pg.port
-        ),
-    );
-    let workers: Vec<_> = (0..3)
-        .map(|_| {
-            Command::new(env!("CARGO_BIN_EXE_missive"))
-                .arg("--config")
-                .arg(&config)
-                .arg("worker")
-                .env("PGPASSWORD", PASSWORD)
-                .env_remove("MISSIVE_QUEUE_URL")
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    wait_for(&queue, State::Sent, 3000, Duration::from_secs(90)).await;
-    for w in &workers {
-        let killed = Command::new("kill")
-            .args(["-TERM", &w.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-    }
-    for w in workers {
-        let out = w.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "worker exits 0 on SIGTERM: {stderr}");
-        assert!(stderr.contains("stopped"), "{stderr}");
-        assert!(!stderr.contains(PASSWORD), "{stderr}");
-    }
-    let mut copies: HashMap<String, usize> = HashMap::new();
-    for r in smtp.received() {
-        *copies.entry(message_id_of(&r.data)).or_default() += 1;
-    }
-    assert_eq!(copies.len(), 3000);
-    assert!(
-        copies.values().all(|&n| n == 1),
-        "each delivered exactly once"
-    );
-    let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
-    let processes: i64 = sqlx::query_scalar(
-        "SELECT COUNT(DISTINCT split_part(worker, '/', 1)) FROM missive_attempts WHERE outcome = 'sent'",
-    )
-    .fetch_one(&mut db)
-    .await
-    .unwrap();
-    assert_eq!(processes, 3, "all three processes delivered");
 }
 
 fn mailer(url: &str, poll: Duration, smtp: &FakeSmtp, dir: &std::path::Path) -> Mailer {
-    let config = support::config_file(
+    let config = crate::support::config_file(
         dir,
         &format!(
             "  type: smtp\n  host: 127.0.0.1\n  port: {}\n  tls: none\n  timeout_secs: 5\n",

@@ -2,12 +2,10 @@
 //! server with short backoffs: enqueue semantics, retries, per-recipient outcomes,
 //! expiry, delivery-unknown, idempotency, and storage failures.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::smtp::{Action, FakeSmtp, Options, Stage};
 use missive::{ErrorKind, Mailer, QueueConfig, State};
-use support::smtp::{Action, FakeSmtp, Options, Stage};
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -24,7 +22,7 @@ fn queue_config(dir: &std::path::Path) -> QueueConfig {
 async fn setup(queue: impl FnOnce(QueueConfig) -> QueueConfig) -> Setup {
     let smtp = FakeSmtp::start(Options::default()).await;
     let dir = tempfile::tempdir().unwrap();
-    let path = support::config_file(
+    let path = crate::support::config_file(
         dir.path(),
         &format!(
             "  type: smtp\n  host: 127.0.0.1\n  port: {}\n  tls: none\n  timeout_secs: 2\n",
