@@ -381,6 +381,34 @@ impl std::error::Error for Error {
     }
 }
 
+/// A TLS failure that no retry can fix (an untrusted or mismatched certificate, no
+/// common protocol version) anywhere in `err`'s sources, through any `io::Error` a
+/// client library wrapped it in.
+pub(crate) fn certificate_problem<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a rustls::Error> {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = err.source();
+    while let Some(mut err) = current {
+        while let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            err = inner;
+        }
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return matches!(
+                tls,
+                rustls::Error::InvalidCertificate(_)
+                    | rustls::Error::NoCertificatesPresented
+                    | rustls::Error::PeerIncompatible(_)
+            )
+            .then_some(tls);
+        }
+        current = err.source();
+    }
+    None
+}
+
 /// `Result` with missive's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -74,26 +74,35 @@ pub(crate) struct Http {
     pub attempts: u32,
 }
 
+/// Adds the PEM certificates of `ca_file` to the client's trust anchors.
+pub(crate) fn trust_ca_file(
+    mut builder: reqwest::ClientBuilder,
+    ca_file: Option<&Path>,
+) -> Result<reqwest::ClientBuilder> {
+    if let Some(path) = ca_file {
+        let path = &crate::auth::store::expand_home(path);
+        let pem = std::fs::read(path).map_err(|e| Error::io(path, "read CA file", e))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            Error::new(
+                ErrorKind::Config,
+                format!("CA file {}: {e}", path.display()),
+            )
+        })?;
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    Ok(builder)
+}
+
 impl Http {
     pub fn new(ca_file: Option<&Path>, timeout: Duration, attempts: u32) -> Result<Http> {
-        let mut builder = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             // A redirect could carry the client secret to another host.
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout);
-        if let Some(path) = ca_file {
-            let path = &crate::auth::store::expand_home(path);
-            let pem = std::fs::read(path).map_err(|e| Error::io(path, "read CA file", e))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                Error::new(
-                    ErrorKind::Config,
-                    format!("CA file {}: {e}", path.display()),
-                )
-            })?;
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
+        let builder = trust_ca_file(builder, ca_file)?;
         let client = builder.build().map_err(|e| {
             Error::new(
                 ErrorKind::Config,
@@ -146,7 +155,7 @@ fn classify(e: reqwest::Error) -> HttpError {
     if e.is_timeout() {
         return HttpError::Timeout;
     }
-    if let Some(tls) = certificate_problem(&e) {
+    if let Some(tls) = crate::error::certificate_problem(&e) {
         let hint = match tls {
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
                 "the certificate is not signed by a CA this machine trusts: for a private CA \
@@ -169,32 +178,6 @@ fn classify(e: reqwest::Error) -> HttpError {
     }
     // Without the URL: it may carry query parameters.
     HttpError::Network(e.without_url().to_string())
-}
-
-/// The rustls error under a failed request, when the certificate is the reason,
-/// wherever reqwest and hyper wrapped it (hyper-rustls puts it in an `io::Error`
-/// inside another one, and `io::Error::source` skips the error it wraps).
-fn certificate_problem(e: &reqwest::Error) -> Option<&rustls::Error> {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(mut err) = current {
-        while let Some(inner) = err
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-        {
-            err = inner;
-        }
-        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
-            return matches!(
-                tls,
-                rustls::Error::InvalidCertificate(_)
-                    | rustls::Error::NoCertificatesPresented
-                    | rustls::Error::PeerIncompatible(_)
-            )
-            .then_some(tls);
-        }
-        current = err.source();
-    }
-    None
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 pub(crate) use cache::TokenCache;
-pub(crate) use http::is_loopback;
+pub(crate) use http::{is_loopback, trust_ca_file};
 pub use login::{check, login, status, CredentialStatus, LoginOptions, TokenCheck};
 pub use settings::{ClientAuth, Grant, OAuthConfig, Provider};
 pub(crate) use sources::build as build_source;

@@ -91,22 +91,13 @@ impl Api {
         ca_file: Option<&Path>,
         timeout: Duration,
     ) -> Result<Api> {
-        let mut builder = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             // A redirect would carry the bearer token to another host.
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(timeout.min(Duration::from_secs(30)))
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true);
-        if let Some(path) = ca_file {
-            let path = &auth::expand_home(path);
-            let pem = std::fs::read(path).map_err(|e| Error::io(path, "read CA file", e))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                Error::new(ErrorKind::Config, format!("CA file: {e}")).at(path, 1, 1)
-            })?;
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
+        let builder = crate::auth::trust_ca_file(builder, ca_file)?;
         let client = builder.build().map_err(|e| {
             Error::new(
                 ErrorKind::Config,

@@ -67,7 +67,7 @@ impl Failure {
                 text: reply_text(&e),
             };
         }
-        if let Some(tls) = certificate_problem(&e) {
+        if let Some(tls) = crate::error::certificate_problem(&e) {
             return Failure::Fatal(Error::new(
                 ErrorKind::Config,
                 format!(
@@ -103,30 +103,6 @@ impl Failure {
             Failure::Unknown { .. } | Failure::Fatal(_) => false,
         }
     }
-}
-
-/// A TLS failure that no retry can fix (an untrusted or mismatched certificate, no
-/// common protocol version), wherever lettre wrapped it.
-fn certificate_problem(e: &lettre::transport::smtp::Error) -> Option<&rustls::Error> {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(err) = current {
-        let found = err.downcast_ref::<rustls::Error>().or_else(|| {
-            err.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(tls) = found {
-            return matches!(
-                tls,
-                rustls::Error::InvalidCertificate(_)
-                    | rustls::Error::NoCertificatesPresented
-                    | rustls::Error::PeerIncompatible(_)
-            )
-            .then_some(tls);
-        }
-        current = err.source();
-    }
-    None
 }
 
 /// The server's words in a lettre error, without lettre's "permanent error (550): " prefix.
