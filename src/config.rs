@@ -39,6 +39,9 @@ pub struct Config {
     pub from: String,
     /// Where messages go.
     pub transport: TransportConfig,
+    /// The durable queue, when there is one (`queue:`; `MISSIVE_QUEUE_URL` overrides
+    /// its URL).
+    pub queue: Option<crate::queue::QueueConfig>,
 }
 
 /// The transport section of the config.
@@ -137,6 +140,7 @@ impl Default for Config {
             transport: TransportConfig::Outbox {
                 dir: default_outbox(),
             },
+            queue: None,
         }
     }
 }
@@ -148,6 +152,7 @@ struct Raw {
     schemas: Option<PathBuf>,
     from: Option<String>,
     transport: Option<TransportConfig>,
+    queue: Option<crate::queue::RawQueueConfig>,
 }
 
 impl Config {
@@ -161,7 +166,24 @@ impl Config {
             )
             .at(path, 1, 1)
         })?;
-        Config::from_yaml(&text, path)
+        Config::from_yaml(&text, path).map(Config::queue_from_env)
+    }
+
+    /// `MISSIVE_QUEUE_URL` (which may carry a password) replaces the file's queue URL.
+    fn queue_from_env(mut self) -> Config {
+        if let Some(url) = std::env::var("MISSIVE_QUEUE_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        {
+            self.queue = Some(match self.queue.take() {
+                Some(mut queue) => {
+                    queue.url = url;
+                    queue
+                }
+                None => crate::queue::QueueConfig::new(url),
+            });
+        }
+        self
     }
 
     /// The config the command line and `Mailer::from_config` use when given no file:
@@ -174,7 +196,7 @@ impl Config {
         if local.is_file() {
             return Config::from_file(local);
         }
-        Ok(Config::default())
+        Ok(Config::default().queue_from_env())
     }
 
     fn from_yaml(text: &str, path: &Path) -> Result<Config> {
@@ -219,11 +241,23 @@ impl Config {
             Error::new(ErrorKind::Config, format!("invalid config: {message}")).at(path, line, 1)
         })?;
         let defaults = Config::default();
+        let line_of = |key: &str| {
+            text.lines()
+                .position(|l| l.trim_start().starts_with(&format!("{key}:")))
+                .map_or(1, |i| i + 1)
+        };
+        let base = path.parent().unwrap_or(Path::new(""));
+        let queue = raw
+            .queue
+            .map(|q| q.resolve(base))
+            .transpose()
+            .map_err(|e| e.at(path, line_of("queue"), 1))?;
         let config = Config {
             templates: raw.templates.unwrap_or(defaults.templates),
             schemas: raw.schemas.unwrap_or(defaults.schemas),
             from: raw.from.unwrap_or(defaults.from),
             transport: raw.transport.unwrap_or(defaults.transport),
+            queue,
         };
         crate::address::parse_mailbox(&config.from).map_err(|e| {
             let line = text
@@ -331,6 +365,27 @@ mod tests {
             });
         }
         assert_eq!(kinds, ["gmail", "graph", "failover", "gmail"]);
+    }
+
+    #[test]
+    fn the_queue_section_resolves_paths_and_durations_and_refuses_passwords() {
+        let config = parse(
+            "queue:\n  url: sqlite://var/q.db\n  workers: 3\n  backoff: { min: 1s, max: 2m }\n  lifetime: 2d\n",
+        )
+        .unwrap();
+        let queue = config.queue.unwrap();
+        assert_eq!(queue.url, "sqlite://conf/var/q.db");
+        assert_eq!(queue.workers, 3);
+        assert_eq!(queue.backoff_min, std::time::Duration::from_secs(1));
+        assert_eq!(queue.backoff_max, std::time::Duration::from_secs(120));
+        assert_eq!(queue.lifetime, std::time::Duration::from_secs(172_800));
+        let err =
+            parse("from: a@b.test\nqueue:\n  url: postgres://app:hunter2@db/mail\n").unwrap_err();
+        assert_eq!(err.location().unwrap().line, 2);
+        assert!(err.message().contains("PGPASSWORD"), "{err}");
+        assert!(!err.to_string().contains("hunter2"));
+        let err = parse("queue:\n  url: sqlite://q.db\n  lifetime: forever\n").unwrap_err();
+        assert!(err.message().contains("`queue.lifetime`"), "{err}");
     }
 
     #[test]

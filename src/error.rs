@@ -36,6 +36,9 @@ pub enum ErrorKind {
     DeliveryUnknown,
     /// A local file could not be read or written.
     Io,
+    /// The queue's database failed: unreachable, locked, corrupt, full or refusing
+    /// our credentials. Nothing was acknowledged that it did not store.
+    Storage,
 }
 
 impl ErrorKind {
@@ -52,6 +55,7 @@ impl ErrorKind {
             ErrorKind::Permanent => "permanent delivery failure",
             ErrorKind::DeliveryUnknown => "delivery unknown",
             ErrorKind::Io => "I/O error",
+            ErrorKind::Storage => "queue storage error",
         }
     }
 }

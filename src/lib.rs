@@ -38,6 +38,7 @@ mod html;
 mod inline;
 mod mailer;
 mod message;
+mod queue;
 mod render;
 #[cfg(feature = "bench-internals")]
 #[doc(hidden)]
@@ -52,6 +53,10 @@ pub use config::{Config, TransportConfig, DEFAULT_FROM};
 pub use error::{Error, ErrorKind, Location, Result, Violation};
 pub use mailer::{Mailer, MailerBuilder, Receipt, TemplateInfo, TemplateMessage};
 pub use message::Attachment;
+pub use queue::{
+    parse_duration, AttemptRecord, Detail, Filter, Queue, QueueConfig, Queued, RecipientStatus,
+    State, StateStats, Stats, Summary, Timestamp,
+};
 pub use render::Rendered;
 pub use templates::ReloadEvent;
 pub use transport::smtp::{AuthConfig, Mechanism, PoolConfig, SmtpConfig, Timeouts, TlsMode};

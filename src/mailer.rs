@@ -12,6 +12,7 @@ use crate::address::{parse_mailbox, parse_mailboxes};
 use crate::config::{Config, TransportConfig};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{self, Attachment, MessageId};
+use crate::queue::{Queue, Queued};
 use crate::render::{self, Rendered};
 use crate::templates::{LiveSet, ReloadEvent, TemplateSet};
 use crate::transport::{retry, Email, Inbox, RetryConfig, Transport};
@@ -54,6 +55,8 @@ pub(crate) struct Inner {
     /// hundreds of threads: twice the transport's parallelism, one message on the
     /// wire and the next being rendered per connection.
     in_flight: Arc<tokio::sync::Semaphore>,
+    /// The durable queue, when one is configured.
+    queue: Option<Queue>,
 }
 
 impl std::fmt::Debug for Mailer {
@@ -114,6 +117,13 @@ pub struct MailerBuilder {
 }
 
 impl MailerBuilder {
+    /// Enqueues into, and [`Mailer::run_queue`] delivers from, this durable queue
+    /// (the config's `queue:` section sets the same).
+    pub fn queue(mut self, queue: crate::queue::QueueConfig) -> Self {
+        self.config.queue = Some(queue);
+        self
+    }
+
     /// The template folder (`templates` by default).
     pub fn templates(mut self, dir: impl Into<PathBuf>) -> Self {
         self.config.templates = dir.into();
@@ -248,7 +258,9 @@ impl MailerBuilder {
             .retry
             .clone()
             .unwrap_or_else(|| self.config.transport.retry());
+        let queue = self.config.queue.as_ref().map(Queue::open).transpose()?;
         let inner = Arc::new(Inner {
+            queue,
             live,
             _watch: watch,
             from,
@@ -405,9 +417,46 @@ impl Mailer {
     }
 
     /// The transport messages go through; the queue's workers deliver through it.
-    #[allow(dead_code)] // the queue's workers (next) are its caller
     pub(crate) fn transport(&self) -> Arc<dyn Transport> {
         self.inner.transport.clone()
+    }
+
+    /// Validates and renders `name` with `data`, and stores it in the durable queue;
+    /// see [`TemplateMessage::enqueue`].
+    pub async fn enqueue(&self, name: &str, data: &impl Serialize) -> Result<Queued> {
+        self.template(name).data(data).enqueue().await
+    }
+
+    /// The durable queue, when one is configured: inspect and operate it.
+    pub fn queue(&self) -> Option<&Queue> {
+        self.inner.queue.as_ref()
+    }
+
+    /// Delivers queued mail through the mailer's transport with the configured number
+    /// of workers until `shutdown` resolves; then claims nothing more, lets what is on
+    /// its way finish and be recorded, and returns.
+    ///
+    /// ```no_run
+    /// # async fn run(mailer: missive::Mailer) -> missive::Result<()> {
+    /// mailer.run_queue(async { tokio::signal::ctrl_c().await.ok(); }).await
+    /// # }
+    /// ```
+    pub async fn run_queue(
+        &self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<()> {
+        let queue = self.require_queue()?;
+        crate::queue::run_workers(queue.clone(), self.transport(), shutdown).await
+    }
+
+    fn require_queue(&self) -> Result<&Queue> {
+        self.queue().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Config,
+                "no queue is configured: add `queue: { url: \"sqlite://var/missive-queue.db\" }` \
+                 to missive.yaml, or MailerBuilder::queue",
+            )
+        })
     }
 }
 
@@ -586,6 +635,33 @@ impl TemplateMessage {
         .await
         .map_err(|e| Error::new(ErrorKind::Render, format!("render task failed: {e}")))??;
         Ok((email, permit, mailer))
+    }
+
+    /// Validates, renders and builds the message, and stores it in the durable queue.
+    /// Returns once storage has committed it (synced to disk); bad data or a broken
+    /// template is an error at once and nothing is queued. Workers
+    /// ([`Mailer::run_queue`], `missive worker`) deliver exactly these bytes, with
+    /// this Message-ID on every attempt. With an
+    /// [`idempotency_key`](Self::idempotency_key) already queued, nothing new is
+    /// stored and the first message's id comes back with `duplicate: true`.
+    pub async fn enqueue(self) -> Result<Queued> {
+        let queue = self.mailer.require_queue()?.clone();
+        let key = self.idempotency_key.clone();
+        let (email, in_flight, _mailer) = self.build_email(None).await?;
+        // The permit bounds rendering; the write is bounded by group commit instead.
+        drop(in_flight);
+        queue.enqueue(&email, key.as_deref()).await
+    }
+
+    /// Like [`enqueue`](Self::enqueue), on the app's own PostgreSQL connection or
+    /// transaction (`&mut *tx`): the message exists if and only if that transaction
+    /// commits, and workers see it at the commit. The queue must be PostgreSQL.
+    pub async fn enqueue_in(self, conn: &mut sqlx::PgConnection) -> Result<Queued> {
+        let queue = self.mailer.require_queue()?.clone();
+        let key = self.idempotency_key.clone();
+        let (email, in_flight, _mailer) = self.build_email(None).await?;
+        drop(in_flight);
+        queue.enqueue_in(conn, &email, key.as_deref()).await
     }
 
     /// Renders (off the async worker threads) and sends through the mailer's

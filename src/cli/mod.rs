@@ -2,6 +2,7 @@
 
 mod auth;
 mod init;
+mod queue;
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -73,7 +74,19 @@ enum Command {
         /// Send to this address instead of the template's `to` (repeatable).
         #[arg(long, value_name = "ADDR")]
         to: Vec<String>,
+        /// Store it in the durable queue instead of delivering now; prints the queue id
+        /// and <Message-ID>.
+        #[arg(long)]
+        queue: bool,
+        /// With --queue: queue it only once per KEY (a repeat prints the first id).
+        #[arg(long, value_name = "KEY", requires = "queue")]
+        idempotency_key: Option<String>,
     },
+    /// Deliver queued mail until Ctrl-C or SIGTERM (`queue:` in missive.yaml).
+    Worker,
+    /// Look into the durable queue and operate it (`queue:` in missive.yaml).
+    #[command(subcommand)]
+    Queue(queue::QueueCommand),
     /// Sign in to an OAuth2 provider for SMTP sending, or show the stored credential.
     #[command(subcommand)]
     Auth(auth::AuthCommand),
@@ -255,8 +268,19 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             crate::preview::serve(config, options).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Send { name, input, to } => send(config, &name, &input, &to).await,
+        Command::Send {
+            name,
+            input,
+            to,
+            queue: true,
+            idempotency_key,
+        } => queue::enqueue(config, &name, &input, &to, idempotency_key).await,
+        Command::Send {
+            name, input, to, ..
+        } => send(config, &name, &input, &to).await,
+        Command::Worker => queue::worker(config).await,
         Command::Auth(command) => auth::run(&config, command).await,
+        Command::Queue(command) => queue::run(&config, command).await,
         Command::Init { dir, force } => {
             init::run(&dir.unwrap_or_else(|| PathBuf::from(".")), force)?;
             Ok(ExitCode::SUCCESS)

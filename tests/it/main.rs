@@ -22,6 +22,10 @@ mod oauth_cli;
 mod preview;
 #[cfg(feature = "cli")]
 mod preview_browser;
+mod queue;
+#[cfg(feature = "cli")]
+mod queue_cli;
+mod queue_postgres;
 mod smtp;
 mod smtp_tls;
 mod snapshots;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod postgres;
 pub mod smtp;
 pub mod token;
 

@@ -96,6 +96,8 @@ pub struct Received {
     pub from: String,
     pub to: Vec<String>,
     pub data: String,
+    /// When the server took it (just before its 250 went out).
+    pub at: std::time::Instant,
 }
 
 /// One AUTH exchange.
@@ -214,6 +216,20 @@ impl FakeSmtp {
     /// Every time `stage` comes, do `action`.
     pub fn always(&self, stage: Stage, action: Action) {
         self.state.lock().unwrap().always.push((stage, action));
+    }
+
+    /// Forgets every `always` rule: the server behaves again.
+    pub fn clear_always(&self) {
+        self.state.lock().unwrap().always.clear();
+    }
+
+    /// Takes `address` again after [`refuse_recipient`](Self::refuse_recipient).
+    pub fn accept_recipient(&self, address: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .rcpt_replies
+            .remove(&address.to_ascii_lowercase());
     }
 
     /// Answer `RCPT TO:<address>` with `reply` every time.
@@ -430,8 +446,10 @@ async fn session(
                 let mut data = String::new();
                 let mut lines = 0;
                 let mut dropped = false;
+                let mut ended = false;
                 while let Some(body_line) = conn.line().await? {
                     if body_line == "." {
+                        ended = true;
                         break;
                     }
                     lines += 1;
@@ -446,6 +464,10 @@ async fn session(
                     conn.apply(mid).await?;
                     return Ok(());
                 }
+                // The client went away mid-message: like a real server, take nothing.
+                if !ended {
+                    return Ok(());
+                }
                 if let Some(flow) = conn.apply(take_fault(state, Stage::EndOfData)).await? {
                     flow
                 } else {
@@ -456,6 +478,7 @@ async fn session(
                             from: from.clone(),
                             to: to.clone(),
                             data,
+                            at: std::time::Instant::now(),
                         });
                         s.received.len()
                     };

@@ -1,0 +1,819 @@
+//! The embedded backend: one SQLite file in WAL mode with `synchronous = FULL`, so a
+//! commit is on disk (the WAL fsynced) before anyone is told `Ok`.
+//!
+//! Group commit: one writer thread owns the connection and runs every operation.
+//! Whatever arrived while the previous transaction was being synced goes into the next
+//! one, each operation under its own savepoint, and every caller is answered only
+//! after that transaction committed. Sixteen concurrent enqueues cost one fsync, not
+//! sixteen.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::store::{self, Claimed, Finish, NewMessage, Store};
+use super::{
+    headers, AttemptRecord, Detail, Filter, Op, Queued, RecipientStatus, State, StateStats, Stats,
+    Summary, Timestamp,
+};
+use crate::error::{Error, ErrorKind, Result};
+
+/// Versioned migrations, applied in order; `missive_schema` records which ran.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_queue.sql"))];
+
+/// Operations per transaction at most, so one huge burst cannot hold the write
+/// lock for long while other processes wait.
+const MAX_BATCH: usize = 512;
+
+/// How long a write waits for another process's lock before it fails.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Done = Box<dyn FnOnce(std::result::Result<(), &Error>) + Send>;
+/// Runs inside the batch's transaction (or is told why there is none) and returns
+/// whether it succeeded and how to answer its caller once the commit is known.
+type Job = Box<dyn FnOnce(std::result::Result<&Connection, &Error>) -> (bool, Done) + Send>;
+
+pub(crate) struct Sqlite {
+    path: PathBuf,
+    jobs: std::sync::Mutex<Option<mpsc::Sender<Job>>>,
+    wake: Arc<tokio::sync::Notify>,
+    /// Transactions committed, which group commit keeps below the operations run.
+    #[cfg_attr(not(test), allow(dead_code))] // read by the group-commit test
+    commits: Arc<AtomicU64>,
+    /// For `list`, `show` and `stats`: in WAL mode a reader neither waits for nor
+    /// blocks the writer, so `missive queue list` never stalls a busy worker.
+    reader: Arc<std::sync::Mutex<Connection>>,
+}
+
+impl Sqlite {
+    pub fn open(path: &Path) -> Result<Sqlite> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::new(
+                    ErrorKind::Storage,
+                    format!(
+                        "queue database {}: cannot create its folder: {e}",
+                        path.display()
+                    ),
+                )
+            })?;
+        }
+        let conn = open_connection(path)?;
+        let reader = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .and_then(|c| c.busy_timeout(BUSY_TIMEOUT).map(|()| c))
+        .map_err(|e| db_error(path, &e))?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let shown = path.to_path_buf();
+        let commits = Arc::new(AtomicU64::new(0));
+        let counter = commits.clone();
+        std::thread::Builder::new()
+            .name("missive-queue-sqlite".into())
+            .spawn(move || writer(conn, rx, &shown, &counter))
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Storage,
+                    format!(
+                        "queue database {}: cannot start its writer: {e}",
+                        path.display()
+                    ),
+                )
+            })?;
+        Ok(Sqlite {
+            path: path.to_path_buf(),
+            jobs: std::sync::Mutex::new(Some(tx)),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            commits,
+            reader: Arc::new(std::sync::Mutex::new(reader)),
+        })
+    }
+
+    /// Runs a read on the reader connection, off the async threads.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let reader = self.reader.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().map_err(|_| {
+                Error::new(
+                    ErrorKind::Storage,
+                    format!("queue database {}: a read failed earlier", path.display()),
+                )
+            })?;
+            // One snapshot for the whole read.
+            let tx = conn
+                .unchecked_transaction()
+                .map_err(|e| db_error(&path, &e))?;
+            let value = f(&tx).map_err(|e| db_error(&path, &e))?;
+            drop(tx);
+            Ok(value)
+        })
+        .await
+        .map_err(|e| Error::new(ErrorKind::Storage, format!("queue read task failed: {e}")))?
+    }
+
+    #[cfg(test)]
+    fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Runs `f` in the writer's next transaction; answers after it committed.
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (reply, answer) = tokio::sync::oneshot::channel::<Result<T>>();
+        let path = self.path.clone();
+        let job: Job = Box::new(move |conn| {
+            let result = match conn {
+                Ok(conn) => f(conn).map_err(|e| db_error(&path, &e)),
+                Err(e) => Err(e.clone_shallow()),
+            };
+            let ok = result.is_ok();
+            let done: Done = Box::new(move |commit| {
+                let _ = reply.send(match (result, commit) {
+                    (Ok(value), Ok(())) => Ok(value),
+                    (Ok(_), Err(e)) => Err(e.clone_shallow()),
+                    (Err(e), _) => Err(e),
+                });
+            });
+            (ok, done)
+        });
+        let sent = self
+            .jobs
+            .lock()
+            .ok()
+            .and_then(|jobs| jobs.as_ref().map(|tx| tx.send(job).is_ok()));
+        if sent != Some(true) {
+            return Err(self.gone());
+        }
+        answer.await.map_err(|_| self.gone())?
+    }
+
+    fn gone(&self) -> Error {
+        Error::new(
+            ErrorKind::Storage,
+            format!(
+                "queue database {}: its writer thread stopped",
+                self.path.display()
+            ),
+        )
+    }
+}
+
+impl Drop for Sqlite {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer once it has answered what is queued.
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.take();
+        }
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection> {
+    let fail = |e: rusqlite::Error| db_error(path, &e);
+    let mut conn = Connection::open(path).map_err(fail)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(fail)?;
+    // The first statement that reads the file: a corrupt or foreign file fails here.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(fail)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::new(
+            ErrorKind::Storage,
+            format!(
+                "queue database {}: cannot switch to WAL mode (got `{mode}`)",
+                path.display()
+            ),
+        ));
+    }
+    // In WAL mode NORMAL syncs only at checkpoints, so the last commits could be lost
+    // with the machine; FULL syncs the WAL on every commit, which group commit makes
+    // affordable.
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(fail)?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(fail)?;
+    migrate(&mut conn).map_err(|e| match e {
+        Migration::Db(e) => fail(e),
+        Migration::Newer(v) => Error::new(
+            ErrorKind::Storage,
+            format!(
+                "queue database {}: schema version {v} is newer than this missive knows ({}); upgrade missive",
+                path.display(),
+                MIGRATIONS.len()
+            ),
+        ),
+    })?;
+    Ok(conn)
+}
+
+enum Migration {
+    Db(rusqlite::Error),
+    Newer(i64),
+}
+
+fn migrate(conn: &mut Connection) -> std::result::Result<(), Migration> {
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(Migration::Db)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS missive_schema (
+             version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+    )
+    .map_err(Migration::Db)?;
+    let current: i64 = tx
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM missive_schema",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(Migration::Db)?;
+    let latest = MIGRATIONS.last().map_or(0, |m| m.0);
+    if current > latest {
+        return Err(Migration::Newer(current));
+    }
+    for (version, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+        tx.execute_batch(sql).map_err(Migration::Db)?;
+        tx.execute(
+            "INSERT INTO missive_schema (version, applied_at) VALUES (?1, ?2)",
+            params![version, Timestamp::now().0],
+        )
+        .map_err(Migration::Db)?;
+    }
+    tx.commit().map_err(Migration::Db)
+}
+
+fn db_error(path: &Path, e: &rusqlite::Error) -> Error {
+    let hint = match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            " (another process holds its lock)"
+        }
+        Some(rusqlite::ErrorCode::DiskFull) => " (the disk is full; nothing was stored)",
+        Some(rusqlite::ErrorCode::SystemIoFailure) => {
+            " (a read or write failed: the disk may be full or failing; nothing was stored)"
+        }
+        Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
+            " (the file is not a missive queue, or it is damaged)"
+        }
+        _ => "",
+    };
+    Error::new(
+        ErrorKind::Storage,
+        format!("queue database {}: {e}{hint}", path.display()),
+    )
+}
+
+/// The writer thread: batches whatever is waiting into one transaction.
+fn writer(conn: Connection, jobs: mpsc::Receiver<Job>, path: &Path, commits: &AtomicU64) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if run_batch(&conn, batch, path) {
+            commits.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Whether the batch committed.
+fn run_batch(conn: &Connection, batch: Vec<Job>, path: &Path) -> bool {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let e = db_error(path, &e);
+        for job in batch {
+            job(Err(&e)).1(Err(&e));
+        }
+        return false;
+    }
+    let mut answers = Vec::with_capacity(batch.len());
+    for job in batch {
+        // A savepoint per operation: one that fails is undone alone.
+        let saved = conn.execute_batch("SAVEPOINT op");
+        let (ok, done) = match &saved {
+            Ok(()) => job(Ok(conn)),
+            Err(e) => job(Err(&db_error(path, e))),
+        };
+        if saved.is_ok() {
+            let end = if ok {
+                "RELEASE op"
+            } else {
+                "ROLLBACK TO op; RELEASE op"
+            };
+            if let Err(e) = conn.execute_batch(end) {
+                tracing::error!(database = %path.display(), error = %e, "queue savepoint failed");
+            }
+        }
+        answers.push(done);
+    }
+    match conn.execute_batch("COMMIT") {
+        Ok(()) => {
+            answers.into_iter().for_each(|done| done(Ok(())));
+            true
+        }
+        Err(e) => {
+            let e = db_error(path, &e);
+            let _ = conn.execute_batch("ROLLBACK");
+            answers.into_iter().for_each(|done| done(Err(&e)));
+            false
+        }
+    }
+}
+
+const SUMMARY_COLUMNS: &str =
+    "id, message_id, template, state, attempts, created_at, next_attempt_at, last_error";
+
+fn summary(row: &rusqlite::Row<'_>) -> rusqlite::Result<Summary> {
+    let state: String = row.get(3)?;
+    Ok(Summary {
+        id: row.get(0)?,
+        message_id: row.get(1)?,
+        template: row.get(2)?,
+        state: parse_state(&state, 3)?,
+        attempts: row.get(4)?,
+        created_at: Timestamp(row.get(5)?),
+        next_attempt_at: Timestamp(row.get(6)?),
+        last_error: row.get(7)?,
+    })
+}
+
+fn parse_state(text: &str, column: usize) -> rusqlite::Result<State> {
+    text.parse::<State>().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(
+            column,
+            rusqlite::types::Type::Text,
+            Box::new(std::io::Error::other(e.message().to_string())),
+        )
+    })
+}
+
+fn json_column<T: serde::de::DeserializeOwned>(text: &str, column: usize) -> rusqlite::Result<T> {
+    serde_json::from_str(text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn claim_rows(
+    conn: &Connection,
+    worker: &str,
+    limit: usize,
+    now: Timestamp,
+    lease: Duration,
+) -> rusqlite::Result<Vec<Claimed>> {
+    let pick = |sql: &str, n: usize, taken: &[i64]| -> rusqlite::Result<Vec<i64>> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut stmt = conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(
+            params![now.0, i64::try_from(n + taken.len()).unwrap_or(i64::MAX)],
+            |r| r.get::<_, i64>(0),
+        )?;
+        let mut ids = Vec::new();
+        for id in rows {
+            let id = id?;
+            if !taken.contains(&id) && ids.len() < n {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    };
+    const NEW: &str = "SELECT id FROM missive_messages WHERE state = 'queued' \
+                       AND next_attempt_at <= ?1 ORDER BY next_attempt_at, id LIMIT ?2";
+    const RETRY: &str = "SELECT id FROM missive_messages WHERE state IN ('deferred', 'sending') \
+                         AND next_attempt_at <= ?1 ORDER BY next_attempt_at, id LIMIT ?2";
+    // Half the batch for new mail, the rest for retries, then top up with either.
+    let mut ids = pick(NEW, limit.div_ceil(2), &[])?;
+    ids.extend(pick(RETRY, limit - ids.len(), &ids)?);
+    let more = limit - ids.len();
+    ids.extend(pick(NEW, more, &ids)?);
+    let until = now.plus(lease);
+    let mut claimed = Vec::with_capacity(ids.len());
+    for id in ids {
+        let (state, owner, attempts): (String, Option<String>, u32) = conn
+            .prepare_cached(
+                "SELECT state, lease_owner, attempts FROM missive_messages WHERE id = ?1",
+            )?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        if state == "sending" {
+            conn.execute(
+                "INSERT INTO missive_attempts (message, attempt, at, outcome, code, reply, worker) \
+                 VALUES (?1, ?2, ?3, 'unknown', NULL, ?4, ?5)",
+                params![
+                    id,
+                    attempts,
+                    now.0,
+                    "the worker stopped renewing its lease mid-attempt; it may have been delivered",
+                    owner.unwrap_or_default()
+                ],
+            )?;
+        }
+        let row = conn.prepare_cached(
+            "UPDATE missive_messages SET state = 'sending', attempts = attempts + 1, \
+             lease_owner = ?2, lease_until = ?3, next_attempt_at = ?3, updated_at = ?4 \
+             WHERE id = ?1 \
+             RETURNING id, message_id, template, tags, envelope_from, recipients, attempts, expires_at",
+        )?.query_row(
+            params![id, worker, until.0, now.0],
+            |r| {
+                let tags: String = r.get(3)?;
+                let recipients: String = r.get(5)?;
+                Ok(Claimed {
+                    id: r.get(0)?,
+                    message_id: r.get(1)?,
+                    template: r.get(2)?,
+                    tags: json_column(&tags, 3)?,
+                    envelope_from: r.get(4)?,
+                    recipients: json_column(&recipients, 5)?,
+                    raw: Arc::from(&[][..]),
+                    attempt: r.get(6)?,
+                    expires_at: Timestamp(r.get(7)?),
+                })
+            },
+        )?;
+        let raw: Vec<u8> = conn
+            .prepare_cached("SELECT raw FROM missive_bodies WHERE message = ?1")?
+            .query_row([id], |r| r.get(0))?;
+        claimed.push(Claimed {
+            raw: raw.into(),
+            ..row
+        });
+    }
+    Ok(claimed)
+}
+
+#[async_trait::async_trait]
+impl Store for Sqlite {
+    async fn enqueue(&self, m: NewMessage) -> Result<Queued> {
+        let queued = self
+            .call(move |conn| {
+                if let Some(key) = &m.idempotency_key {
+                    let existing = conn
+                        .prepare_cached(
+                            "SELECT id, message_id FROM missive_messages WHERE idempotency_key = ?1",
+                        )?
+                        .query_row(
+                            [key],
+                            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+                        )
+                        .optional()?;
+                    if let Some((id, message_id)) = existing {
+                        return Ok(Queued {
+                            id,
+                            message_id,
+                            duplicate: true,
+                        });
+                    }
+                }
+                let recipients = store::recipients_json(&store::pending(&m.recipients));
+                let tags = serde_json::to_string(&m.tags).unwrap_or_else(|_| "[]".into());
+                let id = conn.prepare_cached(
+                    "INSERT INTO missive_messages (message_id, idempotency_key, template, tags, \
+                     envelope_from, recipients, state, attempts, next_attempt_at, expires_at, \
+                     created_at, updated_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', 0, ?7, ?8, ?7, ?7) RETURNING id",
+                )?.query_row(
+                    params![
+                        m.message_id,
+                        m.idempotency_key,
+                        m.template,
+                        tags,
+                        m.envelope_from,
+                        recipients,
+                        m.now.0,
+                        m.expires_at.0
+                    ],
+                    |r| r.get(0),
+                )?;
+                conn.prepare_cached("INSERT INTO missive_bodies (message, raw) VALUES (?1, ?2)")?
+                    .execute(params![id, &m.raw[..]])?;
+                Ok(Queued {
+                    id,
+                    message_id: m.message_id,
+                    duplicate: false,
+                })
+            })
+            .await?;
+        if !queued.duplicate {
+            self.wake.notify_waiters();
+        }
+        Ok(queued)
+    }
+
+    async fn claim(
+        &self,
+        worker: &str,
+        limit: usize,
+        now: Timestamp,
+        lease: Duration,
+    ) -> Result<Vec<Claimed>> {
+        let worker = worker.to_string();
+        self.call(move |conn| claim_rows(conn, &worker, limit, now, lease))
+            .await
+    }
+
+    async fn renew(&self, worker: &str, ids: &[i64], until: Timestamp) -> Result<()> {
+        let worker = worker.to_string();
+        let ids = ids.to_vec();
+        self.call(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "UPDATE missive_messages SET lease_until = ?3, next_attempt_at = ?3 \
+                 WHERE id = ?1 AND state = 'sending' AND lease_owner = ?2",
+            )?;
+            for id in ids {
+                stmt.execute(params![id, worker, until.0])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn finish(&self, worker: &str, f: Finish) -> Result<()> {
+        let worker = worker.to_string();
+        let wake = f.state == State::Queued;
+        self.call(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO missive_attempts (message, attempt, at, outcome, code, reply, worker) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?.execute(
+                params![f.id, f.attempt, f.now.0, f.outcome, f.code, f.reply, worker],
+            )?;
+            let last_error = (f.state != State::Sent).then_some(&f.reply);
+            conn.prepare_cached(
+                "UPDATE missive_messages SET state = ?3, recipients = ?4, next_attempt_at = ?5, \
+                 lease_owner = NULL, lease_until = NULL, updated_at = ?6, last_error = ?7 \
+                 WHERE id = ?1 AND state = 'sending' AND lease_owner = ?2",
+            )?
+            .execute(params![
+                f.id,
+                worker,
+                f.state.as_str(),
+                store::recipients_json(&f.recipients),
+                f.next_attempt_at.0,
+                f.now.0,
+                last_error
+            ])?;
+            Ok(())
+        })
+        .await?;
+        if wake {
+            self.wake.notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn wait(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.wake.notified()).await;
+    }
+
+    async fn list(&self, filter: &Filter) -> Result<Vec<Summary>> {
+        let filter = filter.clone();
+        self.read(move |conn| {
+            let limit = filter
+                .limit
+                .map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
+            let sql = format!(
+                "SELECT {SUMMARY_COLUMNS} FROM missive_messages \
+                 WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR template = ?2) \
+                 ORDER BY id DESC LIMIT ?3"
+            );
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map(
+                params![filter.state.map(State::as_str), filter.template, limit],
+                summary,
+            )?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn show(&self, id: i64) -> Result<Option<Detail>> {
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {SUMMARY_COLUMNS}, tags, envelope_from, recipients, \
+                 (SELECT raw FROM missive_bodies WHERE message = id), expires_at \
+                 FROM missive_messages WHERE id = ?1"
+            );
+            let detail = conn
+                .query_row(&sql, [id], |r| {
+                    let tags: String = r.get(8)?;
+                    let recipients: String = r.get(10)?;
+                    let raw: Vec<u8> = r.get(11)?;
+                    Ok(Detail {
+                        summary: summary(r)?,
+                        tags: json_column(&tags, 8)?,
+                        envelope_from: r.get(9)?,
+                        recipients: json_column(&recipients, 10)?,
+                        headers: headers(&raw),
+                        size: raw.len(),
+                        expires_at: Timestamp(r.get(12)?),
+                        history: Vec::new(),
+                    })
+                })
+                .optional()?;
+            let Some(mut detail) = detail else {
+                return Ok(None);
+            };
+            let mut stmt = conn.prepare_cached(
+                "SELECT attempt, at, outcome, code, reply, worker FROM missive_attempts \
+                 WHERE message = ?1 ORDER BY id",
+            )?;
+            let history = stmt.query_map([id], |r| {
+                Ok(AttemptRecord {
+                    attempt: r.get(0)?,
+                    at: Timestamp(r.get(1)?),
+                    outcome: r.get(2)?,
+                    code: r.get(3)?,
+                    reply: r.get(4)?,
+                    worker: r.get(5)?,
+                })
+            })?;
+            detail.history = history.collect::<rusqlite::Result<_>>()?;
+            Ok(Some(detail))
+        })
+        .await
+    }
+
+    async fn apply(
+        &self,
+        op: Op,
+        id: i64,
+        now: Timestamp,
+        lifetime: Duration,
+    ) -> Result<std::result::Result<(), Option<State>>> {
+        let applied = self
+            .call(move |conn| apply_op(conn, op, id, now, lifetime))
+            .await?;
+        if applied.is_ok() && op.to_state() == State::Queued {
+            self.wake.notify_waiters();
+        }
+        Ok(applied)
+    }
+
+    async fn retry_failed(&self, now: Timestamp, lifetime: Duration) -> Result<u64> {
+        let count = self
+            .call(move |conn| {
+                let ids: Vec<i64> = conn
+                    .prepare("SELECT id FROM missive_messages WHERE state = 'failed'")?
+                    .query_map([], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                for &id in &ids {
+                    // Every id was just read as failed inside this transaction.
+                    let _ = apply_op(conn, Op::Retry, id, now, lifetime)?;
+                }
+                Ok(ids.len() as u64)
+            })
+            .await?;
+        if count > 0 {
+            self.wake.notify_waiters();
+        }
+        Ok(count)
+    }
+
+    async fn stats(&self) -> Result<Stats> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT state, COUNT(*), MIN(created_at) FROM missive_messages GROUP BY state",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                let state: String = r.get(0)?;
+                Ok(StateStats {
+                    state: parse_state(&state, 0)?,
+                    count: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                    oldest: r.get::<_, Option<i64>>(2)?.map(Timestamp),
+                })
+            })?;
+            let found: Vec<StateStats> = rows.collect::<rusqlite::Result<_>>()?;
+            Ok(super::complete_stats(found))
+        })
+        .await
+    }
+
+    async fn purge(&self, cutoff: Timestamp) -> Result<u64> {
+        self.call(move |conn| {
+            let n = conn.execute(
+                "DELETE FROM missive_messages WHERE state IN ('sent', 'cancelled') AND updated_at < ?1",
+                [cutoff.0],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+}
+
+fn apply_op(
+    conn: &Connection,
+    op: Op,
+    id: i64,
+    now: Timestamp,
+    lifetime: Duration,
+) -> rusqlite::Result<std::result::Result<(), Option<State>>> {
+    let row: Option<(String, String)> = conn
+        .query_row(
+            "SELECT state, recipients FROM missive_messages WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((state, recipients)) = row else {
+        return Ok(Err(None));
+    };
+    let state = parse_state(&state, 0)?;
+    if !op.applies_to().contains(&state) {
+        return Ok(Err(Some(state)));
+    }
+    let mut recipients: Vec<RecipientStatus> = json_column(&recipients, 1)?;
+    let reopen = op == Op::Retry && state == State::Failed;
+    if reopen {
+        store::reopen_failed(&mut recipients);
+    }
+    conn.execute(
+        "UPDATE missive_messages SET state = ?2, recipients = ?3, updated_at = ?4, \
+         next_attempt_at = CASE WHEN ?2 = 'queued' THEN ?4 ELSE next_attempt_at END, \
+         expires_at = CASE WHEN ?5 THEN ?6 ELSE expires_at END \
+         WHERE id = ?1",
+        params![
+            id,
+            op.to_state().as_str(),
+            store::recipients_json(&recipients),
+            now.0,
+            reopen,
+            now.plus(lifetime).0
+        ],
+    )?;
+    Ok(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::conformance::message;
+
+    fn open(dir: &tempfile::TempDir) -> Arc<Sqlite> {
+        Arc::new(Sqlite::open(&dir.path().join("sub/q.db")).unwrap())
+    }
+
+    crate::queue::conformance::conformance!({
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = open(&dir);
+        (dir, store)
+    });
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_enqueues_share_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let before = store.commits();
+        let mut tasks = Vec::new();
+        for n in 0..64 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store.enqueue(message(n, None)).await
+            }));
+        }
+        for t in tasks {
+            assert!(!t.await.unwrap().unwrap().duplicate);
+        }
+        let commits = store.commits() - before;
+        assert!(commits < 64, "64 enqueues took {commits} commits");
+        assert_eq!(store.stats().await.unwrap().count(State::Queued), 64);
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_queue_is_named_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        std::fs::write(&path, vec![b'x'; 4096]).unwrap();
+        let err = Sqlite::open(&path).err().expect("garbage refused");
+        assert_eq!(err.kind(), ErrorKind::Storage);
+        assert!(err.message().contains(&path.display().to_string()), "{err}");
+        assert!(err.message().contains("not a missive queue"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_locked_database_fails_the_enqueue_and_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let other = Connection::open(dir.path().join("sub/q.db")).unwrap();
+        other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let err = store.enqueue(message(1, None)).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Storage);
+        assert!(err.message().contains("q.db"), "{err}");
+        assert!(
+            err.message().contains("another process holds its lock"),
+            "{err}"
+        );
+        other.execute_batch("ROLLBACK").unwrap();
+        assert_eq!(store.stats().await.unwrap().count(State::Queued), 0);
+    }
+}
