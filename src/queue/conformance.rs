@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::store::{Claimed, Finish, NewMessage, Store};
 use super::{Op, Queued, State, Timestamp};
 
-pub fn message(n: usize, key: Option<&str>) -> NewMessage {
+pub(super) fn message(n: usize, key: Option<&str>) -> NewMessage {
     let now = Timestamp::now();
     NewMessage {
         message_id: format!("<m{n}@test>"),
@@ -37,7 +37,7 @@ fn finish(c: &Claimed, state: State, outcome: &'static str) -> Finish {
     }
 }
 
-pub async fn one_key_makes_one_message(store: Arc<dyn Store>) {
+pub(super) async fn one_key_makes_one_message(store: Arc<dyn Store>) {
     let mut tasks = Vec::new();
     for n in 0..50 {
         let store = store.clone();
@@ -57,7 +57,9 @@ pub async fn one_key_makes_one_message(store: Arc<dyn Store>) {
     assert_eq!(store.stats().await.unwrap().count(State::Queued), 1);
 }
 
-pub async fn claims_lease_and_an_expired_lease_passes_to_another_worker(store: Arc<dyn Store>) {
+pub(super) async fn claims_lease_and_an_expired_lease_passes_to_another_worker(
+    store: Arc<dyn Store>,
+) {
     for n in 0..5 {
         store.enqueue(message(n, None)).await.unwrap();
     }
@@ -100,7 +102,7 @@ pub async fn claims_lease_and_an_expired_lease_passes_to_another_worker(store: A
     assert_eq!(shown.headers[1], ("Subject".into(), "hi".into()));
 }
 
-pub async fn claims_mix_new_and_due_retries(store: Arc<dyn Store>) {
+pub(super) async fn claims_mix_new_and_due_retries(store: Arc<dyn Store>) {
     for n in 0..4 {
         store.enqueue(message(n, None)).await.unwrap();
     }
@@ -127,7 +129,7 @@ pub async fn claims_mix_new_and_due_retries(store: Arc<dyn Store>) {
     assert_eq!((batch.len(), retries), (4, 2), "half new, half retries");
 }
 
-pub async fn operators_hold_release_retry_cancel_and_purge(store: Arc<dyn Store>) {
+pub(super) async fn operators_hold_release_retry_cancel_and_purge(store: Arc<dyn Store>) {
     let q = store.enqueue(message(1, None)).await.unwrap();
     let now = Timestamp::now();
     let day = Duration::from_secs(86400);

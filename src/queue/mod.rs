@@ -158,7 +158,7 @@ struct RawBackoff {
 impl RawQueueConfig {
     /// The config, with a relative SQLite path taken from `base` (the config file's
     /// folder). A password in the URL is refused: it belongs in `PGPASSWORD`.
-    pub fn resolve(self, base: &std::path::Path) -> Result<QueueConfig> {
+    pub(crate) fn resolve(self, base: &std::path::Path) -> Result<QueueConfig> {
         let url = match sqlite_path(&self.url) {
             Some(path)
                 if std::path::Path::new(path).is_relative() && !base.as_os_str().is_empty() =>
@@ -570,7 +570,7 @@ impl Op {
     }
 
     /// The states the operation applies to.
-    pub fn applies_to(self) -> &'static [State] {
+    pub(crate) fn applies_to(self) -> &'static [State] {
         match self {
             Op::Retry => &[State::Failed, State::Deferred, State::Held, State::Queued],
             Op::Hold => &[State::Queued, State::Deferred],
@@ -579,7 +579,7 @@ impl Op {
         }
     }
 
-    pub fn to_state(self) -> State {
+    pub(crate) fn to_state(self) -> State {
         match self {
             Op::Retry | Op::Release => State::Queued,
             Op::Hold => State::Held,

@@ -41,7 +41,7 @@ pub(crate) struct Postgres {
 
 impl Postgres {
     /// Parses the URL; the server is first contacted on first use.
-    pub fn open(url: &str) -> Result<Postgres> {
+    pub(crate) fn open(url: &str) -> Result<Postgres> {
         let shown = redact_url(url);
         let options: PgConnectOptions = url
             .parse()
@@ -177,7 +177,11 @@ impl Postgres {
 
     /// Enqueues on the caller's connection or transaction: the message exists if
     /// and only if that transaction commits, and workers hear of it at the commit.
-    pub async fn enqueue_in(&self, conn: &mut PgConnection, m: NewMessage) -> Result<Queued> {
+    pub(crate) async fn enqueue_in(
+        &self,
+        conn: &mut PgConnection,
+        m: NewMessage,
+    ) -> Result<Queued> {
         self.ready().await?;
         match insert(conn, m, true).await {
             Ok(queued) => Ok(queued),
@@ -668,9 +672,10 @@ impl Store for Postgres {
     }
 }
 
+// Shared with the integration tests, which need its items public.
 #[cfg(test)]
 #[path = "../../tests/support/postgres.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, unreachable_pub)]
 mod test_server;
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ impl Backoff {
     /// The wait after failed attempt number `attempt` (from 1): `min · 2^(attempt-1)`,
     /// capped at `max`, then drawn uniformly from its upper half so that messages
     /// deferred together by one outage do not all come back in the same instant.
-    pub fn delay(&self, attempt: u32, random: f64) -> Duration {
+    pub(crate) fn delay(&self, attempt: u32, random: f64) -> Duration {
         let exp = attempt.saturating_sub(1).min(32);
         let base = self
             .min
