@@ -8,6 +8,20 @@ use lettre::message::{Mailbox, Mailboxes};
 
 use crate::error::{Error, ErrorKind, Result};
 
+/// The header fields a template sets, at whatever stage they are: as written in the
+/// front-matter (`Header<Field, Field>`), and rendered (`Header<String, Mailbox>`).
+#[derive(Debug, Clone)]
+pub(crate) struct Header<T, A> {
+    pub subject: T,
+    pub from: Option<A>,
+    pub reply_to: Option<A>,
+    pub to: Vec<A>,
+    pub cc: Vec<A>,
+    pub bcc: Vec<A>,
+    /// Extra headers, by name.
+    pub headers: Vec<(String, T)>,
+}
+
 /// One rendered address, or why not (without the value).
 pub(crate) fn mailbox_or_reason(value: &str) -> Result<Mailbox, String> {
     if value.contains(['\r', '\n']) {

@@ -158,6 +158,7 @@ pub(crate) fn build(
     message_id: &MessageId,
 ) -> Result<Email> {
     let from = rendered
+        .header
         .from
         .clone()
         .or_else(|| default_from.cloned())
@@ -170,7 +171,10 @@ pub(crate) fn build(
                 ),
             )
         })?;
-    if rendered.to.is_empty() && rendered.cc.is_empty() && rendered.bcc.is_empty() {
+    if rendered.header.to.is_empty()
+        && rendered.header.cc.is_empty()
+        && rendered.header.bcc.is_empty()
+    {
         return Err(Error::new(
             ErrorKind::Address,
             format!(
@@ -182,21 +186,21 @@ pub(crate) fn build(
     let message_id = message_id.resolve(from.email.domain())?;
     let mut builder = Message::builder()
         .from(from)
-        .subject(rendered.subject.clone())
+        .subject(rendered.header.subject.clone())
         .message_id(Some(message_id.clone()));
-    if let Some(reply_to) = &rendered.reply_to {
+    if let Some(reply_to) = &rendered.header.reply_to {
         builder = builder.reply_to(reply_to.clone());
     }
-    for mailbox in &rendered.to {
+    for mailbox in &rendered.header.to {
         builder = builder.to(mailbox.clone());
     }
-    for mailbox in &rendered.cc {
+    for mailbox in &rendered.header.cc {
         builder = builder.cc(mailbox.clone());
     }
-    for mailbox in &rendered.bcc {
+    for mailbox in &rendered.header.bcc {
         builder = builder.bcc(mailbox.clone());
     }
-    for (name, value) in &rendered.headers {
+    for (name, value) in &rendered.header.headers {
         let name = HeaderName::new_from_ascii(name.clone()).map_err(|_| {
             Error::new(
                 ErrorKind::Template,

@@ -7,7 +7,7 @@ use lettre::message::Mailbox;
 use serde::ser::SerializeMap;
 use serde::Serialize;
 
-use crate::address;
+use crate::address::{self, Header};
 use crate::error::{Error, ErrorKind, Result};
 use crate::templates::front_matter::TextMode;
 use crate::templates::{Field, TemplateSet, Variant};
@@ -19,13 +19,7 @@ use crate::templates::{Field, TemplateSet, Variant};
 pub struct Rendered {
     pub(crate) template: String,
     pub(crate) locale: Option<String>,
-    pub(crate) subject: String,
-    pub(crate) from: Option<Mailbox>,
-    pub(crate) reply_to: Option<Mailbox>,
-    pub(crate) to: Vec<Mailbox>,
-    pub(crate) cc: Vec<Mailbox>,
-    pub(crate) bcc: Vec<Mailbox>,
-    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) header: Header<String, Mailbox>,
     pub(crate) html: String,
     pub(crate) text: Option<String>,
     pub(crate) tags: Vec<String>,
@@ -42,31 +36,31 @@ impl Rendered {
     }
     /// The subject line.
     pub fn subject(&self) -> &str {
-        &self.subject
+        &self.header.subject
     }
     /// The sender, as `Name <addr>`.
     pub fn from(&self) -> Option<String> {
-        self.from.as_ref().map(Mailbox::to_string)
+        self.header.from.as_ref().map(Mailbox::to_string)
     }
     /// The reply-to address.
     pub fn reply_to(&self) -> Option<String> {
-        self.reply_to.as_ref().map(Mailbox::to_string)
+        self.header.reply_to.as_ref().map(Mailbox::to_string)
     }
     /// `To` recipients.
     pub fn to(&self) -> Vec<String> {
-        self.to.iter().map(Mailbox::to_string).collect()
+        self.header.to.iter().map(Mailbox::to_string).collect()
     }
     /// `Cc` recipients.
     pub fn cc(&self) -> Vec<String> {
-        self.cc.iter().map(Mailbox::to_string).collect()
+        self.header.cc.iter().map(Mailbox::to_string).collect()
     }
     /// `Bcc` recipients (never written into the message headers).
     pub fn bcc(&self) -> Vec<String> {
-        self.bcc.iter().map(Mailbox::to_string).collect()
+        self.header.bcc.iter().map(Mailbox::to_string).collect()
     }
     /// Extra headers from front-matter, in order.
     pub fn headers(&self) -> &[(String, String)] {
-        &self.headers
+        &self.header.headers
     }
     /// The final HTML, CSS inlined.
     pub fn html(&self) -> &str {
@@ -97,13 +91,13 @@ impl Serialize for Rendered {
         let mut map = serializer.serialize_map(Some(12))?;
         map.serialize_entry("template", &self.template)?;
         map.serialize_entry("locale", &self.locale)?;
-        map.serialize_entry("subject", &self.subject)?;
+        map.serialize_entry("subject", &self.header.subject)?;
         map.serialize_entry("from", &self.from())?;
         map.serialize_entry("to", &self.to())?;
         map.serialize_entry("cc", &self.cc())?;
         map.serialize_entry("bcc", &self.bcc())?;
         map.serialize_entry("reply_to", &self.reply_to())?;
-        map.serialize_entry("headers", &Headers(&self.headers))?;
+        map.serialize_entry("headers", &Headers(&self.header.headers))?;
         map.serialize_entry("html", &self.html)?;
         map.serialize_entry("text", &self.text)?;
         map.serialize_entry("tags", &self.tags)?;
@@ -152,7 +146,7 @@ pub(crate) fn render_variant(
         schema.check(name, data)?;
     }
     let ctx = minijinja::Value::from_serialize(data);
-    let fields = &variant.fields;
+    let fields = &variant.fields.header;
     let values = if overrides.any() {
         let given = minijinja::context! {
             to => overrides.to.is_some(),
@@ -226,13 +220,15 @@ pub(crate) fn render_variant(
     Ok(Rendered {
         template: variant.name.clone(),
         locale: variant.locale.clone(),
-        subject,
-        from,
-        reply_to,
-        to,
-        cc,
-        bcc,
-        headers,
+        header: Header {
+            subject,
+            from,
+            reply_to,
+            to,
+            cc,
+            bcc,
+            headers,
+        },
         html,
         text,
         tags: variant.tags.clone(),

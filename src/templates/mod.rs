@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 
+use crate::address::Header;
 use crate::error::{Error, ErrorKind, Result};
 use crate::inline::Stylesheets;
 use front_matter::{FrontMatter, TextMode};
@@ -75,13 +76,7 @@ pub(crate) struct Field {
 /// compiled template costs kilobytes, and a set can have thousands of values.
 #[derive(Debug, Clone)]
 pub(crate) struct Fields {
-    pub subject: Field,
-    pub from: Option<Field>,
-    pub reply_to: Option<Field>,
-    pub to: Vec<Field>,
-    pub cc: Vec<Field>,
-    pub bcc: Vec<Field>,
-    pub headers: Vec<(String, Field)>,
+    pub header: Header<Field, Field>,
     pub template: Option<String>,
     pub slots: usize,
 }
@@ -819,13 +814,15 @@ impl Builder {
             Some(name)
         };
         Ok(Fields {
-            subject,
-            from,
-            reply_to,
-            to,
-            cc,
-            bcc,
-            headers,
+            header: Header {
+                subject,
+                from,
+                reply_to,
+                to,
+                cc,
+                bcc,
+                headers,
+            },
             template,
             slots,
         })
