@@ -402,6 +402,23 @@ mod tests {
     }
 
     #[test]
+    fn rules_are_found_as_css_syntax_defines_them() {
+        let split = split_rules(
+            "<!-- p:is(.a, .b), [title=\"x,y\"] { color: red /* } */ }\n\
+             a[href$=\"\\\"}\"]:focus, b { margin: 0 }\n-->/* the head */\
+             @media screen { .x { content: \"{\" } }\n",
+        );
+        assert_eq!(
+            split.inline,
+            "p:is(.a, .b), [title=\"x,y\"]{ color: red /* } */ }\nb{ margin: 0 }\n"
+        );
+        assert_eq!(
+            split.keep,
+            "a[href$=\"\\\"}\"]:focus{ margin: 0 }\n@media screen { .x { content: \"{\" } }\n"
+        );
+    }
+
+    #[test]
     fn later_style_beats_linked_sheet_of_equal_specificity() {
         let s = sheets(&[("styles/a.css", "p { color: red; margin: 0 }")]);
         let html = inline(

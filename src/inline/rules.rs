@@ -2,7 +2,9 @@
 //! that stay in a `<style>` in the head (at-rules, dynamic pseudo-classes,
 //! pseudo-elements), in order.
 
-use crate::html;
+use cssparser::{
+    AtRuleParser, CowRcStr, ParseError, Parser, ParserState, QualifiedRuleParser, StyleSheetParser,
+};
 
 /// Gathered CSS, cut into what goes into `style=""` and what stays in the head.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -38,47 +40,47 @@ pub(super) const DYNAMIC_PSEUDOS: &[&str] = &[
 ];
 
 /// Cuts a stylesheet into inlinable rules and rules to keep in the head, in order.
+/// cssparser finds the rules (strings, comments, escapes, nested blocks and CDO/CDC
+/// as CSS Syntax defines them); each rule's text goes on as written.
 pub(super) fn split_rules(css: &str) -> Split {
     let mut split = Split::default();
-    let mut rest = css;
+    let mut input = Parser::new(css);
+    let mut reader = RuleText;
+    let mut rules = StyleSheetParser::new(&mut input, &mut reader);
     loop {
-        rest = skip_space_and_comments(rest);
-        if rest.is_empty() {
-            break;
-        }
-        if rest.starts_with('@') {
-            let end = at_rule_end(rest);
-            let rule = &rest[..end];
-            if !html::starts_with_ci(rule, "@charset") {
-                split.keep.push_str(rule.trim());
-                split.keep.push('\n');
+        let start = rules.input.position();
+        let Some(rule) = rules.next() else { break };
+        match rule {
+            Ok(Rule::At(name)) => {
+                if !name.eq_ignore_ascii_case("charset") {
+                    split
+                        .keep
+                        .push_str(leading_trivia_removed(rules.input.slice_from(start)));
+                    split.keep.push('\n');
+                }
             }
-            rest = &rest[end..];
-            continue;
-        }
-        let Some(open) = find_outside_strings(rest, '{') else {
-            break;
-        };
-        let close = block_end(&rest[open..]).map_or(rest.len(), |e| open + e);
-        let prelude = rest[..open].trim();
-        let block = &rest[open..close];
-        let (mut inline, mut keep) = (Vec::new(), Vec::new());
-        for selector in split_top_level(prelude, ',') {
-            let lower = selector.to_ascii_lowercase();
-            if DYNAMIC_PSEUDOS.iter().any(|p| lower.contains(p)) {
-                keep.push(selector.trim());
-            } else {
-                inline.push(selector.trim());
+            Ok(Rule::Qualified { selectors, block }) => {
+                let (mut inline, mut keep) = (Vec::new(), Vec::new());
+                for selector in selectors {
+                    let lower = selector.to_ascii_lowercase();
+                    if DYNAMIC_PSEUDOS.iter().any(|p| lower.contains(p)) {
+                        keep.push(selector);
+                    } else {
+                        inline.push(selector);
+                    }
+                }
+                for (list, out) in [(inline, &mut split.inline), (keep, &mut split.keep)] {
+                    if !list.is_empty() {
+                        out.push_str(&list.join(", "));
+                        out.push('{');
+                        out.push_str(block);
+                        out.push_str("}\n");
+                    }
+                }
             }
+            // A rule that does not parse is dropped, as a browser drops it.
+            Err(_) => {}
         }
-        for (list, out) in [(inline, &mut split.inline), (keep, &mut split.keep)] {
-            if !list.is_empty() {
-                out.push_str(&list.join(", "));
-                out.push_str(block);
-                out.push('\n');
-            }
-        }
-        rest = &rest[close..];
     }
     split.selector_attributes = selector_attributes(&split.inline);
     split.inline_hash = {
@@ -88,6 +90,104 @@ pub(super) fn split_rules(css: &str) -> Split {
         hasher.finish()
     };
     split
+}
+
+/// One top-level rule as written: an at-rule (its text is taken from the input after
+/// it), or a style rule's selectors and its block's contents.
+enum Rule<'i> {
+    At(CowRcStr<'i>),
+    Qualified {
+        selectors: Vec<&'i str>,
+        block: &'i str,
+    },
+}
+
+/// The text of a rule without the whitespace, comments, `<!--` and `-->` that the
+/// stylesheet parser skipped before it.
+fn leading_trivia_removed(mut text: &str) -> &str {
+    loop {
+        text = text.trim();
+        if let Some(comment) = text.strip_prefix("/*") {
+            text = comment.find("*/").map_or("", |end| &comment[end + 2..]);
+        } else if let Some(rest) = text
+            .strip_prefix("<!--")
+            .or_else(|| text.strip_prefix("-->"))
+        {
+            text = rest;
+        } else {
+            return text;
+        }
+    }
+}
+
+/// Reads rules without interpreting them: only their extent and text matter here.
+struct RuleText;
+
+/// Consumes the rest of `input` and gives its text, trimmed.
+fn rest<'i>(input: &mut Parser<'i>) -> &'i str {
+    let start = input.position();
+    while input.next_including_whitespace_and_comments().is_ok() {}
+    input.slice_from(start).trim()
+}
+
+impl<'i> AtRuleParser<'i> for RuleText {
+    type Prelude = CowRcStr<'i>;
+    type AtRule = Rule<'i>;
+    type Error = ();
+
+    fn parse_prelude(
+        &mut self,
+        name: CowRcStr<'i>,
+        input: &mut Parser<'i>,
+    ) -> Result<Self::Prelude, ParseError<()>> {
+        rest(input);
+        Ok(name)
+    }
+
+    fn rule_without_block(&mut self, name: Self::Prelude, _: &ParserState) -> Result<Rule<'i>, ()> {
+        Ok(Rule::At(name))
+    }
+
+    fn parse_block(
+        &mut self,
+        name: Self::Prelude,
+        _: &ParserState,
+        input: &mut Parser<'i>,
+    ) -> Result<Rule<'i>, ParseError<()>> {
+        rest(input);
+        Ok(Rule::At(name))
+    }
+}
+
+impl<'i> QualifiedRuleParser<'i> for RuleText {
+    type Prelude = Vec<&'i str>;
+    type QualifiedRule = Rule<'i>;
+    type Error = ();
+
+    fn parse_prelude(&mut self, input: &mut Parser<'i>) -> Result<Self::Prelude, ParseError<()>> {
+        let selectors: Vec<&str> = input
+            .parse_comma_separated_ignoring_errors(|selector| {
+                Ok::<_, ParseError<()>>(rest(selector))
+            })
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect();
+        Ok(selectors)
+    }
+
+    fn parse_block(
+        &mut self,
+        selectors: Self::Prelude,
+        _: &ParserState,
+        input: &mut Parser<'i>,
+    ) -> Result<Rule<'i>, ParseError<()>> {
+        let start = input.position();
+        while input.next_including_whitespace_and_comments().is_ok() {}
+        Ok(Rule::Qualified {
+            selectors,
+            block: input.slice_from(start),
+        })
+    }
 }
 
 /// Names inside `[...]` attribute selectors.
@@ -107,101 +207,4 @@ pub(super) fn selector_attributes(css: &str) -> Vec<String> {
     names.sort();
     names.dedup();
     names
-}
-
-pub(super) fn skip_space_and_comments(mut s: &str) -> &str {
-    loop {
-        s = s.trim_start();
-        if let Some(body) = s.strip_prefix("/*") {
-            s = body.find("*/").map_or("", |e| &body[e + 2..]);
-        } else if let Some(body) = s.strip_prefix("<!--") {
-            s = body;
-        } else if let Some(body) = s.strip_prefix("-->") {
-            s = body;
-        } else {
-            return s;
-        }
-    }
-}
-
-/// End of an at-rule: its `;`, or the `}` closing its block.
-pub(super) fn at_rule_end(s: &str) -> usize {
-    let semicolon = find_outside_strings(s, ';');
-    let brace = find_outside_strings(s, '{');
-    match (semicolon, brace) {
-        (Some(semi), Some(open)) if semi < open => semi + 1,
-        (_, Some(open)) => block_end(&s[open..]).map_or(s.len(), |e| open + e),
-        (Some(semi), None) => semi + 1,
-        (None, None) => s.len(),
-    }
-}
-
-/// Index just past the `}` matching the `{` that `s` starts with.
-pub(super) fn block_end(s: &str) -> Option<usize> {
-    let mut depth = 0usize;
-    let mut quote = None;
-    let mut chars = s.char_indices().peekable();
-    while let Some((i, c)) = chars.next() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), '\\') => {
-                chars.next();
-            }
-            (Some(_), _) => {}
-            (None, '"' | '\'') => quote = Some(c),
-            (None, '/') if s[i..].starts_with("/*") => {
-                let end = s[i + 2..].find("*/").map_or(s.len(), |e| i + 2 + e + 2);
-                while chars.peek().is_some_and(|(j, _)| *j < end) {
-                    chars.next();
-                }
-            }
-            (None, '{') => depth += 1,
-            (None, '}') => {
-                depth = depth.saturating_sub(1);
-                if depth == 0 {
-                    return Some(i + 1);
-                }
-            }
-            _ => {}
-        }
-    }
-    None
-}
-
-pub(super) fn find_outside_strings(s: &str, target: char) -> Option<usize> {
-    let mut quote = None;
-    for (i, c) in s.char_indices() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
-            (None, '"' | '\'') => quote = Some(c),
-            (None, c) if c == target => return Some(i),
-            _ => {}
-        }
-    }
-    None
-}
-
-/// Splits on `sep` outside parentheses, brackets and strings.
-pub(super) fn split_top_level(s: &str, sep: char) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let mut depth = 0i32;
-    let mut quote = None;
-    let mut start = 0;
-    for (i, c) in s.char_indices() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), _) => {}
-            (None, '"' | '\'') => quote = Some(c),
-            (None, '(' | '[') => depth += 1,
-            (None, ')' | ']') => depth -= 1,
-            (None, c) if c == sep && depth == 0 => {
-                parts.push(&s[start..i]);
-                start = i + c.len_utf8();
-            }
-            _ => {}
-        }
-    }
-    parts.push(&s[start..]);
-    parts.into_iter().filter(|p| !p.trim().is_empty()).collect()
 }
