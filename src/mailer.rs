@@ -562,7 +562,7 @@ impl TemplateMessage {
             Some(&self.mailer.inner.from),
             &self.message_id_rule(),
         )?;
-        Ok(email.raw().to_vec())
+        Ok(email.into_raw())
     }
 
     fn message_id_rule(&self) -> MessageId {

@@ -254,6 +254,7 @@ pub(crate) fn build(
     let mut email = Email::from_parts(
         message_id,
         message.envelope().clone(),
+        // Vec into Bytes takes the buffer over: no copy of the message.
         message.formatted().into(),
     )
     .with_template(rendered.template.clone(), rendered.tags.clone());

@@ -71,6 +71,6 @@ impl Stages {
             Some(self.mailer.default_from()),
             &crate::message::MessageId::Random,
         )?;
-        Ok(email.raw().to_vec())
+        Ok(email.into_raw())
     }
 }

@@ -708,7 +708,7 @@ impl Queue {
             tags: email.tags().to_vec(),
             envelope_from: email.envelope_from().map(str::to_string),
             recipients: email.recipients(),
-            raw: Arc::from(email.raw()),
+            raw: email.bytes().clone(),
             now,
             expires_at: now.plus(self.inner.config.lifetime),
         }

@@ -435,7 +435,7 @@ fn claim_rows(
                     tags: json_column(&tags, 3)?,
                     envelope_from: r.get(4)?,
                     recipients: json_column(&recipients, 5)?,
-                    raw: Arc::from(&[][..]),
+                    raw: bytes::Bytes::new(),
                     attempt: r.get(6)?,
                     expires_at: Timestamp(r.get(7)?),
                 })

@@ -15,7 +15,7 @@ pub(crate) struct NewMessage {
     pub tags: Vec<String>,
     pub envelope_from: Option<String>,
     pub recipients: Vec<String>,
-    pub raw: std::sync::Arc<[u8]>,
+    pub raw: bytes::Bytes,
     pub now: Timestamp,
     pub expires_at: Timestamp,
 }
@@ -29,7 +29,7 @@ pub(crate) struct Claimed {
     pub tags: Vec<String>,
     pub envelope_from: Option<String>,
     pub recipients: Vec<RecipientStatus>,
-    pub raw: std::sync::Arc<[u8]>,
+    pub raw: bytes::Bytes,
     /// This attempt's number (from 1).
     pub attempt: u32,
     pub expires_at: Timestamp,

@@ -405,7 +405,7 @@ mod tests {
             tags: Vec::new(),
             envelope_from: None,
             recipients: pending(&["a@x.test".into(), "b@x.test".into()]),
-            raw: Arc::from(&b"Subject: x\r\n\r\nhi\r\n"[..]),
+            raw: bytes::Bytes::from_static(b"Subject: x\r\n\r\nhi\r\n"),
             attempt,
             expires_at: Timestamp::now().plus(expires_in),
         }

@@ -26,6 +26,7 @@ pub(crate) use smtp::Smtp;
 use std::fmt;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use lettre::address::{Address, Envelope};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -126,7 +127,7 @@ impl<T: Transport + ?Sized> Transport for Arc<T> {
 pub struct Email {
     message_id: String,
     envelope: Envelope,
-    raw: Arc<[u8]>,
+    raw: Bytes,
     template: String,
     tags: Vec<String>,
     /// What the mailer rendered, for the in-memory transport's inspection helpers;
@@ -164,7 +165,7 @@ impl Email {
         message_id: impl Into<String>,
         from: Option<&str>,
         recipients: &[impl AsRef<str>],
-        raw: impl Into<Arc<[u8]>>,
+        raw: impl Into<Bytes>,
     ) -> Result<Email> {
         let address = |a: &str| {
             a.parse::<Address>().map_err(|e| {
@@ -184,7 +185,7 @@ impl Email {
         Ok(Email::from_parts(message_id.into(), envelope, raw.into()))
     }
 
-    pub(crate) fn from_parts(message_id: String, envelope: Envelope, raw: Arc<[u8]>) -> Email {
+    pub(crate) fn from_parts(message_id: String, envelope: Envelope, raw: Bytes) -> Email {
         Email {
             message_id,
             envelope,
@@ -220,6 +221,16 @@ impl Email {
     /// The message as it goes on the wire.
     pub fn raw(&self) -> &[u8] {
         &self.raw
+    }
+
+    /// The same bytes, shared rather than copied.
+    pub(crate) fn bytes(&self) -> &Bytes {
+        &self.raw
+    }
+
+    /// The bytes, without a copy when nothing else shares them.
+    pub(crate) fn into_raw(self) -> Vec<u8> {
+        Vec::from(self.raw)
     }
 
     /// The template it came from (empty when not known).
