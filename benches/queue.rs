@@ -159,7 +159,7 @@ async fn run() {
         }
         Err(_) => {
             println!("sink: in-process");
-            sink::sink().await
+            sink::sink(None).await
         }
     };
     let dir = tempfile::tempdir().expect("temp dir");

@@ -206,25 +206,14 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC` (the civil-from-days algorithm).
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC`.
 fn format_time(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let ms = i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000);
+    // `Timestamp` writes RFC 3339 (`…T…Z`); people read this one.
+    missive::Timestamp::from_unix_millis(ms)
+        .to_string()
+        .replacen('T', " ", 1)
+        .replacen('Z', " UTC", 1)
 }
 
 #[cfg(test)]

@@ -338,6 +338,11 @@ impl Timestamp {
         )
     }
 
+    /// The moment `ms` milliseconds after 1970-01-01 UTC.
+    pub fn from_unix_millis(ms: i64) -> Timestamp {
+        Timestamp(ms)
+    }
+
     /// Milliseconds since 1970-01-01 UTC.
     pub fn unix_millis(self) -> i64 {
         self.0
