@@ -14,19 +14,59 @@ fn main() {
     if let Some(templates) = args.nth(1) {
         let before = rss_kib();
         let (mailer, _) = Mailer::for_tests(templates);
-        println!("{}", rss_kib().saturating_sub(before));
+        let loaded = rss_kib();
+        for name in mailer.template_names() {
+            if let Ok(data) = mailer.example(&name, 0) {
+                mailer
+                    .template(&name)
+                    .data(&data)
+                    .render()
+                    .expect("renders");
+            }
+        }
+        let rendered = rss_kib();
+        // Each in turn, again: with more templates than validators kept, every render
+        // compiles its schema again. The fastest of three passes.
+        let corpus: Vec<(String, Value)> = mailer
+            .template_names()
+            .into_iter()
+            .filter_map(|name| Some((name.clone(), mailer.example(&name, 0).ok()?)))
+            .collect();
+        let again = (0..3)
+            .map(|_| {
+                let start = Instant::now();
+                for (name, data) in &corpus {
+                    mailer.template(name).data(data).render().expect("renders");
+                }
+                start.elapsed() / corpus.len().max(1) as u32
+            })
+            .min()
+            .unwrap_or_default();
+        println!(
+            "{} {} {}",
+            loaded.saturating_sub(before),
+            rendered.saturating_sub(before),
+            again.as_nanos()
+        );
         drop(mailer);
         return;
     }
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
     println!("machine: {} cores, {}\n", cores(), cpu_model());
+    if std::env::args().any(|a| a == "memory") {
+        memory(repo);
+        return;
+    }
     template_count(repo);
+    memory(repo);
     message_size(repo);
     threads(repo);
 }
 
-/// A set of `n` sendable templates: copies of the example set under new names.
-fn generate(repo: &Path, n: usize) -> tempfile::TempDir {
+/// A set of `n` sendable templates: copies of the example set under new names, with
+/// the repository's schemas as they are (`Schemas::AsWritten`) or each grown to a
+/// schema of its own of at least 14 KB (`Schemas::Grown`).
+fn generate(repo: &Path, n: usize, schemas: Schemas) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     let copy = |from: &Path, to: &Path| {
         std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
@@ -64,22 +104,142 @@ fn generate(repo: &Path, n: usize) -> tempfile::TempDir {
         let path = dir.path().join("templates").join(format!("{name}.html"));
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
         std::fs::write(path, source).expect("write");
-        copy(
-            &repo.join("schemas").join(format!("{original}.schema.json")),
-            &dir.path()
-                .join("schemas")
-                .join(format!("{name}.schema.json")),
-        );
+        let from = repo.join("schemas").join(format!("{original}.schema.json"));
+        let to = dir
+            .path()
+            .join("schemas")
+            .join(format!("{name}.schema.json"));
+        match schemas {
+            Schemas::AsWritten => copy(&from, &to),
+            Schemas::Grown => {
+                let text = std::fs::read_to_string(&from).expect("read");
+                let schema: Value = serde_json::from_str(&text).expect("schema");
+                std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+                std::fs::write(to, grow(schema, i)).expect("write");
+            }
+        }
     }
     dir
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Schemas {
+    AsWritten,
+    Grown,
+}
+
+/// The size `grow` brings a schema to, in bytes of pretty-printed JSON: the example
+/// schemas then average ~17 KB.
+const GROWN_SIZE: usize = 14_000;
+
+/// `schema` with optional properties added until it reaches `GROWN_SIZE`, as a real
+/// set's schemas grow: nested objects through `$defs`, enums, patterns (some common to
+/// every schema, some of this template alone), formats, bounds, descriptions and
+/// per-property examples. Every schema differs (template `seed`), so nothing can be
+/// shared because two files happen to be identical; the examples stay valid.
+fn grow(mut schema: Value, seed: usize) -> String {
+    let mut block = 0;
+    while serde_json::to_string_pretty(&schema).expect("json").len() < GROWN_SIZE {
+        let name = format!("extra_{block}");
+        let def = json!({
+            "type": "object",
+            "description": format!("Optional details group {block} of template {seed}, filled in by the app when it has them."),
+            "required": ["id", "status"],
+            "properties": {
+                "id": {
+                    "type": "string",
+                    "description": "Reference of the record in the billing system.",
+                    "pattern": format!("^T{seed}-[A-Z]{{2}}[0-9]{{{}}}$", 4 + block),
+                    "examples": [format!("T{seed}-AB{}", "1".repeat(4 + block))]
+                },
+                "status": {
+                    "enum": ["pending", "active", "suspended", format!("archived_{block}")],
+                    "description": "Where the record stands."
+                },
+                "contact": {
+                    "type": "object",
+                    "required": ["email"],
+                    "properties": {
+                        "email": {"type": "string", "format": "email", "maxLength": 254},
+                        "phone": {
+                            "type": "string",
+                            "pattern": "^\\+[0-9][0-9 ]{6,18}$",
+                            "description": "E.164 with optional spaces.",
+                            "examples": ["+33 1 23 45 67 89"]
+                        },
+                        "website": {"type": "string", "format": "uri"}
+                    },
+                    "additionalProperties": false
+                },
+                "created_at": {"type": "string", "format": "date-time"},
+                "amount": {"type": "number", "minimum": 0, "multipleOf": 0.01},
+                "quantity": {"type": "integer", "minimum": 1, "maximum": 1000 + block},
+                "tags": {
+                    "type": "array",
+                    "items": {"type": "string", "minLength": 1, "maxLength": 40},
+                    "uniqueItems": true,
+                    "maxItems": 20
+                },
+                "address": {"$ref": "#/$defs/extra_address"}
+            },
+            "additionalProperties": false
+        });
+        let object = schema.as_object_mut().expect("object schema");
+        let defs = object
+            .entry("$defs")
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .expect("$defs");
+        defs.entry("extra_address").or_insert_with(|| {
+            json!({
+                "type": "object",
+                "description": "A postal address.",
+                "required": ["line1", "city", "country"],
+                "properties": {
+                    "line1": {"type": "string", "minLength": 1},
+                    "line2": {"type": "string"},
+                    "city": {"type": "string", "minLength": 1},
+                    "postal_code": {"type": "string", "pattern": "^[A-Z0-9 -]{3,10}$"},
+                    "country": {"type": "string", "pattern": "^[A-Z]{2}$", "description": "ISO 3166-1 alpha-2."}
+                },
+                "additionalProperties": false
+            })
+        });
+        defs.insert(name.clone(), def);
+        object
+            .entry("properties")
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .expect("properties")
+            .insert(name.clone(), json!({"$ref": format!("#/$defs/{name}")}));
+        block += 1;
+    }
+    serde_json::to_string_pretty(&schema).expect("json")
+}
+
+/// The mean size of the files under `dir/schemas`, in bytes.
+fn mean_schema_size(dir: &Path) -> usize {
+    let mut sizes = Vec::new();
+    let mut pending = vec![dir.join("schemas")];
+    while let Some(folder) = pending.pop() {
+        for entry in std::fs::read_dir(folder).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                sizes.push(std::fs::metadata(path).expect("size").len() as usize);
+            }
+        }
+    }
+    sizes.iter().sum::<usize>() / sizes.len().max(1)
 }
 
 fn template_count(repo: &Path) {
     println!("| templates | load | check (every example rendered) | RSS after load | save → reloaded (median / max) |");
     println!("| ---: | ---: | ---: | ---: | ---: |");
     for n in [10, 100, 1000] {
-        let dir = generate(repo, n);
-        let rss = rss_after_load(&dir.path().join("templates"));
+        let dir = generate(repo, n, Schemas::AsWritten);
+        let (rss, _, _) = rss_after_load(&dir.path().join("templates"));
         let start = Instant::now();
         let (mailer, _) = Mailer::for_tests(dir.path().join("templates"));
         let load = start.elapsed();
@@ -105,13 +265,57 @@ fn template_count(repo: &Path) {
     println!();
 }
 
-/// Passed to this binary: load the set in the folder that follows and print the RSS that
-/// grew, in KiB.
+/// Memory per template, on the example set and on one whose schemas are grown to a
+/// realistic ~17 KB each (`cargo bench --bench scale -- memory` prints this table
+/// alone). "Per template" is the growth from the 10-template set, divided by the
+/// templates added: what one more template costs, without the fixed part.
+fn memory(repo: &Path) {
+    println!("| schemas | templates | RSS after load | per template | after rendering each once | per template | render, each in turn |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for schemas in [Schemas::AsWritten, Schemas::Grown] {
+        let mut first: Option<(usize, u64, u64)> = None;
+        for n in [10, 100, 500, 1000] {
+            let dir = generate(repo, n, schemas);
+            let (loaded, rendered, render) = rss_after_load(&dir.path().join("templates"));
+            let label = match schemas {
+                Schemas::AsWritten => "as written".to_string(),
+                Schemas::Grown => "grown".to_string(),
+            };
+            let label = format!(
+                "{label}, mean {:.1} KB",
+                mean_schema_size(dir.path()) as f64 / 1000.0
+            );
+            let per = |now: u64, then: u64, since: usize| {
+                if n == since {
+                    "—".to_string()
+                } else {
+                    format!("{:.1} KiB", (now as f64 - then as f64) / (n - since) as f64)
+                }
+            };
+            let (since, l0, r0) = *first.get_or_insert((n, loaded, rendered));
+            println!(
+                "| {label} | {n} | {:.1} MiB | {} | {:.1} MiB | {} | {} |",
+                loaded as f64 / 1024.0,
+                per(loaded, l0, since),
+                rendered as f64 / 1024.0,
+                per(rendered, r0, since),
+                us(render),
+            );
+        }
+    }
+    println!();
+}
+
+/// Passed to this binary: load the set in the folder that follows, render each
+/// template once with its first example, and print the RSS that grew by the load and
+/// by then, in KiB, then the time a render took rendering them all in turn again.
 const RSS_AFTER_LOAD: &str = "--rss-after-load";
 
-/// The RSS a load of `templates` adds, measured in a process of its own: in this one,
-/// the load would reuse pages that earlier sets and renders freed and look smaller.
-fn rss_after_load(templates: &Path) -> u64 {
+/// The RSS a load of `templates` adds, what it has added after rendering each template
+/// once, and the time per render rendering them all in turn, measured in a process of
+/// its own: in this one, the load would reuse pages that earlier sets and renders freed
+/// and look smaller.
+fn rss_after_load(templates: &Path) -> (u64, u64, Duration) {
     let exe = std::env::current_exe().expect("bench binary");
     let out = std::process::Command::new(exe)
         .arg(RSS_AFTER_LOAD)
@@ -123,10 +327,14 @@ fn rss_after_load(templates: &Path) -> u64 {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("KiB")
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut numbers = text.split_whitespace().map(|v| v.parse().expect("number"));
+    let (loaded, rendered) = (
+        numbers.next().expect("load"),
+        numbers.next().expect("render"),
+    );
+    let render = Duration::from_nanos(numbers.next().expect("render time"));
+    (loaded, rendered, render)
 }
 
 /// From writing one template to the watcher having swapped in the new set: median and

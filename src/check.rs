@@ -85,7 +85,15 @@ fn check_set(set: &TemplateSet, from: &Mailbox, report: &mut Report) {
                     continue;
                 }
             };
-            let violations = schema.violations(&example);
+            let violations = match schema.violations(&example) {
+                Ok(violations) => violations,
+                Err(e) => {
+                    if first_time {
+                        report.problems.push(e);
+                    }
+                    continue;
+                }
+            };
             if !violations.is_empty() {
                 if first_time {
                     report.problems.push(

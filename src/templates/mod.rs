@@ -907,10 +907,15 @@ fn load_schemas(
     errors: &mut Vec<Error>,
 ) -> HashMap<String, Arc<Schema>> {
     let mut schemas = HashMap::new();
-    for file in files.iter().filter(|f| f.rel.ends_with(".json")) {
+    let validators = schema::Validators::new(schema::COMPILED_VALIDATORS);
+    for (id, file) in files
+        .iter()
+        .filter(|f| f.rel.ends_with(".json"))
+        .enumerate()
+    {
         match file
             .read()
-            .and_then(|text| Schema::compile(&file.path, &text))
+            .and_then(|text| Schema::compile(&file.path, &text, id, &validators))
         {
             Ok(schema) => {
                 schemas.insert(file.rel.clone(), Arc::new(schema));

@@ -571,3 +571,34 @@ async fn recipients_the_caller_gives_replace_the_front_matter_before_it_renders(
         "without them it renders, and fails: {err}"
     );
 }
+
+#[test]
+fn every_schema_is_enforced_in_a_set_larger_than_the_validators_it_keeps() {
+    // More schemas than the set keeps compiled (32): each is compiled again when used.
+    let f = Fixture::new();
+    for i in 0..40 {
+        f.write(
+            &format!("templates/t{i}.html"),
+            &format!("---\nsubject: T{i}\nto: a@x.test\n---\n{{{{ k{i} }}}}\n"),
+        );
+        f.write(
+            &format!("schemas/t{i}.schema.json"),
+            &format!(
+                "{{\"type\": \"object\", \"description\": \"template {i}\", \"required\": [\"k{i}\"], \"properties\": {{\"k{i}\": {{\"type\": \"integer\", \"title\": \"K\"}}}}}}"
+            ),
+        );
+    }
+    let (mailer, _) = f.mailer().unwrap();
+    for _ in 0..2 {
+        for i in 0..40 {
+            let name = format!("t{i}");
+            let html = mailer.render(&name, &json!({format!("k{i}"): i})).unwrap();
+            assert!(html.html().contains(&i.to_string()), "{}", html.html());
+            for bad in [json!({}), json!({format!("k{i}"): "x"})] {
+                let err = mailer.render(&name, &bad).unwrap_err();
+                assert_eq!(err.kind(), ErrorKind::InvalidData, "{name}: {err}");
+                assert_eq!(err.violations().len(), 1, "{name}: {err}");
+            }
+        }
+    }
+}
