@@ -1,8 +1,8 @@
 //! The data contract: a template's JSON Schema, checked once at load, checked against
 //! before rendering.
 //!
-//! A compiled validator takes five to fifteen times the room of its schema's text (a
-//! node per subschema, each annotation copied), ~100 KiB for a 17 KB schema, so a set
+//! A compiled validator takes about six times the room of its schema's text (a node
+//! per subschema, each annotation copied), ~100 KiB for a 17 KB schema, so a set
 //! does not keep one per schema: each is compiled at load, which reports what is wrong
 //! with it, then kept only while it is among the most recently used of its set
 //! ([`Validators`]) and compiled again from the schema's text when needed after that.
@@ -16,9 +16,10 @@ use serde_json::Value;
 
 use crate::error::{Error, ErrorKind, Result, Violation};
 
-/// How many compiled validators a set keeps. Recompiling a 17 KB schema takes about as
-/// long as one render of it, so the templates an app sends most stay compiled, while
-/// the rest cost only their text (about 2 KB of compact JSON for 17 KB as written).
+/// How many compiled validators a set keeps. Compiling a 17 KB schema again takes three
+/// to four times as long as a render of its template, so the templates an app sends
+/// most stay compiled, while the rest cost only their text (2–4 KB of compact JSON for
+/// 17 KB as written).
 pub(crate) const COMPILED_VALIDATORS: usize = 32;
 
 /// A set's most recently used compiled validators, shared by its schemas.
