@@ -47,8 +47,10 @@ pub fn check(config: &Config) -> Report {
         }
     };
     // What loads is checked even when other files do not, so one run finds every
-    // problem, each once.
-    let set = match TemplateSet::load_partial(&config.templates, &config.schemas) {
+    // problem, each once. Every schema is used right after the load, so all stay
+    // compiled rather than each being compiled twice (+31% instructions for `check` of
+    // 1,000 templates), for the short while the check runs.
+    let set = match TemplateSet::load_partial(&config.templates, &config.schemas, usize::MAX) {
         Ok((set, problems)) => {
             report.problems = problems;
             set

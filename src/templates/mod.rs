@@ -143,7 +143,8 @@ impl TemplateSet {
     ///
     /// On failure the error lists every problem found ([`Error::problems`]).
     pub(crate) fn load(templates_dir: &Path, schemas_dir: &Path) -> Result<TemplateSet> {
-        let (set, errors) = TemplateSet::load_partial(templates_dir, schemas_dir)?;
+        let (set, errors) =
+            TemplateSet::load_partial(templates_dir, schemas_dir, schema::COMPILED_VALIDATORS)?;
         if let Some(error) = Error::from_many(errors) {
             tracing::warn!(
                 problems = error.problems().count(),
@@ -160,12 +161,14 @@ impl TemplateSet {
     /// uses failed (a locale variant of a broken base, a template naming a schema that
     /// does not parse, a `<link>` to a stylesheet that cannot be read) adds no problem
     /// of its own; rendering one that extends, includes or imports a broken file fails
-    /// with an error that [`Error::is_follow_on`] marks.
+    /// with an error that [`Error::is_follow_on`] marks. The set keeps up to `compiled`
+    /// schema validators compiled ([`schema::Validators`]).
     ///
     /// `Err` only when a folder cannot be read at all.
     pub(crate) fn load_partial(
         templates_dir: &Path,
         schemas_dir: &Path,
+        compiled: usize,
     ) -> Result<(TemplateSet, Vec<Error>)> {
         let _span = tracing::info_span!("load", templates = %templates_dir.display()).entered();
         let mut errors = Vec::new();
@@ -176,7 +179,12 @@ impl TemplateSet {
             Vec::new()
         };
         let mut builder = Builder::new(templates_dir);
-        let schemas = load_schemas(&schema_files, &mut builder.broken_schemas, &mut errors);
+        let schemas = load_schemas(
+            &schema_files,
+            compiled,
+            &mut builder.broken_schemas,
+            &mut errors,
+        );
         builder.add_files(&files, &mut errors);
         builder.add_sendables(&files, &schemas, schemas_dir, &mut errors);
         builder.check_links(None, &mut errors);
@@ -903,11 +911,12 @@ impl Builder {
 
 fn load_schemas(
     files: &[walk::File],
+    compiled: usize,
     broken: &mut HashSet<String>,
     errors: &mut Vec<Error>,
 ) -> HashMap<String, Arc<Schema>> {
     let mut schemas = HashMap::new();
-    let validators = schema::Validators::new(schema::COMPILED_VALIDATORS);
+    let validators = schema::Validators::new(compiled);
     for (id, file) in files
         .iter()
         .filter(|f| f.rel.ends_with(".json"))
