@@ -594,7 +594,7 @@ mod tests {
 /// the inliner and the text part on the same documents, which must never panic. A
 /// seeded generator keeps every run the same; a failure prints its seed and document.
 #[cfg(test)]
-mod generated {
+pub(crate) mod generated {
     use super::*;
     use html5ever::tokenizer::states::RawKind;
     use html5ever::tokenizer::{
@@ -876,7 +876,7 @@ mod generated {
         }
     }
 
-    fn document(rng: &mut fastrand::Rng) -> String {
+    pub(crate) fn document(rng: &mut fastrand::Rng) -> String {
         let mut doc: String = (0..rng.usize(1..30)).map(|_| piece(rng, 0)).collect();
         // Now and then the document stops in the middle of something.
         if rng.usize(..8) == 0 {

@@ -5,25 +5,26 @@
 //! the CSS, script or hidden preheader text.
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 use crate::html::{self, Scanner, Token};
 
 /// The text a reader of `html` would see.
 pub(crate) fn from_html(html: &str) -> String {
-    derive(html, None)
+    from_tokens(Scanner::new(html), None)
 }
 
-/// The text a reader would see once start tag number `i` of `html` is hidden by its
-/// style exactly when `hidden[i]`: what [`from_html`] gives for the inlined document,
-/// without reading its long `style` attributes.
-pub(crate) fn from_planned_html(html: &str, hidden: &[bool]) -> String {
-    derive(html, Some(hidden))
-}
-
-fn derive(html: &str, hidden_by_style: Option<&[bool]>) -> String {
+/// The text a reader would see of the document `tokens` make up (as [`Scanner`] gives
+/// them; a text run may come in pieces). With `hidden_by_style`, start tag number `i`
+/// is hidden by its style exactly when `hidden_by_style[i]`: what [`from_html`] gives
+/// for the inlined document, without reading its long `style` attributes.
+pub(crate) fn from_tokens<'a>(
+    tokens: impl IntoIterator<Item = (Token<'a>, Range<usize>)>,
+    hidden_by_style: Option<&[bool]>,
+) -> String {
     let mut state = State::default();
     let mut index = 0;
-    for (token, _) in Scanner::new(html) {
+    for (token, _) in tokens {
         match token {
             Token::Start {
                 name,
