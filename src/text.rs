@@ -5,25 +5,26 @@
 //! the CSS, script or hidden preheader text.
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 use crate::html::{self, Scanner, Token};
 
 /// The text a reader of `html` would see.
 pub(crate) fn from_html(html: &str) -> String {
-    derive(html, None)
+    from_tokens(Scanner::new(html), None)
 }
 
-/// The text a reader would see once start tag number `i` of `html` is hidden by its
-/// style exactly when `hidden[i]`: what [`from_html`] gives for the inlined document,
-/// without reading its long `style` attributes.
-pub(crate) fn from_planned_html(html: &str, hidden: &[bool]) -> String {
-    derive(html, Some(hidden))
-}
-
-fn derive(html: &str, hidden_by_style: Option<&[bool]>) -> String {
+/// The text a reader would see of the document `tokens` make up (as [`Scanner`] gives
+/// them; a text run may come in pieces). With `hidden_by_style`, start tag number `i`
+/// is hidden by its style exactly when `hidden_by_style[i]`: what [`from_html`] gives
+/// for the inlined document, without reading its long `style` attributes.
+pub(crate) fn from_tokens<'a>(
+    tokens: impl IntoIterator<Item = (Token<'a>, Range<usize>)>,
+    hidden_by_style: Option<&[bool]>,
+) -> String {
     let mut state = State::default();
     let mut index = 0;
-    for (token, _) in Scanner::new(html) {
+    for (token, _) in tokens {
         match token {
             Token::Start {
                 name,
@@ -66,11 +67,6 @@ pub(crate) fn hides(style: &str) -> bool {
     })
 }
 
-/// Characters that separate words: HTML's white space and the no-break space.
-fn is_space(c: char) -> bool {
-    matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0c' | '\u{a0}')
-}
-
 #[derive(Default)]
 struct State {
     out: String,
@@ -92,13 +88,29 @@ const VOID: &[&str] = &[
 
 impl State {
     fn text(&mut self, text: &str) {
-        for (index, word) in text.split(is_space).enumerate() {
-            if index > 0 {
-                self.pending_space = true;
+        // Words are separated by HTML's white space and the no-break space. Byte by
+        // byte: the separators are ASCII but for the no-break space (C2 A0),
+        // and no other character's UTF-8 holds those bytes, so every cut is a boundary.
+        let bytes = text.as_bytes();
+        let (mut start, mut i) = (0, 0);
+        while i < bytes.len() {
+            let width = match bytes[i] {
+                b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => 1,
+                0xc2 if bytes.get(i + 1) == Some(&0xa0) => 2,
+                _ => {
+                    i += 1;
+                    continue;
+                }
+            };
+            if start < i {
+                self.word(&text[start..i]);
             }
-            if !word.is_empty() {
-                self.word(word);
-            }
+            self.pending_space = true;
+            i += width;
+            start = i;
+        }
+        if start < bytes.len() {
+            self.word(&text[start..]);
         }
     }
 
@@ -308,6 +320,15 @@ mod tests {
         assert!(!super::hides("d"));
         assert!(!super::hides("display"));
         assert!(!super::hides("text-decoration: none; display: block"));
+    }
+
+    #[test]
+    fn words_split_at_white_space_and_no_break_spaces_only() {
+        // © (C2 A9) and Š (C5 A0) share a byte with the no-break space (C2 A0).
+        assert_eq!(
+            from_html("<p>a\u{a0}b ©\u{a0}Š\u{a0}\u{a0} c\t\n\r\x0cd&nbsp;é</p>"),
+            "a b © Š c d é\n"
+        );
     }
 
     #[test]

@@ -27,6 +27,9 @@ mod gather;
 mod plan;
 mod rules;
 
+/// The caches' maps: their keys are looked up once or twice per message.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// How many distinct gathered stylesheets the split cache keeps; templates that print
 /// data into `<style>` would otherwise grow it without bound.
 const SPLIT_CACHE_LIMIT: usize = 256;
@@ -40,19 +43,19 @@ const SPLIT_CACHE_LIMIT: usize = 256;
 /// [`Plan`]) and written into each later document of that shape directly.
 pub(crate) struct Stylesheets {
     files: HashMap<String, Arc<str>>,
-    splits: RwLock<HashMap<String, Arc<Split>>>,
+    splits: RwLock<FastMap<String, Arc<Split>>>,
     /// Plans by the hash of the inlinable CSS they were made for, then by the exact
     /// shape. A hit compares the CSS and the whole shape, not hashes of them: a
     /// collision would otherwise write another document's styles into this one.
-    plans: RwLock<HashMap<u64, CssPlans>>,
+    plans: RwLock<FastMap<u64, CssPlans>>,
 }
 
 impl Stylesheets {
     pub(crate) fn new(files: HashMap<String, Arc<str>>) -> Stylesheets {
         Stylesheets {
             files,
-            splits: RwLock::new(HashMap::new()),
-            plans: RwLock::new(HashMap::new()),
+            splits: RwLock::new(FastMap::default()),
+            plans: RwLock::new(FastMap::default()),
         }
     }
 
@@ -71,7 +74,8 @@ impl Stylesheets {
     /// Inlines the CSS of `html` and, if `want_text`, makes the text part of the
     /// result ([`text::from_html`] of it). With a plan, the text comes from the smaller
     /// document before inlining, each element seen with the style the plan gives it:
-    /// the same text, without reading every inlined `style` again.
+    /// the same text, without reading every inlined `style` again. The document is
+    /// scanned once: gathering keeps its tokens for the shape and the text.
     pub(crate) fn inline_and_text(
         &self,
         html: &str,
@@ -81,15 +85,19 @@ impl Stylesheets {
         let mut gathered = self.gather(html, file)?;
         let split = self.split(&gathered.css);
         let head = head(&split, &gathered);
+        let tokens = gathered
+            .tokens
+            .take()
+            .unwrap_or_else(|| html::Scanner::new(&gathered.html).collect());
         let (inlined, text) = if split.inline.is_empty() {
-            let text = want_text.then(|| text::from_html(&gathered.html));
+            let text = want_text.then(|| text::from_tokens(tokens, None));
             (std::mem::take(&mut gathered.html), text)
         } else {
-            let shape = Shape::of(&gathered.html, &split);
+            let shape = Shape::of(&tokens, &split);
             let plan = self.plan(&gathered.html, &split, &shape, file)?;
             match &*plan {
                 Plan::Styles { styles, hidden } => {
-                    let text = want_text.then(|| text::from_planned_html(&gathered.html, hidden));
+                    let text = want_text.then(|| text::from_tokens(tokens, Some(hidden)));
                     (apply(&gathered.html, &shape, styles), text)
                 }
                 Plan::Direct => {
@@ -128,7 +136,7 @@ impl Stylesheets {
             }
             let entry = plans.entry(split.inline_hash).or_insert_with(|| CssPlans {
                 css: split.inline.clone(),
-                by_shape: HashMap::new(),
+                by_shape: FastMap::default(),
             });
             if entry.css != split.inline {
                 // Another stylesheet with the same hash: the newer one takes the slot.
@@ -340,7 +348,7 @@ mod tests {
         };
         let (red, blue) = (split(".a { color: red }"), split(".a { color: blue }"));
         let styles = |split: &Split| {
-            let shape = Shape::of(html, split);
+            let shape = Shape::of_html(html, split);
             match &*s.plan(html, split, &shape, Path::new("t")).unwrap() {
                 Plan::Styles { styles, .. } => styles.clone(),
                 Plan::Direct => panic!("a plain paragraph is planned"),
@@ -354,7 +362,7 @@ mod tests {
     #[test]
     fn shapes_differ_whenever_a_selector_could_tell_them_apart() {
         let split = split_rules("[data-x] { color: red } .a { color: blue }");
-        let sig = |html: &str| Shape::of(html, &split).signature;
+        let sig = |html: &str| Shape::of_html(html, &split).signature;
         // Pieces are length-prefixed: moving bytes between a name and a value, or
         // between two values, never gives the same signature.
         assert_ne!(

@@ -2,7 +2,6 @@
 //! the document's shape, so css-inline runs once per (stylesheet, shape) and later
 //! documents of that shape get the same styles written in directly.
 
-use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
@@ -29,7 +28,7 @@ pub(super) const MARKER: &str = "data-missive-node";
 #[derive(Debug)]
 pub(super) struct CssPlans {
     pub(super) css: String,
-    pub(super) by_shape: HashMap<Box<[u8]>, Arc<Plan>>,
+    pub(super) by_shape: super::FastMap<Box<[u8]>, Arc<Plan>>,
 }
 
 /// The final `style` of every start tag of one document shape, by position.
@@ -54,13 +53,17 @@ pub(super) struct Shape {
 }
 
 impl Shape {
-    pub(super) fn of(html: &str, split: &Split) -> Shape {
-        let mut signature = Vec::with_capacity(html.len() / 8);
+    /// The shape of the document `tokens` make up (as [`Scanner`] gives them; a text
+    /// run may come in pieces, and reads as one).
+    pub(super) fn of(tokens: &[(Token<'_>, Range<usize>)], split: &Split) -> Shape {
+        let mut signature = Vec::with_capacity(tokens.len() * 8);
         let mut tags = Vec::new();
-        for (token, range) in Scanner::new(html) {
-            match token {
+        let mut after_text = false;
+        for (token, range) in tokens {
+            let text = matches!(token, Token::Text(_));
+            match *token {
                 Token::Start { name, attrs, .. } => {
-                    tags.push((range, name.len()));
+                    tags.push((range.clone(), name.len()));
                     signature.push(0);
                     push_lower(&mut signature, name);
                     for (attr, value) in html::attributes(attrs) {
@@ -82,11 +85,26 @@ impl Shape {
                 }
                 // Text never changes which selectors match, but whether there is any can
                 // change the tree the parser builds (and `:empty`).
-                Token::Text(text) => signature.push(5 + u8::from(text.trim().is_empty())),
+                Token::Text(text) => {
+                    let blank = text.trim().is_empty();
+                    if !after_text {
+                        signature.push(5 + u8::from(blank));
+                    } else if !blank {
+                        if let Some(last) = signature.last_mut() {
+                            *last = 5;
+                        }
+                    }
+                }
                 Token::Comment(_) | Token::Declaration(_) => {}
             }
+            after_text = text;
         }
         Shape { tags, signature }
+    }
+
+    #[cfg(test)]
+    pub(super) fn of_html(html: &str, split: &Split) -> Shape {
+        Shape::of(&Scanner::new(html).collect::<Vec<_>>(), split)
     }
 }
 

@@ -2,6 +2,8 @@
 
   --peer jinja2-premailer       Jinja2 (autoescape) + premailer
   --peer minijinja-css-inline   minijinja-py (autoescape) + css_inline
+  --peer minijinja-render-only  minijinja-py (autoescape) alone: subject and body, nothing
+                                else (no inlining), the bound missive's full render aims at
 
 Per message each peer renders the front-matter `subject` (no escaping) and the HTML
 body with the example data, then inlines templates/styles/email.css, which the layout
@@ -86,8 +88,8 @@ def jinja2_premailer(templates, corpus):
     return render, versions
 
 
-def minijinja_css_inline(templates, corpus):
-    import css_inline
+def minijinja_envs(templates, corpus):
+    """minijinja-py environments for the HTML bodies (autoescape) and the subjects."""
     import minijinja
 
     def loader(name):
@@ -98,6 +100,13 @@ def minijinja_css_inline(templates, corpus):
 
     html_env = minijinja.Environment(loader=loader, auto_escape_callback=lambda name: True)
     text_env = minijinja.Environment(templates=subjects(templates, corpus))
+    return html_env, text_env
+
+
+def minijinja_css_inline(templates, corpus):
+    import css_inline
+
+    html_env, text_env = minijinja_envs(templates, corpus)
     inliner = css_inline.CSSInliner(
         base_url=templates.resolve().as_uri() + "/",
         keep_at_rules=True,
@@ -114,7 +123,21 @@ def minijinja_css_inline(templates, corpus):
     return render, versions
 
 
-PEERS = {"jinja2-premailer": jinja2_premailer, "minijinja-css-inline": minijinja_css_inline}
+def minijinja_render_only(templates, corpus):
+    html_env, text_env = minijinja_envs(templates, corpus)
+
+    def render(entry):
+        data = entry["data"]
+        return text_env.render_template(entry["file"], **data), html_env.render_template(entry["file"], **data)
+
+    return render, {"minijinja": metadata.version("minijinja")}
+
+
+PEERS = {
+    "jinja2-premailer": jinja2_premailer,
+    "minijinja-css-inline": minijinja_css_inline,
+    "minijinja-render-only": minijinja_render_only,
+}
 
 
 def main():
