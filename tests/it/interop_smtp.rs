@@ -466,9 +466,8 @@ async fn a_burst_over_one_pooled_connection_arrives_once_each() {
     let Some(env) = harness() else { return };
     std::env::set_var("MISSIVE_INTEROP_PASSWORD", &env["INTEROP_SMTP_PASSWORD"]);
     let auth = format!(
-        "  pool: {{ max_connections: 1 }}
-           auth: {{ mechanism: plain, user: {}, password_env: MISSIVE_INTEROP_PASSWORD }}
-",
+        "  pool: {{ max_connections: 1 }}\n  \
+         auth: {{ mechanism: plain, user: {}, password_env: MISSIVE_INTEROP_PASSWORD }}\n",
         env["INTEROP_SMTP_USER"]
     );
     let (mailer, _dir) = plain_mailer(&env["INTEROP_SMTP_PLAIN_PORT"], &auth).await;
