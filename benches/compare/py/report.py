@@ -436,12 +436,12 @@ def send_report(directory, connections):
         ours = [r for r in runs.get("missive", []) if r.get("available")]
         reference = rates(ours) if ours else None
         if ours:
-            rows.append([f"sink {load}"] + rate_row("missive", ours, reference))
+            rows.append([load] + rate_row("missive", ours, reference))
         else:
             reason = next((r.get("reason") for r in runs.get("missive", [])), "no result")
             lines += [f"missive, sink {load}: {reason}", ""]
         if node:
-            rows.append([f"sink {load}"] + rate_row("nodemailer", node, reference, SEND_TARGETS[load]))
+            rows.append([load] + rate_row("nodemailer", node, reference, SEND_TARGETS[load]))
         lines.append(f"- sink {load}: {described}")
     lines.append("")
     lines += table(["sink"] + HEADER, rows)
