@@ -448,8 +448,9 @@ impl Endpoint {
         // Built messages are 7-bit; anything else goes through lettre's own writer.
         let response: Response = match std::str::from_utf8(envelope.raw) {
             Ok(text) => {
-                let mut payload = data_payload(text);
-                let dot_end = next(session).map(|batch| {
+                let next = next(session);
+                let mut payload = data_payload(text, next.as_ref().map_or(0, String::len));
+                let dot_end = next.map(|batch| {
                     let end = progress.written() + payload.len() as u64;
                     payload.push_str(&batch);
                     end
@@ -546,9 +547,10 @@ fn offers_pipelining(reply: &Response) -> bool {
 
 /// The DATA section as it goes on the wire: dot-stuffed, then the terminating `.` line,
 /// in one buffer. lettre writes the body and the terminator separately, escaping byte
-/// by byte: two packets and two system calls per message instead of one.
-fn data_payload(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len() + 16);
+/// by byte: two packets and two system calls per message instead of one. `room` is
+/// what will be written behind it, so that appending it does not copy the message.
+fn data_payload(raw: &str, room: usize) -> String {
+    let mut out = String::with_capacity(raw.len() + 16 + room);
     if raw.starts_with('.') {
         out.push('.');
     }
@@ -643,7 +645,7 @@ mod tests {
             "",
         ] {
             assert_eq!(
-                data_payload(raw).as_bytes(),
+                data_payload(raw, 0).as_bytes(),
                 lettre_stuffing(raw.as_bytes()),
                 "{raw:?}"
             );
@@ -658,7 +660,7 @@ mod tests {
                 n /= pieces.len();
             }
             assert_eq!(
-                data_payload(&raw).as_bytes(),
+                data_payload(&raw, 0).as_bytes(),
                 lettre_stuffing(raw.as_bytes()),
                 "{raw:?}"
             );
