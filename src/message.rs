@@ -184,10 +184,41 @@ pub(crate) fn build(
         ));
     }
     let message_id = message_id.resolve(from.email.domain())?;
+    // The envelope from the mailboxes at hand: left to lettre, it is parsed back out of
+    // the header fields just written (a twentieth of building the message). A raw
+    // header that could change it leaves it to lettre.
+    let envelope_headers = ["sender", "from", "to", "cc", "bcc"];
+    let envelope = if rendered.header.headers.iter().any(|(name, _)| {
+        envelope_headers
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h))
+    }) {
+        None
+    } else {
+        let recipients = rendered
+            .header
+            .to
+            .iter()
+            .chain(&rendered.header.cc)
+            .chain(&rendered.header.bcc)
+            .map(|mailbox| mailbox.email.clone())
+            .collect();
+        Some(
+            lettre::address::Envelope::new(Some(from.email.clone()), recipients).map_err(|e| {
+                Error::new(
+                    ErrorKind::Address,
+                    format!("cannot build message for `{}`: {e}", rendered.template),
+                )
+            })?,
+        )
+    };
     let mut builder = Message::builder()
         .from(from)
         .subject(rendered.header.subject.clone())
         .message_id(Some(message_id.clone()));
+    if let Some(envelope) = envelope {
+        builder = builder.envelope(envelope);
+    }
     if let Some(reply_to) = &rendered.header.reply_to {
         builder = builder.reply_to(reply_to.clone());
     }

@@ -100,8 +100,8 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
     /// A short name for logs and receipts: `smtp`, `outbox`, `gmail`, ...
     fn name(&self) -> &str;
 
-    /// How many messages it carries at once (an SMTP pool's size). The mailer renders
-    /// at most twice this many messages ahead of delivery.
+    /// How many messages it carries at once (SMTP: two per pooled connection). The
+    /// mailer renders at most twice this many messages ahead of delivery.
     fn parallelism(&self) -> usize {
         std::thread::available_parallelism().map_or(1, usize::from)
     }

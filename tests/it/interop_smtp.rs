@@ -448,6 +448,49 @@ async fn real_4xx_is_retried_and_real_5xx_is_not() {
     assert_eq!(receipt.attempts, 1);
 }
 
+/// How many copies of `message_id` are in the harness's Maildir, once at least one is.
+async fn copies_delivered(env: &Env, message_id: &str) -> usize {
+    delivered(env, message_id).await;
+    let new = Path::new(&env["INTEROP_MAILDIR"]).join("new");
+    std::fs::read_dir(&new)
+        .unwrap()
+        .flatten()
+        .filter(|entry| {
+            std::fs::read_to_string(entry.path()).is_ok_and(|text| text.contains(message_id))
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_over_one_pooled_connection_arrives_once_each() {
+    let Some(env) = harness() else { return };
+    std::env::set_var("MISSIVE_INTEROP_PASSWORD", &env["INTEROP_SMTP_PASSWORD"]);
+    let auth = format!(
+        "  pool: {{ max_connections: 1 }}\n  \
+         auth: {{ mechanism: plain, user: {}, password_env: MISSIVE_INTEROP_PASSWORD }}\n",
+        env["INTEROP_SMTP_USER"]
+    );
+    let (mailer, _dir) = plain_mailer(&env["INTEROP_SMTP_PLAIN_PORT"], &auth).await;
+    // Postfix takes the next MAIL, RCPT and DATA behind a final dot (RFC 2920), which
+    // a burst on one connection sends; each message must still arrive exactly once.
+    let sends: Vec<_> = (0..30)
+        .map(|_| {
+            let mailer = mailer.clone();
+            tokio::spawn(async move { send(&mailer).await })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for send in sends {
+        let receipt = send.await.unwrap().unwrap();
+        assert_eq!(receipt.attempts, 1, "{receipt:?}");
+        assert_eq!(receipt.accepted, [RCPT]);
+        ids.push(receipt.message_id);
+    }
+    for id in &ids {
+        assert_eq!(copies_delivered(env, id).await, 1, "{id}");
+    }
+}
+
 // ---- the `missive` command against the provider (issue 10, points 8 to 11) ----
 
 /// The secret of the provider's missive clients, for configs that name a variable.

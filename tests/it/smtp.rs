@@ -633,3 +633,202 @@ async fn an_idempotency_key_gives_the_same_message_id_every_time() {
     assert!(first.message_id.ends_with("@acme.test>"));
     assert!(!first.message_id.contains("signup"), "the key is not shown");
 }
+
+/// A fake server that answers the first MAIL and each final dot after a pause, long
+/// enough for the sends of a burst to be rendered and waiting when the connection
+/// takes the next.
+async fn slow_dot_server(options: Options) -> FakeSmtp {
+    let server = FakeSmtp::start(options).await;
+    let pause = std::time::Duration::from_millis(40);
+    server.fault_at(Stage::Mail, 1, Action::Delay(pause * 3));
+    server.always(Stage::EndOfData, Action::Delay(pause));
+    server
+}
+
+/// Sends started at once over a pool of one connection, the i-th to `recipients[i]`,
+/// each with its outcome.
+async fn burst(
+    mailer: &Mailer,
+    recipients: &[Vec<String>],
+) -> Vec<missive::Result<missive::Receipt>> {
+    let sends: Vec<_> = recipients
+        .iter()
+        .map(|to| {
+            let (mailer, to) = (mailer.clone(), to.clone());
+            tokio::spawn(async move {
+                let to: Vec<&str> = to.iter().map(String::as_str).collect();
+                send_welcome(&mailer, &to).await
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for send in sends {
+        outcomes.push(send.await.unwrap());
+    }
+    outcomes
+}
+
+fn one_each(n: usize) -> Vec<Vec<String>> {
+    (0..n)
+        .map(|i| vec![format!("user{i}@example.test")])
+        .collect()
+}
+
+const ONE_CONNECTION: &str = "  pool: { max_connections: 1 }\n";
+
+/// How many messages the server took for `recipient`.
+fn copies(server: &FakeSmtp, recipient: &str) -> usize {
+    server
+        .received()
+        .iter()
+        .filter(|m| m.to.iter().any(|t| t == recipient))
+        .count()
+}
+
+/// The outcomes of a burst in which exactly one send failed: that failure, after
+/// checking that every other send went through once, in one attempt.
+fn the_one_failure(
+    server: &FakeSmtp,
+    outcomes: Vec<missive::Result<missive::Receipt>>,
+) -> missive::Error {
+    let mut failures = Vec::new();
+    for outcome in outcomes {
+        match outcome {
+            Ok(receipt) => {
+                assert_eq!(receipt.attempts, 1, "{receipt:?}");
+                assert_eq!(receipt.accepted.len(), 1, "{receipt:?}");
+                assert_eq!(copies(server, &receipt.accepted[0]), 1, "{receipt:?}");
+            }
+            Err(err) => failures.push(err),
+        }
+    }
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    failures.remove(0)
+}
+
+#[tokio::test]
+async fn a_burst_on_one_connection_writes_each_envelope_behind_the_previous_dot() {
+    for pipelining in [true, false] {
+        let server = slow_dot_server(with_pipelining(pipelining)).await;
+        let (mailer, _dir) = smtp_mailer(server.port, ONE_CONNECTION).await;
+        let recipients = one_each(8);
+        for outcome in burst(&mailer, &recipients).await {
+            assert_eq!(outcome.unwrap().attempts, 1);
+        }
+        for to in &recipients {
+            assert_eq!(copies(&server, &to[0]), 1, "{to:?}");
+        }
+        assert_eq!(server.connections(), 1);
+        assert_eq!(server.mail_commands(), 8);
+        let chained = server.chained();
+        if pipelining {
+            // Every message but the last has the next one's commands behind its dot.
+            assert_eq!(chained, 7);
+            assert_eq!(server.pipelined(), 8);
+        } else {
+            assert_eq!(chained, 0);
+            assert_eq!(server.pipelined(), 0);
+        }
+    }
+}
+
+#[tokio::test]
+async fn refused_recipients_in_a_chained_message_are_its_own() {
+    let server = slow_dot_server(Options::default()).await;
+    server.refuse_recipient(
+        "nobody@example.test",
+        "550 5.1.1 <nobody@example.test>: user unknown",
+    );
+    let (mailer, _dir) = smtp_mailer(server.port, ONE_CONNECTION).await;
+    let mut recipients = one_each(6);
+    recipients[3].push("nobody@example.test".into());
+    let outcomes = burst(&mailer, &recipients).await;
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        let receipt = outcome.unwrap();
+        assert_eq!(receipt.accepted, [format!("user{i}@example.test")]);
+        if i == 3 {
+            assert_eq!(receipt.rejected.len(), 1);
+            assert_eq!(receipt.rejected[0].recipient, "nobody@example.test");
+            assert_eq!(receipt.rejected[0].code, Some(550));
+        } else {
+            assert!(receipt.rejected.is_empty(), "{i}: {:?}", receipt.rejected);
+        }
+    }
+    assert!(server.chained() >= 4, "{}", server.chained());
+    assert_eq!(server.connections(), 1);
+}
+
+#[tokio::test]
+async fn a_lost_reply_to_a_chained_dot_leaves_that_message_unknown_and_resends_the_next() {
+    // Drop: the connection closes after the "." (with a reset too, since the next
+    // commands went unread behind it); Stall: the reply never comes.
+    for (action, reset) in [
+        (Action::Drop, false),
+        (Action::Drop, true),
+        (Action::Stall, false),
+    ] {
+        let server = slow_dot_server(Options {
+            reset_on_close: reset,
+            ..Options::default()
+        })
+        .await;
+        server.fault_at(Stage::EndOfData, 1, action.clone());
+        let (mailer, _dir) = smtp_mailer(server.port, ONE_CONNECTION).await;
+        let recipients = one_each(5);
+        let outcomes = burst(&mailer, &recipients).await;
+        let err = the_one_failure(&server, outcomes);
+        assert_eq!(err.kind(), ErrorKind::DeliveryUnknown, "{action:?}: {err}");
+        assert!(err.to_string().contains("after 1 attempt"), "{err}");
+        assert!(err.message_id().is_some(), "{err}");
+        assert_eq!(server.received().len(), 4, "{action:?}");
+        // Five messages, each MAIL seen once: the unknown one was not resent, and the
+        // next one's commands behind its dot were never read.
+        assert_eq!(server.mail_commands(), 5, "{action:?}");
+        assert_eq!(server.connections(), 2, "{action:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_refused_chained_dot_fails_its_message_alone() {
+    let server = slow_dot_server(Options::default()).await;
+    server.fault_at(
+        Stage::EndOfData,
+        1,
+        Action::Reply("554 5.6.0 message refused".into()),
+    );
+    let (mailer, _dir) = smtp_mailer(server.port, ONE_CONNECTION).await;
+    let outcomes = burst(&mailer, &one_each(5)).await;
+    let err = the_one_failure(&server, outcomes);
+    assert_eq!(err.kind(), ErrorKind::Permanent, "{err}");
+    assert_eq!(err.smtp_code(), Some(554));
+    assert!(server.chained() >= 3, "{}", server.chained());
+    assert_eq!(server.connections(), 1, "the connection stays in step");
+}
+
+#[tokio::test]
+async fn a_chained_message_refused_at_mail_or_data_fails_alone_and_sends_no_content() {
+    for (stage, reply, code) in [
+        (Stage::Mail, "550 5.7.1 sender rejected", 550),
+        (Stage::Data, "554 5.3.4 message too big", 554),
+        (Stage::Data, "451 4.3.0 try again later", 451),
+    ] {
+        let server = slow_dot_server(Options::default()).await;
+        server.fault_at(stage, 2, Action::Reply(reply.into()));
+        let (mailer, _dir) = smtp_mailer(server.port, ONE_CONNECTION).await;
+        let outcomes = burst(&mailer, &one_each(5)).await;
+        if code < 500 {
+            // Retried on its own and delivered.
+            for outcome in outcomes {
+                assert!(outcome.unwrap().attempts <= 2);
+            }
+            assert_eq!(server.received().len(), 5, "{stage:?}");
+        } else {
+            let err = the_one_failure(&server, outcomes);
+            assert_eq!(err.kind(), ErrorKind::Permanent, "{stage:?}: {err}");
+            assert_eq!(err.smtp_code(), Some(code));
+            assert_eq!(server.received().len(), 4, "{stage:?}");
+        }
+        assert!(server.chained() >= 1, "{stage:?}");
+        assert_eq!(server.unknown_commands(), 0, "{stage:?}: content went out");
+    }
+}

@@ -92,3 +92,50 @@ async fn an_untrusted_or_misnamed_certificate_is_a_configuration_error() {
     assert_eq!(server.mail_commands(), 0, "nothing was sent in the clear");
     assert!(server.received().is_empty());
 }
+
+#[tokio::test]
+async fn chained_messages_over_tls_keep_their_own_outcomes() {
+    use support::smtp::{Action, Stage};
+    for (tls, server_tls) in [
+        ("starttls", ServerTls::Starttls(test_tls_acceptor())),
+        ("implicit", ServerTls::Implicit(test_tls_acceptor())),
+    ] {
+        let server = FakeSmtp::start(Options {
+            tls: Some(server_tls),
+            ..Options::default()
+        })
+        .await;
+        // Slow enough for the burst to be waiting when the connection takes the next.
+        let pause = std::time::Duration::from_millis(40);
+        server.fault_at(Stage::Mail, 1, Action::Delay(pause * 3));
+        server.always(Stage::EndOfData, Action::Delay(pause));
+        // The second message's reply to its "." is lost.
+        server.fault_at(Stage::EndOfData, 2, Action::Drop);
+        let extra = format!(
+            "  ca_file: {}\n  pool: {{ max_connections: 1 }}\n",
+            ca_file().display()
+        );
+        let (mailer, _dir) = tls_mailer(server.port, tls, &extra).await;
+        let sends: Vec<_> = (0..5)
+            .map(|_| {
+                let mailer = mailer.clone();
+                tokio::spawn(async move { send(&mailer).await })
+            })
+            .collect();
+        let mut unknown = 0;
+        for send in sends {
+            match send.await.unwrap() {
+                Ok(receipt) => assert_eq!(receipt.attempts, 1, "{tls}: {receipt:?}"),
+                Err(err) => {
+                    assert_eq!(err.kind(), ErrorKind::DeliveryUnknown, "{tls}: {err}");
+                    unknown += 1;
+                }
+            }
+        }
+        assert_eq!(unknown, 1, "{tls}");
+        assert_eq!(server.received().len(), 4, "{tls}");
+        assert!(server.received().iter().all(|m| m.encrypted), "{tls}");
+        assert_eq!(server.mail_commands(), 5, "{tls}: nothing sent twice");
+        assert!(server.chained() >= 3, "{tls}: {}", server.chained());
+    }
+}

@@ -50,7 +50,7 @@ pub fn test_tls_acceptor() -> TlsAcceptor {
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 /// Where in a session a fault applies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stage {
     Greeting,
     Auth,
@@ -115,12 +115,20 @@ pub struct AuthSeen {
 struct State {
     faults: VecDeque<(Stage, Action)>,
     always: Vec<(Stage, Action)>,
+    /// Faults for the n-th time (from 1, over all connections) a stage comes.
+    numbered: Vec<(Stage, usize, Action)>,
+    stages_seen: HashMap<Stage, usize>,
     rcpt_replies: HashMap<String, String>,
     received: Vec<Received>,
     auths: Vec<AuthSeen>,
     mail_commands: usize,
     /// MAIL commands that came with the DATA command already sent behind them.
     pipelined: usize,
+    /// Final dots that came with the next MAIL command already sent behind them.
+    chained: usize,
+    /// Lines taken for commands that the server does not know (such as message
+    /// content sent after DATA was refused).
+    unknown_commands: usize,
     connections: usize,
     active: usize,
     max_active: usize,
@@ -143,6 +151,9 @@ pub struct Options {
     /// Answer DATA with 354 even when no recipient was accepted (which RFC 2920 3.1
     /// forbids), and refuse the message only after its final dot.
     pub late_no_recipients: bool,
+    /// Close connections with a reset, as a kernel does when the server closes with
+    /// data still unread.
+    pub reset_on_close: bool,
 }
 
 impl Default for Options {
@@ -156,6 +167,7 @@ impl Default for Options {
             close_after_message: false,
             pipelining: true,
             late_no_recipients: false,
+            reset_on_close: false,
         }
     }
 }
@@ -183,6 +195,9 @@ impl FakeSmtp {
                 // reply to a pipelined command would wait for the client's delayed ACK
                 // of the one before (real servers buffer them and flush once).
                 let _ = socket.set_nodelay(true);
+                if options.reset_on_close {
+                    let _ = socket.set_zero_linger();
+                }
                 let state = shared.clone();
                 let options = options.clone();
                 tokio::spawn(async move {
@@ -211,6 +226,15 @@ impl FakeSmtp {
     /// The next time `stage` comes (on any connection), do `action`.
     pub fn fault(&self, stage: Stage, action: Action) {
         self.state.lock().unwrap().faults.push_back((stage, action));
+    }
+
+    /// The `nth` time (from 1, counted over all connections) `stage` comes, do `action`.
+    pub fn fault_at(&self, stage: Stage, nth: usize, action: Action) {
+        self.state
+            .lock()
+            .unwrap()
+            .numbered
+            .push((stage, nth, action));
     }
 
     /// Every time `stage` comes, do `action`.
@@ -260,10 +284,30 @@ impl FakeSmtp {
     pub fn pipelined(&self) -> usize {
         self.state.lock().unwrap().pipelined
     }
+    /// How many final dots arrived with the next transaction's MAIL behind them.
+    pub fn chained(&self) -> usize {
+        self.state.lock().unwrap().chained
+    }
+    /// How many lines the server took for commands it does not know.
+    pub fn unknown_commands(&self) -> usize {
+        self.state.lock().unwrap().unknown_commands
+    }
 }
 
 fn take_fault(state: &Mutex<State>, stage: Stage) -> Option<Action> {
     let mut s = state.lock().unwrap();
+    let seen = {
+        let seen = s.stages_seen.entry(stage).or_default();
+        *seen += 1;
+        *seen
+    };
+    if let Some(i) = s
+        .numbered
+        .iter()
+        .position(|(st, n, _)| *st == stage && *n == seen)
+    {
+        return Some(s.numbered.remove(i).2);
+    }
     if let Some(i) = s.faults.iter().position(|(st, _)| *st == stage) {
         return s.faults.remove(i).map(|(_, a)| a);
     }
@@ -450,6 +494,10 @@ async fn session(
                 while let Some(body_line) = conn.line().await? {
                     if body_line == "." {
                         ended = true;
+                        let chained = String::from_utf8_lossy(conn.reader.buffer())
+                            .to_ascii_uppercase()
+                            .starts_with("MAIL FROM:");
+                        state.lock().unwrap().chained += usize::from(chained);
                         break;
                     }
                     lines += 1;
@@ -469,6 +517,9 @@ async fn session(
                     return Ok(());
                 }
                 if let Some(flow) = conn.apply(take_fault(state, Stage::EndOfData)).await? {
+                    // Whatever the answer, the transaction is over.
+                    in_transaction = false;
+                    to.clear();
                     flow
                 } else {
                     let n = {
@@ -504,6 +555,7 @@ async fn session(
             conn.send("221 2.0.0 bye").await?;
             Flow::Close
         } else {
+            state.lock().unwrap().unknown_commands += 1;
             conn.send("502 5.5.2 unknown command").await?;
             Flow::Continue
         };

@@ -319,10 +319,15 @@ impl Endpoint {
     /// `block` for each write to make progress, then up to `final_dot` for the
     /// reply. Once everything was written, a lost reply leaves the outcome unknown;
     /// a reset is not (the server closed with part of the message unread, so it
-    /// never saw the final ".").
+    /// never saw the final "."), unless the next transaction's commands followed the
+    /// "." in the same write: then the unread part may be those alone.
+    ///
+    /// `dot_end` is, with the next commands behind the ".", the count of bytes
+    /// [`Progress::written`] must reach before the server can have the ".".
     async fn finish_data(
         &self,
         progress: &Progress,
+        dot_end: Option<u64>,
         future: impl std::future::Future<Output = Result<Response, lettre::transport::smtp::Error>>,
     ) -> Result<Response, Failure> {
         let mut future = std::pin::pin!(future);
@@ -350,15 +355,21 @@ impl Endpoint {
             }
         };
         let written = progress.reading_since().is_some();
+        let dot_written = written || dot_end.is_some_and(|end| progress.written() >= end);
+        let reset_proves_unread = dot_end.is_none();
         match result {
             Some(Ok(response)) => Ok(response),
-            Some(Err(e)) if e.status().is_some() || !written || was_reset(&e) => {
+            Some(Err(e))
+                if e.status().is_some()
+                    || !dot_written
+                    || (reset_proves_unread && was_reset(&e)) =>
+            {
                 Err(Failure::from_smtp(Stage::Data, e))
             }
             Some(Err(e)) => Err(Failure::Unknown {
                 detail: format!("the connection ended before the reply: {e}"),
             }),
-            None if written => Err(Failure::Unknown {
+            None if dot_written => Err(Failure::Unknown {
                 detail: format!(
                     "no reply within {}s",
                     Instant::now().duration_since(started).as_secs()
@@ -373,50 +384,40 @@ impl Endpoint {
 
     /// One mail transaction to `recipients`: each refused recipient is reported on its
     /// own, and the message goes to those accepted.
+    ///
+    /// `sent` says the MAIL, RCPT and DATA commands already went out, written by the
+    /// transaction before on this connection behind its final ".", so only their
+    /// replies remain to be read. `next` is asked, once this message's content is
+    /// about to go, for the commands of the next transaction to write behind it
+    /// (RFC 2920: one round trip per message instead of two).
     pub(super) async fn transaction(
         &self,
         session: &mut Session,
-        from: Option<&Address>,
-        recipients: &[Address],
-        raw: &[u8],
+        envelope: &Envelope<'_>,
+        sent: bool,
+        next: impl FnOnce(&Session) -> Option<String>,
     ) -> Result<Transaction, Failure> {
+        let recipients = envelope.recipients;
         let progress = session.progress.clone();
-        let conn = &mut session.smtp;
-        let mut parameters = Vec::new();
-        let non_ascii_address = from
-            .into_iter()
-            .chain(recipients)
-            .any(|a| !AsRef::<str>::as_ref(a).is_ascii());
-        if non_ascii_address {
-            if !conn.server_info().supports_feature(Extension::SmtpUtfEight) {
-                return Err(Failure::Fatal(Error::new(
-                    ErrorKind::Address,
-                    "an address is not ASCII and the server does not support SMTPUTF8",
-                )));
-            }
-            parameters.push(MailParameter::SmtpUtfEight);
-        }
-        if !raw.is_ascii() && conn.server_info().supports_feature(Extension::EightBitMime) {
-            parameters.push(MailParameter::Body(MailBodyParameter::EightBitMime));
-        }
-        let mail = Mail::new(from.cloned(), parameters);
         let mut outcome = Transaction::default();
-        let data = if session.pipelining {
-            let mut batch = mail.to_string();
-            for recipient in recipients {
-                batch.push_str(&Rcpt::new(recipient.clone(), vec![]).to_string());
+        let data = if sent || session.pipelining {
+            if !sent {
+                let batch = session.batch(envelope)?;
+                // The replies come in order; after a refused MAIL the connection is
+                // closed by the caller, so the RCPT and DATA replies need not be read.
+                self.step(Stage::Mail, session.smtp.command(Payload(&batch)))
+                    .await?;
+            } else {
+                self.step(Stage::Mail, session.smtp.read_response()).await?;
             }
-            batch.push_str(&Data.to_string());
-            // The replies come in order; after a refused MAIL the connection is closed
-            // by the caller, so the RCPT and DATA replies need not be read.
-            self.step(Stage::Mail, conn.command(Payload(&batch)))
-                .await?;
             for recipient in recipients {
-                let reply = self.step(Stage::Rcpt, conn.read_response()).await;
+                let reply = self.step(Stage::Rcpt, session.smtp.read_response()).await;
                 outcome.record(recipient, reply)?;
             }
-            self.step(Stage::Data, conn.read_response()).await
+            self.step(Stage::Data, session.smtp.read_response()).await
         } else {
+            let conn = &mut session.smtp;
+            let mail = mail_command(conn, envelope)?;
             self.step(Stage::Mail, conn.command(mail)).await?;
             for recipient in recipients {
                 let reply = self
@@ -436,6 +437,7 @@ impl Endpoint {
         if outcome.accepted.is_empty() {
             // RFC 2920 3.1: with no recipient the server refuses DATA; one that takes
             // it anyway gets an empty message, which it cannot deliver to anyone.
+            let conn = &mut session.smtp;
             if data.is_ok() {
                 let _ = self.step(Stage::Data, conn.command(Payload(".\r\n"))).await;
             }
@@ -444,13 +446,22 @@ impl Endpoint {
         }
         data?;
         // Built messages are 7-bit; anything else goes through lettre's own writer.
-        let response: Response = match std::str::from_utf8(raw) {
+        let response: Response = match std::str::from_utf8(envelope.raw) {
             Ok(text) => {
-                let payload = data_payload(text);
-                self.finish_data(&progress, conn.command(Payload(&payload)))
+                let next = next(session);
+                let mut payload = data_payload(text, next.as_ref().map_or(0, String::len));
+                let dot_end = next.map(|batch| {
+                    let end = progress.written() + payload.len() as u64;
+                    payload.push_str(&batch);
+                    end
+                });
+                self.finish_data(&progress, dot_end, session.smtp.command(Payload(&payload)))
                     .await?
             }
-            Err(_) => self.finish_data(&progress, conn.message(raw)).await?,
+            Err(_) => {
+                self.finish_data(&progress, None, session.smtp.message(envelope.raw))
+                    .await?
+            }
         };
         outcome.reply = format!(
             "{} {}",
@@ -459,6 +470,57 @@ impl Endpoint {
         );
         Ok(outcome)
     }
+}
+
+/// What a transaction sends, and to whom.
+pub(crate) struct Envelope<'a> {
+    pub from: Option<&'a Address>,
+    pub recipients: &'a [Address],
+    pub raw: &'a [u8],
+}
+
+impl Session {
+    /// MAIL, every RCPT and DATA as one batch of text.
+    fn batch(&self, envelope: &Envelope<'_>) -> Result<String, Failure> {
+        let mut batch = mail_command(&self.smtp, envelope)?.to_string();
+        for recipient in envelope.recipients {
+            batch.push_str(&Rcpt::new(recipient.clone(), vec![]).to_string());
+        }
+        batch.push_str(&Data.to_string());
+        Ok(batch)
+    }
+
+    /// The commands of a transaction to write behind another's final ".", where the
+    /// server takes commands in batches and can take this one.
+    pub(super) fn next_batch(&self, envelope: &Envelope<'_>) -> Option<String> {
+        if !self.pipelining {
+            return None;
+        }
+        self.batch(envelope).ok()
+    }
+}
+
+/// MAIL FROM with the parameters the message and the server call for.
+fn mail_command(conn: &AsyncSmtpConnection, envelope: &Envelope<'_>) -> Result<Mail, Failure> {
+    let mut parameters = Vec::new();
+    let non_ascii_address = envelope
+        .from
+        .into_iter()
+        .chain(envelope.recipients)
+        .any(|a| !AsRef::<str>::as_ref(a).is_ascii());
+    if non_ascii_address {
+        if !conn.server_info().supports_feature(Extension::SmtpUtfEight) {
+            return Err(Failure::Fatal(Error::new(
+                ErrorKind::Address,
+                "an address is not ASCII and the server does not support SMTPUTF8",
+            )));
+        }
+        parameters.push(MailParameter::SmtpUtfEight);
+    }
+    if !envelope.raw.is_ascii() && conn.server_info().supports_feature(Extension::EightBitMime) {
+        parameters.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+    }
+    Ok(Mail::new(envelope.from.cloned(), parameters))
 }
 
 /// Whether the connection was reset by the peer, as a server's kernel does when it
@@ -485,9 +547,10 @@ fn offers_pipelining(reply: &Response) -> bool {
 
 /// The DATA section as it goes on the wire: dot-stuffed, then the terminating `.` line,
 /// in one buffer. lettre writes the body and the terminator separately, escaping byte
-/// by byte: two packets and two system calls per message instead of one.
-fn data_payload(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len() + 16);
+/// by byte: two packets and two system calls per message instead of one. `room` is
+/// what will be written behind it, so that appending it does not copy the message.
+fn data_payload(raw: &str, room: usize) -> String {
+    let mut out = String::with_capacity(raw.len() + 16 + room);
     if raw.starts_with('.') {
         out.push('.');
     }
@@ -582,7 +645,7 @@ mod tests {
             "",
         ] {
             assert_eq!(
-                data_payload(raw).as_bytes(),
+                data_payload(raw, 0).as_bytes(),
                 lettre_stuffing(raw.as_bytes()),
                 "{raw:?}"
             );
@@ -597,7 +660,7 @@ mod tests {
                 n /= pieces.len();
             }
             assert_eq!(
-                data_payload(&raw).as_bytes(),
+                data_payload(&raw, 0).as_bytes(),
                 lettre_stuffing(raw.as_bytes()),
                 "{raw:?}"
             );

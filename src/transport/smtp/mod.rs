@@ -8,20 +8,21 @@ mod stream;
 
 pub use settings::{AuthConfig, Mechanism, PoolConfig, SmtpConfig, Timeouts, TlsMode};
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lettre::address::Address;
 use lettre::transport::smtp::client::{Certificate, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use secrecy::SecretString;
-use tokio::sync::Semaphore;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use crate::auth::{self, TokenCache};
 use crate::error::{Error, ErrorKind, Result};
 use crate::transport::{async_trait, Delivery, Email, Rejected, Transport};
-use conn::{Endpoint, Failure, Refusal, Session, StageTimeouts};
+use conn::{Endpoint, Envelope, Failure, Refusal, Session, Stage, StageTimeouts};
 
 /// The SMTP transport of a mailer. Clones share the pool and the token cache.
 #[derive(Clone)]
@@ -43,9 +44,66 @@ struct Inner {
     login: SmtpLogin,
     max_connections: usize,
     /// One permit per connection in use: lettre's own pool only caps idle connections.
-    permits: Semaphore,
+    permits: Arc<Semaphore>,
     idle: Mutex<Vec<Idle>>,
     idle_timeout: Duration,
+    /// Sends waiting for a connection, oldest first: a connection about to write a
+    /// message's content writes the first one's commands behind it.
+    waiting: Mutex<VecDeque<Waiter>>,
+    next_waiter: AtomicU64,
+}
+
+/// A send queued for its turn on a connection.
+struct Waiter {
+    id: u64,
+    email: Email,
+    turn: oneshot::Sender<Handoff>,
+}
+
+/// A connection passed on, with its permit, to the send whose MAIL, RCPT and DATA
+/// were written behind the message before; `None` when the connection broke before
+/// that send's turn (its content never went, so it starts over on a new one).
+struct Handoff {
+    permit: OwnedSemaphorePermit,
+    session: Option<Box<Session>>,
+}
+
+/// How a send got its turn.
+enum Turn {
+    Free(OwnedSemaphorePermit),
+    Handed(Handoff),
+}
+
+/// A place in the queue of waiting sends, given up when the send stops waiting.
+struct Queued<'a> {
+    inner: &'a Inner,
+    id: u64,
+}
+
+impl Queued<'_> {
+    /// Leaves the queue; `false` when a connection took this send meanwhile.
+    fn withdraw(&self) -> bool {
+        let mut waiting = self.inner.waiting();
+        match waiting.iter().position(|w| w.id == self.id) {
+            Some(at) => {
+                waiting.remove(at);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.withdraw();
+    }
+}
+
+impl Inner {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, VecDeque<Waiter>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 struct Idle {
@@ -109,9 +167,11 @@ impl Smtp {
                 },
                 login,
                 max_connections: config.pool.max_connections,
-                permits: Semaphore::new(config.pool.max_connections),
+                permits: Arc::new(Semaphore::new(config.pool.max_connections)),
                 idle: Mutex::new(Vec::new()),
                 idle_timeout: Duration::from_secs(config.pool.idle_timeout_secs),
+                waiting: Mutex::new(VecDeque::new()),
+                next_waiter: AtomicU64::new(0),
             }),
         })
     }
@@ -123,12 +183,9 @@ impl Smtp {
         // Boxed, as the attempt's future (connection, TLS, AUTH, transaction) is
         // kilobytes: inline, every send's future is that large and is copied whole
         // when spawned and moved.
-        let tx = Box::pin(
-            self.attempt(email.envelope().from(), email.envelope().to(), email.raw())
-                .instrument(span),
-        )
-        .await
-        .map_err(|failure| self.failure_error(failure))?;
+        let tx = Box::pin(self.attempt(email).instrument(span))
+            .await
+            .map_err(|failure| self.failure_error(failure))?;
         let (deferred, rejected): (Vec<Refusal>, Vec<Refusal>) =
             tx.refused.into_iter().partition(|r| r.code < 500);
         Ok(Delivery::new(
@@ -170,47 +227,150 @@ impl Smtp {
 
     /// One attempt: a pooled or new connection, and one transaction on it. A pooled
     /// connection that the server closed meanwhile is replaced, which costs no attempt.
-    async fn attempt(
-        &self,
-        from: Option<&Address>,
-        recipients: &[Address],
-        raw: &[u8],
-    ) -> Result<conn::Transaction, Failure> {
-        let _permit = self.inner.permits.acquire().await.map_err(|_| {
+    async fn attempt(&self, email: &Email) -> Result<conn::Transaction, Failure> {
+        let envelope = Envelope {
+            from: email.envelope().from(),
+            recipients: email.envelope().to(),
+            raw: email.raw(),
+        };
+        let (permit, start) = match self.turn(email).await? {
+            Turn::Free(permit) => (permit, self.checkout().map(|conn| (conn, false))),
+            Turn::Handed(Handoff { permit, session }) => {
+                (permit, session.map(|conn| (*conn, true)))
+            }
+        };
+        let mut permit = Some(permit);
+        if let Some((conn, sent)) = start {
+            match self.run(conn, &envelope, sent, &mut permit).await {
+                Err(failure) if failure.is_stale_connection() => {
+                    tracing::debug!(?failure, "pooled connection was stale; opening a new one");
+                }
+                result => return result,
+            }
+        }
+        // Boxed for the same reason: opening is rare, and its future the largest.
+        let conn = Box::pin(self.open()).await?;
+        self.run(conn, &envelope, false, &mut permit).await
+    }
+
+    /// Waits for a free connection, or for a connection that wrote this send's
+    /// commands behind the message before it, whichever comes first; no longer than
+    /// the deadline of the send.
+    async fn turn(&self, email: &Email) -> Result<Turn, Failure> {
+        let permits = &self.inner.permits;
+        if let Ok(permit) = permits.clone().try_acquire_owned() {
+            return Ok(Turn::Free(permit));
+        }
+        let (tx, mut rx) = oneshot::channel();
+        let id = self.inner.next_waiter.fetch_add(1, Ordering::Relaxed);
+        self.inner.waiting().push_back(Waiter {
+            id,
+            email: email.clone(),
+            turn: tx,
+        });
+        let queued = Queued {
+            inner: &self.inner,
+            id,
+        };
+        let wait = async {
+            tokio::select! {
+                biased;
+                handed = &mut rx => match handed {
+                    Ok(handoff) => Ok(Turn::Handed(handoff)),
+                    // The connection that took this send went away before its turn.
+                    Err(_) => permits.clone().acquire_owned().await.map(Turn::Free),
+                },
+                permit = permits.clone().acquire_owned() => {
+                    let permit = permit?;
+                    if queued.withdraw() {
+                        return Ok(Turn::Free(permit));
+                    }
+                    // Taken by a connection just now: its handoff follows.
+                    drop(permit);
+                    match rx.await {
+                        Ok(handoff) => Ok(Turn::Handed(handoff)),
+                        Err(_) => permits.clone().acquire_owned().await.map(Turn::Free),
+                    }
+                }
+            }
+        };
+        let waited = match crate::transport::retry::deadline() {
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), wait)
+                .await
+                .map_err(|_| Failure::Connection {
+                    stage: Stage::Connect,
+                    detail: "no connection came free before the deadline".into(),
+                })?,
+            None => wait.await,
+        };
+        waited.map_err(|_| {
             Failure::Fatal(Error::new(
                 ErrorKind::Transient,
                 "the mailer is shutting down",
             ))
-        })?;
+        })
+    }
+
+    /// One transaction on `conn`. When the next waiting send's commands went out behind
+    /// this message, the connection and the permit pass to that send, in step if this
+    /// message got its reply, broken otherwise; else the connection goes back to the
+    /// pool, or is closed after a failure.
+    async fn run(
+        &self,
+        mut conn: Session,
+        envelope: &Envelope<'_>,
+        sent: bool,
+        permit: &mut Option<OwnedSemaphorePermit>,
+    ) -> Result<conn::Transaction, Failure> {
         let endpoint = &self.inner.endpoint;
-        if let Some(mut conn) = self.checkout() {
-            match endpoint.transaction(&mut conn, from, recipients, raw).await {
-                Ok(tx) => {
-                    self.checkin(conn);
-                    return Ok(tx);
-                }
-                Err(failure) if failure.is_stale_connection() => {
-                    tracing::debug!(?failure, "pooled connection was stale; opening a new one");
+        let mut taken = None;
+        let result = endpoint
+            .transaction(&mut conn, envelope, sent, |session| {
+                let (waiter, batch) = self.next_waiter(session)?;
+                taken = Some(waiter);
+                Some(batch)
+            })
+            .await;
+        match (taken, permit.take()) {
+            (Some(waiter), Some(permit)) => {
+                let in_step = matches!(result, Ok(_) | Err(Failure::Reply { .. }));
+                let session = if in_step && !conn.has_broken() {
+                    Some(Box::new(conn))
+                } else {
                     endpoint.close(conn).await;
+                    None
+                };
+                if let Err(Handoff {
+                    session: Some(conn),
+                    ..
+                }) = waiter.turn.send(Handoff { permit, session })
+                {
+                    // That send gave up waiting; its commands are pending unanswered.
+                    endpoint.close(*conn).await;
                 }
-                Err(failure) => {
-                    endpoint.close(conn).await;
-                    return Err(failure);
+            }
+            (_, permit_left) => {
+                *permit = permit_left;
+                match &result {
+                    Ok(_) => self.checkin(conn),
+                    Err(_) => endpoint.close(conn).await,
                 }
             }
         }
-        // Boxed for the same reason: opening is rare, and its future the largest.
-        let mut conn = Box::pin(self.open()).await?;
-        match endpoint.transaction(&mut conn, from, recipients, raw).await {
-            Ok(tx) => {
-                self.checkin(conn);
-                Ok(tx)
-            }
-            Err(failure) => {
-                endpoint.close(conn).await;
-                Err(failure)
-            }
-        }
+        result
+    }
+
+    /// The oldest waiting send this connection can take, with its commands.
+    fn next_waiter(&self, session: &Session) -> Option<(Waiter, String)> {
+        let mut waiting = self.inner.waiting();
+        let at = waiting.iter().position(|w| !w.turn.is_closed())?;
+        let email = &waiting[at].email;
+        let batch = session.next_batch(&Envelope {
+            from: email.envelope().from(),
+            recipients: email.envelope().to(),
+            raw: email.raw(),
+        })?;
+        Some((waiting.remove(at)?, batch))
     }
 
     fn checkout(&self) -> Option<Session> {
@@ -336,8 +496,11 @@ impl Transport for Smtp {
         "smtp"
     }
 
+    /// Two per connection: with the commands of the next transaction written behind
+    /// each message's final ".", a connection carries two messages at a time, and a
+    /// third must be ready when its turn comes.
     fn parallelism(&self) -> usize {
-        self.inner.max_connections
+        self.inner.max_connections.saturating_mul(2)
     }
 }
 

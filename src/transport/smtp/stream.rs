@@ -13,32 +13,51 @@ use std::time::Instant;
 use lettre::transport::smtp::client::AsyncNetworkStream;
 use lettre::transport::smtp::client::AsyncTokioStream;
 
-/// When the socket last wrote, and since when it has been reading (after the last
-/// write): set by [`Tracked`], read by [`Endpoint::finish_data`].
+/// When the socket last wrote, how much, and since when it has been reading (after
+/// the last write): set by [`Tracked`], read by [`Endpoint::finish_data`].
 #[derive(Debug)]
 pub(crate) struct Progress {
-    state: Mutex<(Instant, Option<Instant>)>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    last_write: Instant,
+    reading_since: Option<Instant>,
+    /// Bytes handed to the kernel since the connection opened (TLS records included).
+    written: u64,
 }
 
 impl Progress {
     pub(super) fn new() -> Arc<Progress> {
         Arc::new(Progress {
-            state: Mutex::new((Instant::now(), None)),
+            state: Mutex::new(State {
+                last_write: Instant::now(),
+                reading_since: None,
+                written: 0,
+            }),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, (Instant, Option<Instant>)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// `Some(since)` once everything written so far has been handed to the kernel and
     /// the connection waits for an answer.
     pub(super) fn reading_since(&self) -> Option<Instant> {
-        self.lock().1
+        self.lock().reading_since
     }
 
     pub(super) fn last_write(&self) -> Instant {
-        self.lock().0
+        self.lock().last_write
+    }
+
+    /// Bytes handed to the kernel so far. Under TLS each record adds its overhead, so
+    /// fewer than `n` bytes after a mark proves the peer cannot have the first `n`
+    /// bytes of plain text written after it.
+    pub(super) fn written(&self) -> u64 {
+        self.lock().written
     }
 }
 
@@ -57,8 +76,8 @@ impl tokio::io::AsyncRead for Tracked {
     ) -> Poll<std::io::Result<()>> {
         {
             let mut state = self.progress.lock();
-            if state.1.is_none() {
-                state.1 = Some(Instant::now());
+            if state.reading_since.is_none() {
+                state.reading_since = Some(Instant::now());
             }
         }
         Pin::new(&mut self.tcp).poll_read(cx, buf)
@@ -73,9 +92,12 @@ impl tokio::io::AsyncWrite for Tracked {
     ) -> Poll<std::io::Result<usize>> {
         let result = Pin::new(&mut self.tcp).poll_write(cx, buf);
         let mut state = self.progress.lock();
-        state.1 = None;
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            state.0 = Instant::now();
+        state.reading_since = None;
+        if let Poll::Ready(Ok(n)) = result {
+            if n > 0 {
+                state.last_write = Instant::now();
+                state.written += n as u64;
+            }
         }
         result
     }
