@@ -230,7 +230,11 @@ impl MailerBuilder {
             None => None,
         };
         let mut broken = None;
-        let set = match TemplateSet::load(&self.config.templates, &self.config.schemas) {
+        let set = match TemplateSet::load(
+            &self.config.templates,
+            &self.config.schemas,
+            self.config.compiled_schemas,
+        ) {
             Ok(set) => set,
             // A missing or unreadable folder cannot be watched back to health.
             Err(e)
@@ -247,6 +251,7 @@ impl MailerBuilder {
             set,
             &self.config.templates,
             &self.config.schemas,
+            self.config.compiled_schemas,
         ));
         if let Some(error) = broken {
             live.broken_at_start(error);

@@ -297,7 +297,12 @@ mod tests {
     #[test]
     fn planned_inlining_equals_plain_css_inline_for_the_example_set() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let set = TemplateSet::load(&root.join("templates"), &root.join("schemas")).unwrap();
+        let set = TemplateSet::load(
+            &root.join("templates"),
+            &root.join("schemas"),
+            crate::templates::schema::COMPILED_VALIDATORS,
+        )
+        .unwrap();
         let mut compared = 0;
         for variant in set.variants() {
             let Some(schema) = &variant.schema else {

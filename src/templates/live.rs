@@ -41,17 +41,25 @@ pub(crate) struct LiveSet {
     set: ArcSwap<TemplateSet>,
     templates: PathBuf,
     schemas: PathBuf,
+    compiled: usize,
     events: broadcast::Sender<ReloadEvent>,
     last_error: ArcSwapOption<Error>,
     generation: AtomicU64,
 }
 
 impl LiveSet {
-    pub(crate) fn new(set: TemplateSet, templates: &Path, schemas: &Path) -> LiveSet {
+    /// `compiled`: how many schema validators a full reload keeps compiled.
+    pub(crate) fn new(
+        set: TemplateSet,
+        templates: &Path,
+        schemas: &Path,
+        compiled: usize,
+    ) -> LiveSet {
         LiveSet {
             set: ArcSwap::from_pointee(set),
             templates: templates.to_path_buf(),
             schemas: schemas.to_path_buf(),
+            compiled,
             events: broadcast::channel(EVENT_BUFFER).0,
             last_error: ArcSwapOption::empty(),
             generation: AtomicU64::new(0),
@@ -82,7 +90,7 @@ impl LiveSet {
         // After a failed reload the set in use is older than the files on disk, so
         // only a full load can tell whether everything is fixed.
         let result = if self.last_error.load().is_some() {
-            TemplateSet::load(&self.templates, &self.schemas)
+            TemplateSet::load(&self.templates, &self.schemas, self.compiled)
         } else {
             self.set.load().reload(&changed)
         };

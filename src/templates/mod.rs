@@ -127,6 +127,8 @@ struct Origin {
     schemas_dir: PathBuf,
     files: Vec<walk::File>,
     schemas: HashMap<String, Arc<Schema>>,
+    /// How many validators the set's schemas keep compiled, for a reload to keep.
+    compiled: usize,
 }
 
 impl std::fmt::Debug for TemplateSet {
@@ -139,12 +141,17 @@ impl std::fmt::Debug for TemplateSet {
 }
 
 impl TemplateSet {
-    /// Loads and compiles everything under `templates_dir` and `schemas_dir`.
+    /// Loads and compiles everything under `templates_dir` and `schemas_dir`,
+    ///
+    /// keeping up to `compiled` schema validators compiled.
     ///
     /// On failure the error lists every problem found ([`Error::problems`]).
-    pub(crate) fn load(templates_dir: &Path, schemas_dir: &Path) -> Result<TemplateSet> {
-        let (set, errors) =
-            TemplateSet::load_partial(templates_dir, schemas_dir, schema::COMPILED_VALIDATORS)?;
+    pub(crate) fn load(
+        templates_dir: &Path,
+        schemas_dir: &Path,
+        compiled: usize,
+    ) -> Result<TemplateSet> {
+        let (set, errors) = TemplateSet::load_partial(templates_dir, schemas_dir, compiled)?;
         if let Some(error) = Error::from_many(errors) {
             tracing::warn!(
                 problems = error.problems().count(),
@@ -193,6 +200,7 @@ impl TemplateSet {
             schemas_dir: schemas_dir.to_path_buf(),
             files,
             schemas,
+            compiled,
         };
         Ok((builder.finish(Arc::new(origin), None), errors))
     }
@@ -206,7 +214,11 @@ impl TemplateSet {
     pub(crate) fn reload(&self, changed: &[PathBuf]) -> Result<TemplateSet> {
         match self.reload_only(changed) {
             Some(result) => result,
-            None => TemplateSet::load(&self.templates_dir, &self.origin.schemas_dir),
+            None => TemplateSet::load(
+                &self.templates_dir,
+                &self.origin.schemas_dir,
+                self.origin.compiled,
+            ),
         }
     }
 
@@ -1009,7 +1021,12 @@ mod tests {
             "---\nsubject: B\nto: b@x.test\n---\n<p>b</p>",
         );
         std::fs::create_dir_all(dir.join("schemas")).unwrap();
-        TemplateSet::load(&dir.join("templates"), &dir.join("schemas")).unwrap()
+        TemplateSet::load(
+            &dir.join("templates"),
+            &dir.join("schemas"),
+            schema::COMPILED_VALIDATORS,
+        )
+        .unwrap()
     }
 
     fn render(set: &TemplateSet, name: &str) -> crate::Rendered {
@@ -1021,6 +1038,26 @@ mod tests {
             &Default::default(),
         )
         .unwrap()
+    }
+
+    /// A full reload (a shared file changed) keeps the number of compiled validators the
+    /// set was loaded with, not the default.
+    #[test]
+    fn a_full_reload_keeps_the_compiled_validator_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        set_in(dir.path());
+        let set = TemplateSet::load(
+            &dir.path().join("templates"),
+            &dir.path().join("schemas"),
+            3,
+        )
+        .unwrap();
+        assert_eq!(set.origin.compiled, 3);
+        let shared = dir.path().join("templates/s.css");
+        std::fs::write(&shared, "p { color: blue }").unwrap();
+        let next = set.reload(&[shared]).unwrap();
+        assert!(!Arc::ptr_eq(&set.origin, &next.origin), "loaded again");
+        assert_eq!(next.origin.compiled, 3);
     }
 
     #[test]
