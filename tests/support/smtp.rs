@@ -143,6 +143,8 @@ pub struct Options {
     /// Answer DATA with 354 even when no recipient was accepted (which RFC 2920 3.1
     /// forbids), and refuse the message only after its final dot.
     pub late_no_recipients: bool,
+    /// Called with the message's number (from 1) the moment its 250 was written.
+    pub after_accept: Option<Arc<dyn Fn(usize) + Send + Sync>>,
 }
 
 impl Default for Options {
@@ -156,6 +158,7 @@ impl Default for Options {
             close_after_message: false,
             pipelining: true,
             late_no_recipients: false,
+            after_accept: None,
         }
     }
 }
@@ -485,6 +488,9 @@ async fn session(
                     in_transaction = false;
                     to.clear();
                     conn.send(&format!("250 2.0.0 OK queued as {n}")).await?;
+                    if let Some(hook) = &options.after_accept {
+                        hook(n);
+                    }
                     if options.close_after_message {
                         Flow::Close
                     } else {
