@@ -8,7 +8,7 @@
 //! sixteen.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -100,10 +100,12 @@ impl Sqlite {
         };
         // Capacity one: requests that come while a checkpoint runs are one request.
         let (wanted, checkpoint_wanted) = mpsc::sync_channel::<()>(1);
+        let copied = Arc::new(AtomicBool::new(false));
+        let bulk_copied = copied.clone();
         let shown = path.to_path_buf();
         std::thread::Builder::new()
             .name("missive-queue-checkpoint".into())
-            .spawn(move || checkpointer(&checkpoints, &checkpoint_wanted, &shown))
+            .spawn(move || checkpointer(&checkpoints, &checkpoint_wanted, &bulk_copied, &shown))
             .map_err(|e| spawn_failed("checkpointer", e))?;
         let (tx, rx) = mpsc::channel::<Job>();
         let shown = path.to_path_buf();
@@ -112,6 +114,7 @@ impl Sqlite {
         let wal = Wal {
             pages: wal_pages,
             wanted,
+            copied,
         };
         std::thread::Builder::new()
             .name("missive-queue-sqlite".into())
@@ -309,13 +312,18 @@ struct Wal {
     /// Pages in the WAL after the last commit (from the WAL hook).
     pages: Arc<AtomicI32>,
     wanted: mpsc::SyncSender<()>,
+    /// The checkpointer copied the bulk; the writer copies the rest.
+    copied: Arc<AtomicBool>,
 }
 
 impl Wal {
     fn committed(&self, conn: &Connection, path: &Path) {
         let pages = self.pages.load(Ordering::Relaxed);
-        if pages >= CHECKPOINT_PAGES_MAX {
-            if let Err(e) = checkpoint(conn, "PASSIVE") {
+        // Between two transactions, after the callers were answered: with no commit
+        // coming in meanwhile this pass completes, and the next transaction starts
+        // the WAL over.
+        if self.copied.swap(false, Ordering::AcqRel) || pages >= CHECKPOINT_PAGES_MAX {
+            if let Err(e) = checkpoint(conn) {
                 tracing::warn!(database = %path.display(), error = %e, "queue checkpoint failed");
             }
         } else if pages >= CHECKPOINT_PAGES {
@@ -324,25 +332,25 @@ impl Wal {
     }
 }
 
-/// Copies what the WAL holds into the database; `PASSIVE` without blocking the
-/// writer, `RESTART` holding it off for the copy and until the WAL can start over.
-fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<()> {
-    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))
+/// Copies what the WAL holds into the database without blocking the writer.
+fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
 }
 
 /// The checkpointer thread, on its own connection, so that no COMMIT runs a
 /// checkpoint (SQLite's automatic one would, and every caller of that batch would
-/// wait for it). The bulk is copied while the writer goes on; then a short `RESTART`
-/// copies what it committed meanwhile and makes its next transaction write the WAL
-/// from its beginning again, overwriting the same file instead of growing it (an
-/// fsync after overwriting costs about half one after appending). A passive pass
-/// alone would almost never find the WAL fully copied while commits keep coming.
-fn checkpointer(conn: &Connection, wanted: &mpsc::Receiver<()>, path: &Path) {
+/// wait for it). It copies the bulk while the writer goes on; the writer then copies
+/// the few pages committed meanwhile itself, between two transactions, so that its
+/// next one writes the WAL from its beginning again, overwriting the same file
+/// instead of growing it (an fsync after overwriting costs about half one after
+/// appending). Passes from this thread alone would seldom find the WAL fully copied
+/// while commits keep coming, and a blocking one would starve behind the writer.
+fn checkpointer(conn: &Connection, wanted: &mpsc::Receiver<()>, copied: &AtomicBool, path: &Path) {
     while wanted.recv().is_ok() {
-        for mode in ["PASSIVE", "RESTART"] {
-            if let Err(e) = checkpoint(conn, mode) {
+        match checkpoint(conn) {
+            Ok(()) => copied.store(true, Ordering::Release),
+            Err(e) => {
                 tracing::warn!(database = %path.display(), error = %e, "queue checkpoint failed");
-                break;
             }
         }
     }
