@@ -4,7 +4,8 @@
 //! against direct `send_template` to the same SMTP sink, with one and two workers;
 //! and a worker's memory while it works through 100,000 queued messages.
 //!
-//! `cargo bench --bench queue`. PostgreSQL figures need Debian's `postgresql` package
+//! `cargo bench --bench queue [enqueue] [deliver] [memory]` (all three when none is
+//! named). PostgreSQL figures need Debian's `postgresql` package
 //! (the bench starts a private server as the tests do); without it they are skipped.
 //! `MISSIVE_BENCH_SINK=127.0.0.1:10025` delivers to that SMTP sink (Postfix's
 //! `smtp-sink`, which `tests/interop/up.sh` starts there) instead of the in-process one.
@@ -149,6 +150,15 @@ async fn drain(mailer: &Mailer, n: u64) -> (Duration, u64) {
     (took, peak)
 }
 
+/// Whether the command line asks for `section` (no section named: all of them).
+fn wanted(section: &str) -> bool {
+    let named: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    named.is_empty() || named.iter().any(|a| a == section)
+}
+
 async fn run() {
     let port = match std::env::var("MISSIVE_BENCH_SINK") {
         Ok(addr) => {
@@ -171,6 +181,24 @@ async fn run() {
             .lease(Duration::from_secs(60), Duration::from_millis(50))
     };
 
+    if wanted("enqueue") {
+        enqueue_section(&config, &plain, &data, &sqlite).await;
+    }
+    if wanted("deliver") {
+        deliver_section(&config, &plain, &data, &sqlite).await;
+    }
+    if wanted("memory") {
+        memory_section(&config, &sqlite).await;
+    }
+}
+
+async fn enqueue_section(
+    config: &missive::Config,
+    plain: &Mailer,
+    data: &serde_json::Value,
+    sqlite: &dyn Fn(&str) -> QueueConfig,
+) {
+    let (config, plain, data) = (config.clone(), plain.clone(), data.clone());
     println!("| Measurement | 1 caller | 16 callers |");
     println!("|---|---|---|");
     let render = [
@@ -213,7 +241,15 @@ async fn run() {
     } else {
         println!("| enqueue, PostgreSQL | skipped: `apt-get install postgresql` | |");
     }
+}
 
+async fn deliver_section(
+    config: &missive::Config,
+    plain: &Mailer,
+    data: &serde_json::Value,
+    sqlite: &dyn Fn(&str) -> QueueConfig,
+) {
+    let (config, plain, data) = (config.clone(), plain.clone(), data.clone());
     println!();
     println!("| Delivery to an SMTP sink (4 connections) | msg/s | vs direct |");
     println!("|---|---|---|");
@@ -249,9 +285,11 @@ async fn run() {
             r / one
         );
     }
+}
 
+async fn memory_section(config: &missive::Config, sqlite: &dyn Fn(&str) -> QueueConfig) {
     println!();
-    let q = mailer(&config, Some(sqlite("big")));
+    let q = mailer(config, Some(sqlite("big")));
     let queue: Queue = q.queue().expect("queue").clone();
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();

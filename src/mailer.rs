@@ -660,7 +660,9 @@ impl TemplateMessage {
 
     /// Like [`enqueue`](Self::enqueue), on the app's own PostgreSQL connection or
     /// transaction (`&mut *tx`): the message exists if and only if that transaction
-    /// commits, and workers see it at the commit. The queue must be PostgreSQL.
+    /// commits, and workers see it at the commit. The queue must be PostgreSQL
+    /// (feature `queue-postgres`).
+    #[cfg(feature = "queue-postgres")]
     pub async fn enqueue_in(self, conn: &mut sqlx::PgConnection) -> Result<Queued> {
         let queue = self.mailer.require_queue()?.clone();
         let key = self.idempotency_key.clone();

@@ -61,7 +61,11 @@ async fn child(config: PathBuf, acks: PathBuf) {
             .await
     });
     let done: HashSet<usize> = read_acks(&acks).keys().copied().collect();
-    let todo: Vec<usize> = (0..TOTAL).filter(|i| !done.contains(i)).collect();
+    let total = std::env::var("MISSIVE_KILL_TOTAL")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(TOTAL);
+    let todo: Vec<usize> = (0..total).filter(|i| !done.contains(i)).collect();
     let todo = std::sync::Arc::new(std::sync::Mutex::new(todo.into_iter()));
     let file = std::sync::Arc::new(std::sync::Mutex::new(
         std::fs::OpenOptions::new()
@@ -309,6 +313,117 @@ async fn kill_nine_anywhere(queue_url: String, config_url: &str, env: Vec<(Strin
         Queue::describe_url(&queue_url),
         received.len()
     );
+}
+
+/// The kill the random ones only sometimes hit: the fake server kills the child the
+/// moment it has written the 250 for one message, before the worker can commit that
+/// outcome. After the restart that message goes out once more, with the same
+/// Message-ID and bytes; every other message exactly once.
+async fn kill_between_250_and_commit(
+    queue_url: String,
+    config_url: &str,
+    env: Vec<(String, String)>,
+) {
+    const MESSAGES: usize = 12;
+    const KILLED_AT: usize = 5;
+    let child: std::sync::Arc<std::sync::Mutex<Option<Child>>> = std::sync::Arc::default();
+    let killer = child.clone();
+    let smtp = FakeSmtp::start(Options {
+        after_accept: Some(std::sync::Arc::new(move |n| {
+            if n == KILLED_AT {
+                if let Some(child) = killer.lock().unwrap().as_mut() {
+                    child.kill().unwrap(); // SIGKILL, no process in between
+                }
+            }
+        })),
+        ..Options::default()
+    })
+    .await;
+    let mut env = env;
+    env.push(("MISSIVE_KILL_TOTAL".into(), MESSAGES.to_string()));
+    let run = Run::new(smtp.port, config_url, env);
+    *child.lock().unwrap() = Some(run.spawn(0));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let exited = child.lock().unwrap().as_mut().unwrap().try_wait().unwrap();
+        if let Some(status) = exited {
+            assert!(
+                !status.success(),
+                "the child was killed: {status:?}\n{}",
+                run.logs()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server never accepted message {KILLED_AT}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(smtp.received().len(), KILLED_AT);
+    let _ = std::fs::remove_file(run.acks().with_extension("ready"));
+    let mut last = run.spawn(1);
+    let queue = Queue::open(&QueueConfig::new(queue_url)).unwrap();
+    let acked = loop {
+        let acked = read_acks(&run.acks());
+        let sent = queue.stats().await.unwrap().count(State::Sent);
+        if acked.len() == MESSAGES && sent == MESSAGES as u64 {
+            break acked;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all delivered: {sent} sent\n{}",
+            run.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    while !run.acks().with_extension("ready").exists() {
+        assert!(Instant::now() < deadline, "the last child never got ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    last.kill().unwrap();
+    last.wait().unwrap();
+
+    let received = smtp.received();
+    let killed = &received[KILLED_AT - 1];
+    let mut copies: HashMap<String, Vec<&Received>> = HashMap::new();
+    for r in &received {
+        copies.entry(message_id(r)).or_default().push(r);
+    }
+    assert_eq!(copies.len(), MESSAGES, "{received:?}");
+    for mid in acked.values() {
+        let list = &copies[mid];
+        if *mid == message_id(killed) {
+            assert_eq!(list.len(), 2, "{mid}: sent again after the kill, once");
+            assert_eq!(list[0].data, list[1].data, "{mid}: the same bytes");
+            assert_eq!(list[0].to, list[1].to);
+        } else {
+            assert_eq!(list.len(), 1, "{mid}: no kill fell after its 250");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_the_250_and_the_commit_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/queue.db", dir.path().display());
+    kill_between_250_and_commit(url.clone(), &url, Vec::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_the_250_and_the_commit_postgres() {
+    let pg = support::postgres::Postgres::start();
+    let url = pg.database("between");
+    let config_url = format!(
+        "postgres://{}@127.0.0.1:{}/between",
+        support::postgres::USER,
+        pg.port
+    );
+    let env = vec![(
+        "PGPASSWORD".to_string(),
+        support::postgres::PASSWORD.to_string(),
+    )];
+    kill_between_250_and_commit(url, &config_url, env).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -90,23 +90,21 @@ pub async fn enqueue(
 }
 
 /// `missive worker`: delivers until Ctrl-C or SIGTERM, then finishes what is in
-/// flight and exits 0.
+/// flight and exits 0. It loads no template (a worker never renders), so a broken
+/// template set on the worker's machine does not stop delivery.
 pub async fn worker(config: Config) -> Result<ExitCode> {
-    open(&config)?;
-    let mailer = Mailer::builder().config(config).build()?;
-    let queue = mailer.queue().map(|q| q.config().clone());
-    if let Some(q) = &queue {
-        eprintln!(
-            "missive worker: {} worker{} delivering from {} (Ctrl-C or SIGTERM stops)",
-            q.workers,
-            if q.workers == 1 { "" } else { "s" },
-            Queue::describe_url(&q.url)
-        );
-    }
+    let queue = open(&config)?;
+    let q = queue.config();
+    eprintln!(
+        "missive worker: {} worker{} delivering from {} (Ctrl-C or SIGTERM stops)",
+        q.workers,
+        if q.workers == 1 { "" } else { "s" },
+        Queue::describe_url(&q.url)
+    );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::new(ErrorKind::Io, format!("cannot watch for SIGTERM: {e}")))?;
-    mailer
-        .run_queue(async move {
+    queue
+        .run(&config.transport, async move {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}

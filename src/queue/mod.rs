@@ -5,10 +5,12 @@
 //! `store` is the storage seam (one trait, two backends); `worker` claims, delivers and
 //! records; `schedule` says when a deferred message comes back.
 
-#[cfg(test)]
+#[cfg(all(test, any(feature = "queue-sqlite", feature = "queue-postgres")))]
 mod conformance;
+#[cfg(feature = "queue-postgres")]
 mod postgres;
 mod schedule;
+#[cfg(feature = "queue-sqlite")]
 mod sqlite;
 mod store;
 pub(crate) mod worker;
@@ -584,6 +586,11 @@ impl Op {
         }
     }
 
+    // Used by the backends, which a build without queue features leaves out.
+    #[cfg_attr(
+        not(any(feature = "queue-sqlite", feature = "queue-postgres")),
+        allow(dead_code)
+    )]
     pub(crate) fn to_state(self) -> State {
         match self {
             Op::Retry | Op::Release => State::Queued,
@@ -613,6 +620,7 @@ pub struct Queue {
 pub(crate) struct QueueInner {
     pub store: Arc<dyn Store>,
     /// The same store when it is PostgreSQL, for enqueues in an app's transaction.
+    #[cfg(feature = "queue-postgres")]
     pub postgres: Option<Arc<postgres::Postgres>>,
     pub config: QueueConfig,
 }
@@ -629,29 +637,42 @@ impl Queue {
     /// Opens (creating and migrating where needed) the queue `config.url` names.
     /// SQLite is opened at once; a PostgreSQL server is first contacted on first use.
     pub fn open(config: &QueueConfig) -> Result<Queue> {
-        let mut pg = None;
-        let store: Arc<dyn Store> = if let Some(path) = sqlite_path(&config.url) {
-            Arc::new(sqlite::Sqlite::open(std::path::Path::new(path))?)
-        } else if config.url.starts_with("postgres://") || config.url.starts_with("postgresql://") {
-            let store = Arc::new(postgres::Postgres::open(&config.url)?);
-            pg = Some(store.clone());
-            store
-        } else {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!(
-                    "queue url `{}`: expected sqlite://PATH or postgres://USER@HOST/DB",
-                    redact_url(&config.url)
-                ),
-            ));
-        };
-        Ok(Queue {
+        if let Some(path) = sqlite_path(&config.url) {
+            return Ok(Queue::with(open_sqlite(path, config)?, config));
+        }
+        if config.url.starts_with("postgres://") || config.url.starts_with("postgresql://") {
+            return open_postgres(config);
+        }
+        Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "queue url `{}`: expected sqlite://PATH or postgres://USER@HOST/DB",
+                redact_url(&config.url)
+            ),
+        ))
+    }
+
+    fn with(store: Arc<dyn Store>, config: &QueueConfig) -> Queue {
+        Queue {
             inner: Arc::new(QueueInner {
                 store,
-                postgres: pg,
+                #[cfg(feature = "queue-postgres")]
+                postgres: None,
                 config: config.clone(),
             }),
-        })
+        }
+    }
+
+    /// Delivers queued mail through the transport `transport` describes (the
+    /// `transport:` section of `missive.yaml`) with the configured number of workers
+    /// until `shutdown` resolves, as [`Mailer::run_queue`](crate::Mailer::run_queue)
+    /// does; no template is loaded, since workers send what was rendered at enqueue.
+    pub async fn run(
+        &self,
+        transport: &crate::TransportConfig,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<()> {
+        run_workers(self.clone(), crate::transport::open(transport)?, shutdown).await
     }
 
     /// `url` as it may be shown: any password replaced by `***`.
@@ -668,7 +689,7 @@ impl Queue {
         self.inner.store.as_ref()
     }
 
-    #[cfg(test)]
+    #[cfg(all(test, feature = "queue-sqlite"))]
     pub(crate) async fn enqueue_new(&self, message: NewMessage) -> Result<Queued> {
         self.store().enqueue(message).await
     }
@@ -684,7 +705,9 @@ impl Queue {
     }
 
     /// [`enqueue`](Self::enqueue) on the app's own PostgreSQL connection or transaction:
-    /// the message exists if and only if that transaction commits.
+    /// the message exists if and only if that transaction commits (feature
+    /// `queue-postgres`).
+    #[cfg(feature = "queue-postgres")]
     pub async fn enqueue_in(
         &self,
         conn: &mut sqlx::PgConnection,
@@ -815,6 +838,11 @@ pub(crate) async fn run_workers(
 }
 
 /// One entry per state, zero where storage found none.
+// Used by the backends, which a build without queue features leaves out.
+#[cfg_attr(
+    not(any(feature = "queue-sqlite", feature = "queue-postgres")),
+    allow(dead_code)
+)]
 pub(crate) fn complete_stats(found: Vec<StateStats>) -> Stats {
     let states = State::ALL
         .into_iter()
@@ -833,12 +861,57 @@ pub(crate) fn complete_stats(found: Vec<StateStats>) -> Stats {
     Stats { states }
 }
 
+#[cfg(feature = "queue-sqlite")]
+fn open_sqlite(path: &str, _: &QueueConfig) -> Result<Arc<dyn Store>> {
+    Ok(Arc::new(sqlite::Sqlite::open(std::path::Path::new(path))?))
+}
+
+#[cfg(not(feature = "queue-sqlite"))]
+fn open_sqlite(_: &str, config: &QueueConfig) -> Result<Arc<dyn Store>> {
+    Err(not_built(config, "SQLite", "queue-sqlite"))
+}
+
+#[cfg(feature = "queue-postgres")]
+fn open_postgres(config: &QueueConfig) -> Result<Queue> {
+    let store = Arc::new(postgres::Postgres::open(&config.url)?);
+    Ok(Queue {
+        inner: Arc::new(QueueInner {
+            store: store.clone(),
+            postgres: Some(store),
+            config: config.clone(),
+        }),
+    })
+}
+
+#[cfg(not(feature = "queue-postgres"))]
+fn open_postgres(config: &QueueConfig) -> Result<Queue> {
+    Err(not_built(config, "PostgreSQL", "queue-postgres"))
+}
+
+/// A queue URL whose backend this build left out.
+#[cfg(not(all(feature = "queue-sqlite", feature = "queue-postgres")))]
+fn not_built(config: &QueueConfig, backend: &str, feature: &str) -> Error {
+    Error::new(
+        ErrorKind::Config,
+        format!(
+            "queue url `{}`: this missive was built without {backend} support; \
+             enable the cargo feature `{feature}`",
+            redact_url(&config.url)
+        ),
+    )
+}
+
 fn sqlite_path(url: &str) -> Option<&str> {
     url.strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("sqlite:"))
 }
 
 /// The header section of a stored message, unfolded.
+// Used by the backends, which a build without queue features leaves out.
+#[cfg_attr(
+    not(any(feature = "queue-sqlite", feature = "queue-postgres")),
+    allow(dead_code)
+)]
 pub(crate) fn headers(raw: &[u8]) -> Vec<(String, String)> {
     let end = memchr::memmem::find(raw, b"\r\n\r\n").unwrap_or(raw.len());
     let text = String::from_utf8_lossy(&raw[..end]);
@@ -875,10 +948,43 @@ mod tests {
         assert!(!format!("{config:?}").contains("hunter2"));
     }
 
+    #[cfg(feature = "queue-postgres")]
     #[test]
-    fn a_postgres_queue_opens_outside_a_runtime_and_bad_urls_are_config_errors() {
+    fn a_postgres_queue_opens_outside_a_runtime() {
         // Mailer::build is a plain function: opening must not need tokio.
         Queue::open(&QueueConfig::new("postgres://app@127.0.0.1:1/mail")).unwrap();
+    }
+
+    #[test]
+    fn a_backend_left_out_of_the_build_is_named_with_its_feature() {
+        for (url, built, feature) in [
+            (
+                "sqlite:///tmp/q.db",
+                cfg!(feature = "queue-sqlite"),
+                "queue-sqlite",
+            ),
+            (
+                "postgres://app:hunter2@127.0.0.1:1/mail",
+                cfg!(feature = "queue-postgres"),
+                "queue-postgres",
+            ),
+        ] {
+            if built {
+                continue;
+            }
+            let err = Queue::open(&QueueConfig::new(url)).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Config);
+            assert!(
+                err.message()
+                    .contains(&format!("cargo feature `{feature}`")),
+                "{err}"
+            );
+            assert!(!err.message().contains("hunter2"), "{err}");
+        }
+    }
+
+    #[test]
+    fn bad_urls_are_config_errors() {
         let err = Queue::open(&QueueConfig::new("mysql://db/mail")).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Config);
         assert!(

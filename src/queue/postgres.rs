@@ -16,7 +16,13 @@ use super::{
 };
 use crate::error::{Error, ErrorKind, Result};
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/postgres/0001_queue.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_queue.sql")),
+    (
+        2,
+        include_str!("../../migrations/postgres/0002_raw_uncompressed.sql"),
+    ),
+];
 
 /// Serializes migrations of processes starting together (any constant will do).
 const MIGRATION_LOCK: i64 = 0x006d_6973_7369_7665;
@@ -62,6 +68,9 @@ impl Postgres {
             PgPoolOptions::new()
                 .max_connections(16)
                 .acquire_timeout(Duration::from_secs(5))
+                // The check is a round trip before every operation; a connection that
+                // broke fails its operation, which says so, and the pool replaces it.
+                .test_before_acquire(false)
                 .connect_lazy_with(self.options.clone())
         })
     }

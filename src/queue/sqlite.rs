@@ -8,7 +8,7 @@
 //! sixteen.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -30,6 +30,14 @@ const MAX_BATCH: usize = 512;
 
 /// How long a write waits for another process's lock before it fails.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// WAL pages after which the checkpointer copies the WAL into the database (SQLite's
+/// own default for its automatic checkpoint, about 4 MB at 4 KB pages).
+const CHECKPOINT_PAGES: i32 = 1000;
+
+/// WAL pages after which the writer checkpoints itself, between two transactions:
+/// only when the checkpointer cannot keep up, so that the WAL stays bounded.
+const CHECKPOINT_PAGES_MAX: i32 = 16 * CHECKPOINT_PAGES;
 
 type Done = Box<dyn FnOnce(std::result::Result<(), &Error>) + Send>;
 /// Runs inside the batch's transaction (or is told why there is none) and returns
@@ -61,29 +69,57 @@ impl Sqlite {
                 )
             })?;
         }
-        let conn = open_connection(path)?;
+        let mut conn = open_connection(path)?;
+        // The hook replaces SQLite's automatic checkpoint, which would run inside the
+        // COMMIT and make every caller of that batch wait for it.
+        let wal_pages = Arc::new(AtomicI32::new(0));
+        let seen = wal_pages.clone();
+        conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages| {
+            seen.store(pages, Ordering::Relaxed);
+            Ok(())
+        }))
+        .map_err(|e| db_error(path, &e))?;
+        let checkpoints = Connection::open(path)
+            .and_then(|c| c.busy_timeout(BUSY_TIMEOUT).map(|()| c))
+            .and_then(|c| c.pragma_update(None, "synchronous", "FULL").map(|()| c))
+            .map_err(|e| db_error(path, &e))?;
         let reader = Connection::open_with_flags(
             path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .and_then(|c| c.busy_timeout(BUSY_TIMEOUT).map(|()| c))
         .map_err(|e| db_error(path, &e))?;
+        let spawn_failed = |what: &str, e: std::io::Error| {
+            Error::new(
+                ErrorKind::Storage,
+                format!(
+                    "queue database {}: cannot start its {what}: {e}",
+                    path.display()
+                ),
+            )
+        };
+        // Capacity one: requests that come while a checkpoint runs are one request.
+        let (wanted, checkpoint_wanted) = mpsc::sync_channel::<()>(1);
+        let copied = Arc::new(AtomicBool::new(false));
+        let bulk_copied = copied.clone();
+        let shown = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("missive-queue-checkpoint".into())
+            .spawn(move || checkpointer(&checkpoints, &checkpoint_wanted, &bulk_copied, &shown))
+            .map_err(|e| spawn_failed("checkpointer", e))?;
         let (tx, rx) = mpsc::channel::<Job>();
         let shown = path.to_path_buf();
         let commits = Arc::new(AtomicU64::new(0));
         let counter = commits.clone();
+        let wal = Wal {
+            pages: wal_pages,
+            wanted,
+            copied,
+        };
         std::thread::Builder::new()
             .name("missive-queue-sqlite".into())
-            .spawn(move || writer(conn, rx, &shown, &counter))
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Storage,
-                    format!(
-                        "queue database {}: cannot start its writer: {e}",
-                        path.display()
-                    ),
-                )
-            })?;
+            .spawn(move || writer(conn, rx, &shown, &counter, &wal))
+            .map_err(|e| spawn_failed("writer", e))?;
         Ok(Sqlite {
             path: path.to_path_buf(),
             jobs: std::sync::Mutex::new(Some(tx)),
@@ -271,8 +307,63 @@ fn db_error(path: &Path, e: &rusqlite::Error) -> Error {
     )
 }
 
+/// What the writer knows of the WAL, and how it asks for a checkpoint.
+struct Wal {
+    /// Pages in the WAL after the last commit (from the WAL hook).
+    pages: Arc<AtomicI32>,
+    wanted: mpsc::SyncSender<()>,
+    /// The checkpointer copied the bulk; the writer copies the rest.
+    copied: Arc<AtomicBool>,
+}
+
+impl Wal {
+    fn committed(&self, conn: &Connection, path: &Path) {
+        let pages = self.pages.load(Ordering::Relaxed);
+        // Between two transactions, after the callers were answered: with no commit
+        // coming in meanwhile this pass completes, and the next transaction starts
+        // the WAL over.
+        if self.copied.swap(false, Ordering::AcqRel) || pages >= CHECKPOINT_PAGES_MAX {
+            if let Err(e) = checkpoint(conn) {
+                tracing::warn!(database = %path.display(), error = %e, "queue checkpoint failed");
+            }
+        } else if pages >= CHECKPOINT_PAGES {
+            let _ = self.wanted.try_send(());
+        }
+    }
+}
+
+/// Copies what the WAL holds into the database without blocking the writer.
+fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+}
+
+/// The checkpointer thread, on its own connection, so that no COMMIT runs a
+/// checkpoint (SQLite's automatic one would, and every caller of that batch would
+/// wait for it). It copies the bulk while the writer goes on; the writer then copies
+/// the few pages committed meanwhile itself, between two transactions, so that its
+/// next one writes the WAL from its beginning again, overwriting the same file
+/// instead of growing it (an fsync after overwriting costs about half one after
+/// appending). Passes from this thread alone would seldom find the WAL fully copied
+/// while commits keep coming, and a blocking one would starve behind the writer.
+fn checkpointer(conn: &Connection, wanted: &mpsc::Receiver<()>, copied: &AtomicBool, path: &Path) {
+    while wanted.recv().is_ok() {
+        match checkpoint(conn) {
+            Ok(()) => copied.store(true, Ordering::Release),
+            Err(e) => {
+                tracing::warn!(database = %path.display(), error = %e, "queue checkpoint failed");
+            }
+        }
+    }
+}
+
 /// The writer thread: batches whatever is waiting into one transaction.
-fn writer(conn: Connection, jobs: mpsc::Receiver<Job>, path: &Path, commits: &AtomicU64) {
+fn writer(
+    conn: Connection,
+    jobs: mpsc::Receiver<Job>,
+    path: &Path,
+    commits: &AtomicU64,
+    wal: &Wal,
+) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -283,13 +374,20 @@ fn writer(conn: Connection, jobs: mpsc::Receiver<Job>, path: &Path, commits: &At
         }
         if run_batch(&conn, batch, path) {
             commits.fetch_add(1, Ordering::Relaxed);
+            wal.committed(&conn, path);
         }
     }
 }
 
+/// Runs a statement that takes no parameters, parsed once per connection: these run
+/// for every operation.
+fn statement(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
 /// Whether the batch committed.
 fn run_batch(conn: &Connection, batch: Vec<Job>, path: &Path) -> bool {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = statement(conn, "BEGIN IMMEDIATE") {
         let e = db_error(path, &e);
         for job in batch {
             job(Err(&e)).1(Err(&e));
@@ -299,24 +397,24 @@ fn run_batch(conn: &Connection, batch: Vec<Job>, path: &Path) -> bool {
     let mut answers = Vec::with_capacity(batch.len());
     for job in batch {
         // A savepoint per operation: one that fails is undone alone.
-        let saved = conn.execute_batch("SAVEPOINT op");
+        let saved = statement(conn, "SAVEPOINT op");
         let (ok, done) = match &saved {
             Ok(()) => job(Ok(conn)),
             Err(e) => job(Err(&db_error(path, e))),
         };
         if saved.is_ok() {
-            let end = if ok {
-                "RELEASE op"
+            let ended = if ok {
+                statement(conn, "RELEASE op")
             } else {
-                "ROLLBACK TO op; RELEASE op"
+                conn.execute_batch("ROLLBACK TO op; RELEASE op")
             };
-            if let Err(e) = conn.execute_batch(end) {
+            if let Err(e) = ended {
                 tracing::error!(database = %path.display(), error = %e, "queue savepoint failed");
             }
         }
         answers.push(done);
     }
-    match conn.execute_batch("COMMIT") {
+    match statement(conn, "COMMIT") {
         Ok(()) => {
             answers.into_iter().for_each(|done| done(Ok(())));
             true
@@ -787,6 +885,40 @@ mod tests {
         let commits = store.commits() - before;
         assert!(commits < 64, "64 enqueues took {commits} commits");
         assert_eq!(store.stats().await.unwrap().count(State::Queued), 64);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_checkpointer_copies_the_wal_into_the_database_and_the_wal_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let body = vec![b'x'; 24 * 1024];
+        // 800 bodies of 24 KB: about 5,000 WAL pages, five checkpoints' worth.
+        for round in 0..50 {
+            let mut tasks = Vec::new();
+            for n in 0..16 {
+                let store = store.clone();
+                let mut m = message(round * 16 + n, None);
+                m.raw = body.clone().into();
+                tasks.push(tokio::spawn(async move { store.enqueue(m).await }));
+            }
+            for t in tasks {
+                t.await.unwrap().unwrap();
+            }
+        }
+        let size = |name: &str| {
+            std::fs::metadata(dir.path().join("sub").join(name)).map_or(0, |m| m.len())
+        };
+        // Less than one checkpoint's worth may still be in the WAL only.
+        let bound = 3 * CHECKPOINT_PAGES as u64 * 4096;
+        let copied = 800 * 24 * 1024 - bound;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while size("q.db") < copied && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (db, wal) = (size("q.db"), size("q.db-wal"));
+        assert!(db >= copied, "database file: {db} bytes");
+        // Without checkpoints from the other thread it would hold everything written.
+        assert!(wal < bound, "WAL: {wal} bytes");
     }
 
     #[tokio::test]

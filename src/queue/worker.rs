@@ -526,7 +526,8 @@ mod tests {
     }
 }
 
-#[cfg(test)]
+// The loop runs on a real store: SQLite.
+#[cfg(all(test, feature = "queue-sqlite"))]
 mod loop_tests {
     use super::*;
     use crate::queue::conformance::message;

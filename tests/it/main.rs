@@ -22,9 +22,11 @@ mod oauth_cli;
 mod preview;
 #[cfg(feature = "cli")]
 mod preview_browser;
+#[cfg(feature = "queue-sqlite")]
 mod queue;
 #[cfg(feature = "cli")]
 mod queue_cli;
+#[cfg(feature = "queue-postgres")]
 mod queue_postgres;
 mod smtp;
 mod smtp_tls;

@@ -178,11 +178,20 @@ fn list_show_stats_and_operations_for_people_and_scripts() {
 fn worker_delivers_and_stops_cleanly_on_sigterm() {
     let d = Dir::new();
     let (id, mid) = d.enqueue(&[]);
+    // The worker never renders, so it starts without the template set.
+    let config = std::fs::read_to_string(d.path().join("missive.yaml")).unwrap();
+    let (templates, _) = crate::common::repo();
+    let config = config.replace(
+        &format!("templates: {}", templates.display()),
+        "templates: no-such-folder",
+    );
+    assert!(config.contains("no-such-folder"));
+    std::fs::write(d.path().join("worker.yaml"), config).unwrap();
     let mut worker = std::process::Command::new(env!("CARGO_BIN_EXE_missive"))
         .current_dir(d.path())
         .env_remove("MISSIVE_CONFIG")
         .env_remove("MISSIVE_QUEUE_URL")
-        .arg("worker")
+        .args(["--config", "worker.yaml", "worker"])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();

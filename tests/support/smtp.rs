@@ -154,6 +154,8 @@ pub struct Options {
     /// Close connections with a reset, as a kernel does when the server closes with
     /// data still unread.
     pub reset_on_close: bool,
+    /// Called with the message's number (from 1) the moment its 250 was written.
+    pub after_accept: Option<Arc<dyn Fn(usize) + Send + Sync>>,
 }
 
 impl Default for Options {
@@ -168,6 +170,7 @@ impl Default for Options {
             pipelining: true,
             late_no_recipients: false,
             reset_on_close: false,
+            after_accept: None,
         }
     }
 }
@@ -536,6 +539,9 @@ async fn session(
                     in_transaction = false;
                     to.clear();
                     conn.send(&format!("250 2.0.0 OK queued as {n}")).await?;
+                    if let Some(hook) = &options.after_accept {
+                        hook(n);
+                    }
                     if options.close_after_message {
                         Flow::Close
                     } else {
