@@ -38,6 +38,20 @@ fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
 
+/// CPU time this process has used (user + system), from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / 100.0
+}
+
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -251,8 +265,9 @@ async fn deliver_section(
 ) {
     let (config, plain, data) = (config.clone(), plain.clone(), data.clone());
     println!();
-    println!("| Delivery to an SMTP sink (4 connections) | msg/s | vs direct |");
-    println!("|---|---|---|");
+    println!("| Delivery to an SMTP sink (4 connections) | msg/s | vs direct | cores busy |");
+    println!("|---|---|---|---|");
+    let cpu = cpu_seconds();
     let direct = {
         let mailer = plain.clone();
         let data = data.clone();
@@ -265,7 +280,8 @@ async fn deliver_section(
         .await;
         rate(N, d)
     };
-    println!("| direct `send_template`, 16 callers | {direct:.0} | 1.00× |");
+    let busy = (cpu_seconds() - cpu) * direct / N as f64;
+    println!("| direct `send_template`, 16 callers | {direct:.0} | 1.00× | {busy:.2} |");
     let mut one = 0.0;
     for workers in [1, 2] {
         let q = mailer(
@@ -273,13 +289,15 @@ async fn deliver_section(
             Some(sqlite(&format!("deliver{workers}")).workers(workers)),
         );
         enqueue_rate(&q, &data, 16).await;
+        let cpu = cpu_seconds();
         let (took, _) = drain(&q, N as u64).await;
+        let busy = (cpu_seconds() - cpu) / took.as_secs_f64();
         let r = rate(N, took);
         if workers == 1 {
             one = r;
         }
         println!(
-            "| through the SQLite queue, {workers} worker{} | {r:.0} | {:.2}× (workers: {:.2}× one) |",
+            "| through the SQLite queue, {workers} worker{} | {r:.0} | {:.2}× (workers: {:.2}× one) | {busy:.2} |",
             if workers == 1 { "" } else { "s" },
             r / direct,
             r / one

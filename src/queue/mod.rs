@@ -51,9 +51,11 @@ pub struct QueueConfig {
     /// How often an idle worker looks for due messages that no wake-up announced
     /// (deferred ones coming due, or messages another process queued in SQLite).
     pub poll: Duration,
-    /// Messages one worker holds at once (`None`: four per transport connection, so
-    /// that while some are on the wire the outcomes of others share a commit). Each
-    /// message on the wire is one that a crash right after its 250 sends twice.
+    /// Messages one worker holds at once (`None`: sixteen for each message the
+    /// transport carries at once, 128 for a pool of four SMTP connections). A message
+    /// keeps its slot until its outcome is committed, so a worker holding fewer waits
+    /// on its own commits rather than on the transport. Each message on the wire is
+    /// one that a crash right after its 250 sends twice.
     pub in_flight: Option<usize>,
 }
 

@@ -62,6 +62,12 @@ impl Deliver for Through {
     }
 }
 
+/// Messages a worker holds for each send its transport carries at once. A slot is held
+/// through the outcome's commit; with four per send (the first default) one worker
+/// waited on its commits: on the SQLite queue bench, one worker with 32, 64 and 128
+/// slots on four SMTP connections delivered 8,111, 12,093 and 17,165 messages/s.
+const IN_FLIGHT_PER_SEND: usize = 16;
+
 /// Runs `count` workers on `queue` until `shutdown` resolves, then lets what is in
 /// flight finish and returns.
 pub(crate) async fn run(
@@ -75,7 +81,7 @@ pub(crate) async fn run(
     let in_flight = queue
         .config()
         .in_flight
-        .unwrap_or(deliver.parallelism().max(1) * 4);
+        .unwrap_or(deliver.parallelism().max(1) * IN_FLIGHT_PER_SEND);
     let mut workers = JoinSet::new();
     for n in 0..count.max(1) {
         let worker = Worker {
