@@ -97,7 +97,11 @@ impl Stylesheets {
             let plan = self.plan(&gathered.html, &split, &shape, file)?;
             match &*plan {
                 Plan::Styles { styles, hidden } => {
-                    let text = want_text.then(|| text::from_tokens(tokens, Some(hidden)));
+                    let planned = text::Planned {
+                        hidden_by_style: hidden,
+                        marks: &shape.marks,
+                    };
+                    let text = want_text.then(|| text::from_tokens(tokens, Some(planned)));
                     (apply(&gathered.html, &shape, styles), text)
                 }
                 Plan::Direct => {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::html::{self, Scanner, Token};
-use crate::text;
+use crate::text::{self, Marks};
 
 use super::css_inline_direct;
 use super::rules::Split;
@@ -44,20 +44,23 @@ pub(super) enum Plan {
 }
 
 /// A document's start tags and everything selector matching can see of it.
-pub(super) struct Shape {
+pub(super) struct Shape<'a> {
     /// Byte range of each start tag, and of its name within it.
     pub(super) tags: Vec<(Range<usize>, usize)>,
+    /// What the text part reads of each start tag's attributes.
+    pub(super) marks: Vec<Marks<'a>>,
     /// Tag names, the attributes present and the values selectors may test, in order,
     /// each piece length-prefixed so that no two shapes write the same bytes.
     pub(super) signature: Vec<u8>,
 }
 
-impl Shape {
+impl<'a> Shape<'a> {
     /// The shape of the document `tokens` make up (as [`Scanner`] gives them; a text
     /// run may come in pieces, and reads as one).
-    pub(super) fn of(tokens: &[(Token<'_>, Range<usize>)], split: &Split) -> Shape {
+    pub(super) fn of(tokens: &[(Token<'a>, Range<usize>)], split: &Split) -> Shape<'a> {
         let mut signature = Vec::with_capacity(tokens.len() * 8);
         let mut tags = Vec::new();
+        let mut marks = Vec::new();
         let mut after_text = false;
         for (token, range) in tokens {
             let text = matches!(token, Token::Text(_));
@@ -66,7 +69,9 @@ impl Shape {
                     tags.push((range.clone(), name.len()));
                     signature.push(0);
                     push_lower(&mut signature, name);
+                    let mut mark = Marks::default();
                     for (attr, value) in html::attributes(attrs) {
+                        mark.note(attr, value);
                         let keyed = KEY_ATTRIBUTES.iter().any(|k| k.eq_ignore_ascii_case(attr))
                             || split
                                 .selector_attributes
@@ -78,6 +83,7 @@ impl Shape {
                             push_piece(&mut signature, value.as_bytes());
                         }
                     }
+                    marks.push(mark);
                 }
                 Token::End { name } => {
                     signature.push(1);
@@ -99,11 +105,15 @@ impl Shape {
             }
             after_text = text;
         }
-        Shape { tags, signature }
+        Shape {
+            tags,
+            marks,
+            signature,
+        }
     }
 
     #[cfg(test)]
-    pub(super) fn of_html(html: &str, split: &Split) -> Shape {
+    pub(super) fn of_html(html: &'a str, split: &Split) -> Shape<'a> {
         Shape::of(&Scanner::new(html).collect::<Vec<_>>(), split)
     }
 }
