@@ -277,6 +277,7 @@ mod tests {
             "<html><head><link rel=stylesheet href=a.css></head><body><p></p><p>x</p><a x-apple-data-detectors href=x>y</a></body></html>",
             "<link rel=stylesheet href=a.css><div class='x y' style='color: blue'>q</div><ul><li>1<li>2</ul>",
             "<link rel=stylesheet href=a.css><table><tbody><tr><td style=\"color: green\">a</td></tr></tbody></table><br/><img src=x />",
+            "<table><tr><td style=color:green>a</td><td class=q style=color:green/>b</td></tr></table>",
             "<link rel=stylesheet href=a.css>text before html<p>para<p>unclosed<div><table><tr><td>x</td></tr></table></div>",
         ];
         for doc in docs {

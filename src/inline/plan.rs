@@ -49,6 +49,9 @@ pub(super) struct Shape<'a> {
     pub(super) tags: Vec<(Range<usize>, usize)>,
     /// What the text part reads of each start tag's attributes.
     pub(super) marks: Vec<Marks<'a>>,
+    /// The range of each start tag's first `style` attribute, from the end of its
+    /// name, for [`apply`].
+    pub(super) styles: Vec<Option<Range<usize>>>,
     /// Tag names, the attributes present and the values selectors may test, in order,
     /// each piece length-prefixed so that no two shapes write the same bytes.
     pub(super) signature: Vec<u8>,
@@ -61,6 +64,7 @@ impl<'a> Shape<'a> {
         let mut signature = Vec::with_capacity(tokens.len() * 8);
         let mut tags = Vec::new();
         let mut marks = Vec::new();
+        let mut styles = Vec::new();
         let mut after_text = false;
         for (token, range) in tokens {
             let text = matches!(token, Token::Text(_));
@@ -70,8 +74,12 @@ impl<'a> Shape<'a> {
                     signature.push(0);
                     push_lower(&mut signature, name);
                     let mut mark = Marks::default();
-                    for (attr, value) in html::attributes(attrs) {
+                    let mut style = None;
+                    for (attr, value, span) in html::attribute_spans(attrs) {
                         mark.note(attr, value);
+                        if style.is_none() && attr.eq_ignore_ascii_case("style") {
+                            style = Some(span);
+                        }
                         let keyed = KEY_ATTRIBUTES.iter().any(|k| k.eq_ignore_ascii_case(attr))
                             || split
                                 .selector_attributes
@@ -84,6 +92,7 @@ impl<'a> Shape<'a> {
                         }
                     }
                     marks.push(mark);
+                    styles.push(style);
                 }
                 Token::End { name } => {
                     signature.push(1);
@@ -108,6 +117,7 @@ impl<'a> Shape<'a> {
         Shape {
             tags,
             marks,
+            styles,
             signature,
         }
     }
@@ -207,13 +217,13 @@ pub(super) fn apply(html: &str, shape: &Shape, styles: &[Option<Box<str>>]) -> S
     let extra: usize = styles.iter().flatten().map(|s| s.len() + 9).sum();
     let mut out = String::with_capacity(html.len() + extra);
     let mut copied = 0;
-    for ((range, name_len), style) in shape.tags.iter().zip(styles) {
+    for (((range, name_len), at), style) in shape.tags.iter().zip(&shape.styles).zip(styles) {
         let Some(style) = style else { continue };
         let attrs_start = range.start + 1 + name_len;
-        let tag = &html[attrs_start..range.end];
-        let existing = html::attribute_spans(tag).find(|(n, _, _)| n.eq_ignore_ascii_case("style"));
-        match existing {
-            Some((_, _, span)) => {
+        // The attributes as the shape read them, without the tag's `>`: an unquoted
+        // value that ends the tag keeps its `>`.
+        match at {
+            Some(span) => {
                 out.push_str(&html[copied..attrs_start + span.start]);
                 copied = attrs_start + span.end;
             }
@@ -230,4 +240,34 @@ pub(super) fn apply(html: &str, shape: &Shape, styles: &[Option<Box<str>>]) -> S
     }
     out.push_str(&html[copied..]);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The planned style takes the place of the one written, whatever its quoting; an
+    /// unquoted value that ends the tag once took the tag's `>` with it.
+    #[test]
+    fn the_planned_style_replaces_the_written_one_and_keeps_the_tag_whole() {
+        let split = super::super::rules::split_rules("p { color: red }");
+        for (html, want) in [
+            ("<p style=color:green>x</p>", "<p style=\"c\">x</p>"),
+            (
+                "<p id=a style=color:green/>x</p>",
+                "<p id=a style=\"c\">x</p>",
+            ),
+            ("<p style='a' id=b>x</p>", "<p style=\"c\" id=b>x</p>"),
+            (
+                "<p style=\"a\" style=b>x</p>",
+                "<p style=\"c\" style=b>x</p>",
+            ),
+            ("<p id=b>x</p>", "<p id=b style=\"c\">x</p>"),
+            ("<p id=b/>x</p>", "<p id=b/ style=\"c\">x</p>"),
+            ("<p id=\"b\"/>x</p>", "<p id=\"b\" style=\"c\"/>x</p>"),
+        ] {
+            let shape = Shape::of_html(html, &split);
+            assert_eq!(apply(html, &shape, &[Some("c".into())]), want, "{html}");
+        }
+    }
 }
