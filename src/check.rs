@@ -110,10 +110,11 @@ fn check_set(set: &TemplateSet, from: &Mailbox, report: &mut Report) {
                 continue;
             }
             report.renders += 1;
-            let result = render::render_variant(set, variant, &example, &Default::default())
-                .and_then(|rendered| {
-                    message::build(rendered, &[], Some(from), &message::MessageId::Random)
-                });
+            let result =
+                render::render_variant(set, variant, &Arc::new(example), &Default::default())
+                    .and_then(|rendered| {
+                        message::build(rendered, &[], Some(from), &message::MessageId::Random)
+                    });
             match result {
                 // It uses a file that failed to load, which has its own error.
                 Err(e) if e.is_follow_on() => {}

@@ -340,7 +340,7 @@ impl Mailer {
             mailer: self.clone(),
             name: name.to_string(),
             locale: None,
-            data: Ok(serde_json::Value::Object(Default::default())),
+            data: Ok(Arc::new(serde_json::Value::Object(Default::default()))),
             to: None,
             cc: None,
             bcc: None,
@@ -471,7 +471,7 @@ pub struct TemplateMessage {
     mailer: Mailer,
     name: String,
     locale: Option<String>,
-    data: Result<serde_json::Value, String>,
+    data: Result<Arc<serde_json::Value>, String>,
     to: Option<Vec<String>>,
     cc: Option<Vec<String>>,
     bcc: Option<Vec<String>>,
@@ -484,7 +484,9 @@ pub struct TemplateMessage {
 impl TemplateMessage {
     /// The data the template renders with.
     pub fn data(mut self, data: &impl Serialize) -> Self {
-        self.data = serde_json::to_value(data).map_err(|e| e.to_string());
+        self.data = serde_json::to_value(data)
+            .map(Arc::new)
+            .map_err(|e| e.to_string());
         self
     }
 
@@ -578,7 +580,7 @@ impl TemplateMessage {
         }
     }
 
-    fn checked_data(&self) -> Result<&serde_json::Value> {
+    fn checked_data(&self) -> Result<&Arc<serde_json::Value>> {
         self.data.as_ref().map_err(|e| {
             Error::new(
                 ErrorKind::InvalidData,
@@ -731,7 +733,11 @@ struct Parts {
     overrides: render::Overrides,
 }
 
-fn render_message(set: &TemplateSet, parts: &Parts, data: &serde_json::Value) -> Result<Rendered> {
+fn render_message(
+    set: &TemplateSet,
+    parts: &Parts,
+    data: &Arc<serde_json::Value>,
+) -> Result<Rendered> {
     render::render(
         set,
         &parts.name,

@@ -2,6 +2,7 @@
 //! inlined CSS, text part. The result is everything the message needs, nothing sent.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use lettre::message::Mailbox;
 use serde::ser::SerializeMap;
@@ -11,6 +12,8 @@ use crate::address::{self, Header};
 use crate::error::{Error, ErrorKind, Result};
 use crate::templates::front_matter::TextMode;
 use crate::templates::{Field, TemplateSet, Variant};
+
+mod json;
 
 /// A rendered template: headers and bodies, ready to become a message.
 ///
@@ -126,7 +129,7 @@ pub(crate) fn render(
     set: &TemplateSet,
     name: &str,
     locale: Option<&str>,
-    data: &serde_json::Value,
+    data: &Arc<serde_json::Value>,
     overrides: &Overrides,
 ) -> Result<Rendered> {
     render_variant(set, set.variant(name, locale)?, data, overrides)
@@ -137,7 +140,7 @@ pub(crate) fn render(
 pub(crate) fn render_variant(
     set: &TemplateSet,
     variant: &Variant,
-    data: &serde_json::Value,
+    data: &Arc<serde_json::Value>,
     overrides: &Overrides,
 ) -> Result<Rendered> {
     let name = variant.name.as_str();
@@ -145,7 +148,7 @@ pub(crate) fn render_variant(
     if let Some(schema) = &variant.schema {
         schema.check(name, data)?;
     }
-    let ctx = minijinja::Value::from_serialize(data);
+    let ctx = json::context(data);
     let fields = &variant.fields.header;
     let values = if overrides.any() {
         let given = minijinja::context! {

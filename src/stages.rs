@@ -60,7 +60,13 @@ impl Stages {
 
     /// Every stage at once, as `send` runs them before MIME.
     pub fn rendered(&self, data: &serde_json::Value) -> Result<Rendered> {
-        render::render(&self.set, &self.name, None, data, &Default::default())
+        render::render(
+            &self.set,
+            &self.name,
+            None,
+            &std::sync::Arc::new(data.clone()),
+            &Default::default(),
+        )
     }
 
     /// Builds the MIME message of a rendered template.

@@ -20,7 +20,7 @@ pub(crate) fn from_html(html: &str) -> String {
 /// for the inlined document, without reading its long `style` attributes.
 pub(crate) fn from_tokens<'a>(
     tokens: impl IntoIterator<Item = (Token<'a>, Range<usize>)>,
-    hidden_by_style: Option<&[bool]>,
+    planned: Option<Planned<'_, 'a>>,
 ) -> String {
     let mut state = State::default();
     let mut index = 0;
@@ -31,9 +31,15 @@ pub(crate) fn from_tokens<'a>(
                 attrs,
                 self_closing,
             } => {
-                let planned = hidden_by_style.map(|h| h.get(index).copied().unwrap_or(false));
+                let tag = match planned {
+                    Some(p) => Tag::Planned {
+                        hidden_by_style: p.hidden_by_style.get(index).copied().unwrap_or(false),
+                        marks: p.marks.get(index).copied().unwrap_or_default(),
+                    },
+                    None => Tag::Attributes(attrs),
+                };
                 index += 1;
-                state.start(&lower(name), attrs, self_closing, planned);
+                state.start(&lower(name), tag, self_closing);
             }
             Token::End { name } => state.end(&lower(name)),
             Token::Text(text) if state.hidden.is_none() => {
@@ -43,6 +49,45 @@ pub(crate) fn from_tokens<'a>(
         }
     }
     state.finish()
+}
+
+/// What the inliner already knows of each start tag, in document order: whether its
+/// planned style hides it, and the attributes the text part reads (noted as the shape
+/// read them), so that no tag's attributes are parsed again here.
+#[derive(Clone, Copy)]
+pub(crate) struct Planned<'p, 'a> {
+    pub(crate) hidden_by_style: &'p [bool],
+    pub(crate) marks: &'p [Marks<'a>],
+}
+
+/// The attributes of a start tag the text part reads, besides `style`.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Marks<'a> {
+    hidden: bool,
+    href: Option<&'a str>,
+    alt: Option<&'a str>,
+}
+
+impl<'a> Marks<'a> {
+    /// Takes in attribute `key`; of a repeated `href` or `alt` the last counts.
+    pub(crate) fn note(&mut self, key: &str, value: &'a str) {
+        if key.eq_ignore_ascii_case("hidden") {
+            self.hidden = true;
+        } else if key.eq_ignore_ascii_case("href") {
+            self.href = Some(value);
+        } else if key.eq_ignore_ascii_case("alt") {
+            self.alt = Some(value);
+        }
+    }
+}
+
+/// A start tag's attributes: as written, or as the inliner read them.
+enum Tag<'a> {
+    Attributes(&'a str),
+    Planned {
+        hidden_by_style: bool,
+        marks: Marks<'a>,
+    },
 }
 
 fn lower(name: &str) -> Cow<'_, str> {
@@ -132,34 +177,35 @@ impl State {
         self.pending_space = false;
     }
 
-    /// `hidden_by_style`, when given, says whether the element's style hides it, in
-    /// place of its `style` attribute.
-    fn start(
-        &mut self,
-        name: &str,
-        attrs: &str,
-        self_closing: bool,
-        hidden_by_style: Option<bool>,
-    ) {
+    /// A planned `tag` says whether the element's style hides it, in place of its
+    /// `style` attribute.
+    fn start(&mut self, name: &str, tag: Tag<'_>, self_closing: bool) {
         if let Some((hidden, depth)) = &mut self.hidden {
             if hidden == name && !VOID.contains(&name) {
                 *depth += 1;
             }
             return;
         }
-        let (mut href, mut alt) = (None, None);
-        let mut invisible = hidden_by_style.unwrap_or(false);
-        for (key, value) in html::attributes(attrs) {
-            if key.eq_ignore_ascii_case("style") {
-                invisible |= hidden_by_style.is_none() && hides(value);
-            } else if key.eq_ignore_ascii_case("hidden") {
-                invisible = true;
-            } else if key.eq_ignore_ascii_case("href") {
-                href = Some(value);
-            } else if key.eq_ignore_ascii_case("alt") {
-                alt = Some(value);
+        let (marks, mut invisible) = match tag {
+            Tag::Planned {
+                hidden_by_style,
+                marks,
+            } => (marks, hidden_by_style),
+            Tag::Attributes(attrs) => {
+                let mut marks = Marks::default();
+                let mut styled_away = false;
+                for (key, value) in html::attributes(attrs) {
+                    if key.eq_ignore_ascii_case("style") {
+                        styled_away |= hides(value);
+                    } else {
+                        marks.note(key, value);
+                    }
+                }
+                (marks, styled_away)
             }
-        }
+        };
+        let Marks { hidden, href, alt } = marks;
+        invisible |= hidden;
         invisible |= matches!(name, "head" | "style" | "script" | "title" | "template");
         if invisible {
             if !VOID.contains(&name) && !self_closing {

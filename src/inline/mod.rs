@@ -97,7 +97,11 @@ impl Stylesheets {
             let plan = self.plan(&gathered.html, &split, &shape, file)?;
             match &*plan {
                 Plan::Styles { styles, hidden } => {
-                    let text = want_text.then(|| text::from_tokens(tokens, Some(hidden)));
+                    let planned = text::Planned {
+                        hidden_by_style: hidden,
+                        marks: &shape.marks,
+                    };
+                    let text = want_text.then(|| text::from_tokens(tokens, Some(planned)));
                     (apply(&gathered.html, &shape, styles), text)
                 }
                 Plan::Direct => {
@@ -273,6 +277,7 @@ mod tests {
             "<html><head><link rel=stylesheet href=a.css></head><body><p></p><p>x</p><a x-apple-data-detectors href=x>y</a></body></html>",
             "<link rel=stylesheet href=a.css><div class='x y' style='color: blue'>q</div><ul><li>1<li>2</ul>",
             "<link rel=stylesheet href=a.css><table><tbody><tr><td style=\"color: green\">a</td></tr></tbody></table><br/><img src=x />",
+            "<table><tr><td style=color:green>a</td><td class=q style=color:green/>b</td></tr></table>",
             "<link rel=stylesheet href=a.css>text before html<p>para<p>unclosed<div><table><tr><td>x</td></tr></table></div>",
         ];
         for doc in docs {

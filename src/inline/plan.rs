@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::html::{self, Scanner, Token};
-use crate::text;
+use crate::text::{self, Marks};
 
 use super::css_inline_direct;
 use super::rules::Split;
@@ -44,20 +44,27 @@ pub(super) enum Plan {
 }
 
 /// A document's start tags and everything selector matching can see of it.
-pub(super) struct Shape {
+pub(super) struct Shape<'a> {
     /// Byte range of each start tag, and of its name within it.
     pub(super) tags: Vec<(Range<usize>, usize)>,
+    /// What the text part reads of each start tag's attributes.
+    pub(super) marks: Vec<Marks<'a>>,
+    /// The range of each start tag's first `style` attribute, from the end of its
+    /// name, for [`apply`].
+    pub(super) styles: Vec<Option<Range<usize>>>,
     /// Tag names, the attributes present and the values selectors may test, in order,
     /// each piece length-prefixed so that no two shapes write the same bytes.
     pub(super) signature: Vec<u8>,
 }
 
-impl Shape {
+impl<'a> Shape<'a> {
     /// The shape of the document `tokens` make up (as [`Scanner`] gives them; a text
     /// run may come in pieces, and reads as one).
-    pub(super) fn of(tokens: &[(Token<'_>, Range<usize>)], split: &Split) -> Shape {
+    pub(super) fn of(tokens: &[(Token<'a>, Range<usize>)], split: &Split) -> Shape<'a> {
         let mut signature = Vec::with_capacity(tokens.len() * 8);
         let mut tags = Vec::new();
+        let mut marks = Vec::new();
+        let mut styles = Vec::new();
         let mut after_text = false;
         for (token, range) in tokens {
             let text = matches!(token, Token::Text(_));
@@ -66,7 +73,13 @@ impl Shape {
                     tags.push((range.clone(), name.len()));
                     signature.push(0);
                     push_lower(&mut signature, name);
-                    for (attr, value) in html::attributes(attrs) {
+                    let mut mark = Marks::default();
+                    let mut style = None;
+                    for (attr, value, span) in html::attribute_spans(attrs) {
+                        mark.note(attr, value);
+                        if style.is_none() && attr.eq_ignore_ascii_case("style") {
+                            style = Some(span);
+                        }
                         let keyed = KEY_ATTRIBUTES.iter().any(|k| k.eq_ignore_ascii_case(attr))
                             || split
                                 .selector_attributes
@@ -78,6 +91,8 @@ impl Shape {
                             push_piece(&mut signature, value.as_bytes());
                         }
                     }
+                    marks.push(mark);
+                    styles.push(style);
                 }
                 Token::End { name } => {
                     signature.push(1);
@@ -99,11 +114,16 @@ impl Shape {
             }
             after_text = text;
         }
-        Shape { tags, signature }
+        Shape {
+            tags,
+            marks,
+            styles,
+            signature,
+        }
     }
 
     #[cfg(test)]
-    pub(super) fn of_html(html: &str, split: &Split) -> Shape {
+    pub(super) fn of_html(html: &'a str, split: &Split) -> Shape<'a> {
         Shape::of(&Scanner::new(html).collect::<Vec<_>>(), split)
     }
 }
@@ -197,13 +217,13 @@ pub(super) fn apply(html: &str, shape: &Shape, styles: &[Option<Box<str>>]) -> S
     let extra: usize = styles.iter().flatten().map(|s| s.len() + 9).sum();
     let mut out = String::with_capacity(html.len() + extra);
     let mut copied = 0;
-    for ((range, name_len), style) in shape.tags.iter().zip(styles) {
+    for (((range, name_len), at), style) in shape.tags.iter().zip(&shape.styles).zip(styles) {
         let Some(style) = style else { continue };
         let attrs_start = range.start + 1 + name_len;
-        let tag = &html[attrs_start..range.end];
-        let existing = html::attribute_spans(tag).find(|(n, _, _)| n.eq_ignore_ascii_case("style"));
-        match existing {
-            Some((_, _, span)) => {
+        // The attributes as the shape read them, without the tag's `>`: an unquoted
+        // value that ends the tag keeps its `>`.
+        match at {
+            Some(span) => {
                 out.push_str(&html[copied..attrs_start + span.start]);
                 copied = attrs_start + span.end;
             }
@@ -220,4 +240,34 @@ pub(super) fn apply(html: &str, shape: &Shape, styles: &[Option<Box<str>>]) -> S
     }
     out.push_str(&html[copied..]);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The planned style takes the place of the one written, whatever its quoting; an
+    /// unquoted value that ends the tag once took the tag's `>` with it.
+    #[test]
+    fn the_planned_style_replaces_the_written_one_and_keeps_the_tag_whole() {
+        let split = super::super::rules::split_rules("p { color: red }");
+        for (html, want) in [
+            ("<p style=color:green>x</p>", "<p style=\"c\">x</p>"),
+            (
+                "<p id=a style=color:green/>x</p>",
+                "<p id=a style=\"c\">x</p>",
+            ),
+            ("<p style='a' id=b>x</p>", "<p style=\"c\" id=b>x</p>"),
+            (
+                "<p style=\"a\" style=b>x</p>",
+                "<p style=\"c\" style=b>x</p>",
+            ),
+            ("<p id=b>x</p>", "<p id=b style=\"c\">x</p>"),
+            ("<p id=b/>x</p>", "<p id=b/ style=\"c\">x</p>"),
+            ("<p id=\"b\"/>x</p>", "<p id=\"b\" style=\"c\"/>x</p>"),
+        ] {
+            let shape = Shape::of_html(html, &split);
+            assert_eq!(apply(html, &shape, &[Some("c".into())]), want, "{html}");
+        }
+    }
 }

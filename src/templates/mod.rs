@@ -1034,7 +1034,7 @@ mod tests {
             set,
             name,
             None,
-            &serde_json::json!({"n": 1}),
+            &std::sync::Arc::new(serde_json::json!({"n": 1})),
             &Default::default(),
         )
         .unwrap()
