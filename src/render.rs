@@ -295,6 +295,47 @@ fn field_error(file: &Path, f: &Field, reason: &str) -> Error {
 mod tests {
     use super::*;
 
+    /// Negative-step slices follow Python, and an empty list reversed is empty rather
+    /// than a panic (the vendored minijinja's `range_step_backwards`).
+    #[test]
+    fn slices_with_a_negative_step_follow_python() {
+        let env = minijinja::Environment::new();
+        let cases = [
+            (
+                "{{ items[::-1]|join(',') }}",
+                serde_json::json!({"items": []}),
+                "",
+            ),
+            ("{{ s[::-1] }}", serde_json::json!({"s": ""}), ""),
+            (
+                "{{ items[::-1]|join(',') }}",
+                serde_json::json!({"items": [1, 2, 3]}),
+                "3,2,1",
+            ),
+            ("{{ s[3:0:-1] }}", serde_json::json!({"s": "abcd"}), "dcb"),
+            ("{{ s[::-2] }}", serde_json::json!({"s": "abcde"}), "eca"),
+            (
+                "{{ items[0:2:-1]|length }}",
+                serde_json::json!({"items": [1, 2, 3]}),
+                "0",
+            ),
+            (
+                "{{ items[-1:-4:-1]|join(',') }}",
+                serde_json::json!({"items": [1, 2, 3, 4, 5]}),
+                "5,4,3",
+            ),
+            (
+                "{{ items[10:1:-1]|join(',') }}",
+                serde_json::json!({"items": [1, 2, 3]}),
+                "3",
+            ),
+        ];
+        for (template, data, want) in cases {
+            let got = env.render_str(template, &data).unwrap();
+            assert_eq!(got, want, "{template} with {data}");
+        }
+    }
+
     /// Issue: inlining by plan must give what plain css-inline gives, on every template and
     /// example of the repository's set, with the plan cache cold and warm.
     #[test]

@@ -113,23 +113,19 @@ fn range_step_backwards(
     step: usize,
     end: usize,
 ) -> impl Iterator<Item = usize> {
-    let start = match start {
-        None => end.saturating_sub(1),
-        Some(start) if start >= end as i64 => end.saturating_sub(1),
-        Some(start) if start >= 0 => start as usize,
-        Some(start) => (end as i64 + start).max(0) as usize,
-    };
-    let stop = match stop {
-        None => 0,
-        Some(stop) if stop < 0 => (end as i64 + stop).max(0) as usize,
-        Some(stop) => stop as usize,
-    };
-    let length = if stop == 0 {
-        (start + step) / step
+    // Python's rules for a negative step: indices from `start` down to, not including,
+    // `stop`; negative bounds count from the end; an omitted `stop` runs through index 0.
+    let n = end as i64;
+    let clamp = move |v: i64| if v < 0 { (v + n).max(-1) } else { v.min(n - 1) };
+    let start = start.map_or(n - 1, clamp);
+    let stop = stop.map_or(-1, clamp);
+    let step = step.max(1) as i64;
+    let count = if start > stop {
+        ((start - stop - 1) / step + 1) as usize
     } else {
-        (start - stop + step - 1) / step
+        0
     };
-    (stop..=start).rev().step_by(step).take(length)
+    (0..count).map(move |k| (start - k as i64 * step) as usize)
 }
 
 pub fn slice(value: Value, start: Value, stop: Value, step: Value) -> Result<Value, Error> {
