@@ -6,6 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use missive::{async_trait, Delivery, Email, Mailer, Transport};
+
+#[path = "support/process.rs"]
+mod process;
 use serde_json::Value;
 
 const CHILD: &str = "--burst-child";
@@ -86,13 +89,5 @@ fn with_items(base: &Value, n: usize) -> Value {
 }
 
 fn peak_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
+    process::status_kib("VmHWM") as f64 / 1024.0
 }

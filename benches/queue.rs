@@ -13,8 +13,11 @@
 #[path = "../tests/support/postgres.rs"]
 #[allow(dead_code)]
 mod postgres;
+#[path = "support/process.rs"]
+mod process;
 #[path = "support/sink.rs"]
 mod sink;
+use process::{cpu_seconds, rss_kib};
 
 use std::time::{Duration, Instant};
 
@@ -36,32 +39,6 @@ fn main() {
 
 fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
-}
-
-/// CPU time this process has used (user + system), from /proc/self/stat.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let ticks: u64 = after
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|v| v.parse::<u64>().ok())
-        .sum();
-    ticks as f64 / 100.0
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn config(dir: &std::path::Path, port: u16) -> missive::Config {

@@ -6,6 +6,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+#[path = "support/process.rs"]
+mod process;
+use process::rss_kib;
+
 use missive::{Config, Mailer};
 use serde_json::{json, Value};
 
@@ -466,19 +470,6 @@ fn ms(d: Duration) -> String {
 fn us(d: Duration) -> String {
     format!("{:.0} µs", d.as_secs_f64() * 1e6)
 }
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
