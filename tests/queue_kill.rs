@@ -328,7 +328,21 @@ async fn kill_between_250_and_commit(
     const KILLED_AT: usize = 5;
     let child: std::sync::Arc<std::sync::Mutex<Option<Child>>> = std::sync::Arc::default();
     let killer = child.clone();
+    let stopper = child.clone();
     let smtp = FakeSmtp::start(Options {
+        // Stopped before the 250 goes out, so the child cannot read it and commit the
+        // outcome before the kill lands, however the two processes are scheduled.
+        before_accept: Some(std::sync::Arc::new(move |n| {
+            if n == KILLED_AT {
+                if let Some(child) = stopper.lock().unwrap().as_ref() {
+                    let stopped = std::process::Command::new("kill")
+                        .args(["-STOP", &child.id().to_string()])
+                        .status()
+                        .unwrap();
+                    assert!(stopped.success(), "kill -STOP");
+                }
+            }
+        })),
         after_accept: Some(std::sync::Arc::new(move |n| {
             if n == KILLED_AT {
                 if let Some(child) = killer.lock().unwrap().as_mut() {

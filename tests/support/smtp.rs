@@ -154,6 +154,9 @@ pub struct Options {
     /// Close connections with a reset, as a kernel does when the server closes with
     /// data still unread.
     pub reset_on_close: bool,
+    /// Called with the message's number (from 1) once it is recorded, just before its
+    /// 250 is written.
+    pub before_accept: Option<Arc<dyn Fn(usize) + Send + Sync>>,
     /// Called with the message's number (from 1) the moment its 250 was written.
     pub after_accept: Option<Arc<dyn Fn(usize) + Send + Sync>>,
 }
@@ -170,6 +173,7 @@ impl Default for Options {
             pipelining: true,
             late_no_recipients: false,
             reset_on_close: false,
+            before_accept: None,
             after_accept: None,
         }
     }
@@ -538,6 +542,9 @@ async fn session(
                     };
                     in_transaction = false;
                     to.clear();
+                    if let Some(hook) = &options.before_accept {
+                        hook(n);
+                    }
                     conn.send(&format!("250 2.0.0 OK queued as {n}")).await?;
                     if let Some(hook) = &options.after_accept {
                         hook(n);
