@@ -483,10 +483,35 @@ pub struct TemplateMessage {
 
 impl TemplateMessage {
     /// The data the template renders with.
+    ///
+    /// It is serialised into JSON first, to be checked against the template's schema;
+    /// data that already is JSON can skip that copy with [`json`](Self::json).
     pub fn data(mut self, data: &impl Serialize) -> Self {
         self.data = serde_json::to_value(data)
             .map(Arc::new)
             .map_err(|e| e.to_string());
+        self
+    }
+
+    /// The data the template renders with, as JSON the caller already holds: a
+    /// request body, a row's JSON column, or one value shared by many messages.
+    /// Nothing is copied, where [`data`](Self::data) serialises its argument (for a
+    /// 50-item receipt, about a sixth of the render).
+    ///
+    /// ```
+    /// # let (mailer, _inbox) = missive::Mailer::for_tests(concat!(env!("CARGO_MANIFEST_DIR"), "/templates"));
+    /// use std::sync::Arc;
+    ///
+    /// let data = Arc::new(mailer.example("welcome", 0)?);
+    /// for to in ["ada@example.com", "grace@example.com"] {
+    ///     let rendered = mailer.template("welcome").json(data.clone()).to(to).render()?;
+    ///     assert!(rendered.html().contains("Ada"));
+    ///     assert_eq!(rendered.to(), [to]);
+    /// }
+    /// # Ok::<(), missive::Error>(())
+    /// ```
+    pub fn json(mut self, data: impl Into<Arc<serde_json::Value>>) -> Self {
+        self.data = Ok(data.into());
         self
     }
 
