@@ -551,47 +551,50 @@ fn claim_rows(
     let until = now.plus(lease);
     let mut claimed = Vec::with_capacity(ids.len());
     for id in ids {
-        let (state, owner, attempts): (String, Option<String>, u32) = conn
+        let (state, owner, row) = conn
             .prepare_cached(
-                "SELECT state, lease_owner, attempts FROM missive_messages WHERE id = ?1",
+                "SELECT state, lease_owner, message_id, template, tags, envelope_from, \
+                 recipients, attempts, expires_at FROM missive_messages WHERE id = ?1",
             )?
-            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            .query_row([id], |r| {
+                let state: String = r.get(0)?;
+                let owner: Option<String> = r.get(1)?;
+                let tags: String = r.get(4)?;
+                let recipients: String = r.get(6)?;
+                let row = Claimed {
+                    id,
+                    message_id: r.get(2)?,
+                    template: r.get(3)?,
+                    tags: json_column(&tags, 4)?,
+                    envelope_from: r.get(5)?,
+                    recipients: json_column(&recipients, 6)?,
+                    raw: bytes::Bytes::new(),
+                    attempt: r.get::<_, u32>(7)? + 1,
+                    expires_at: Timestamp(r.get(8)?),
+                };
+                Ok((state, owner, row))
+            })?;
         if state == "sending" {
             conn.execute(
                 "INSERT INTO missive_attempts (message, attempt, at, outcome, code, reply, worker) \
                  VALUES (?1, ?2, ?3, 'unknown', NULL, ?4, ?5)",
                 params![
                     id,
-                    attempts,
+                    row.attempt - 1,
                     now.0,
                     "the worker stopped renewing its lease mid-attempt; it may have been delivered",
                     owner.unwrap_or_default()
                 ],
             )?;
         }
-        let row = conn.prepare_cached(
-            "UPDATE missive_messages SET state = 'sending', attempts = attempts + 1, \
+        // Read above rather than with `RETURNING`, which SQLite runs as a trigger, with a
+        // statement journal that copies every page the update touches.
+        conn.prepare_cached(
+            "UPDATE missive_messages SET state = 'sending', attempts = ?5, \
              lease_owner = ?2, lease_until = ?3, next_attempt_at = ?3, updated_at = ?4 \
-             WHERE id = ?1 \
-             RETURNING id, message_id, template, tags, envelope_from, recipients, attempts, expires_at",
-        )?.query_row(
-            params![id, worker, until.0, now.0],
-            |r| {
-                let tags: String = r.get(3)?;
-                let recipients: String = r.get(5)?;
-                Ok(Claimed {
-                    id: r.get(0)?,
-                    message_id: r.get(1)?,
-                    template: r.get(2)?,
-                    tags: json_column(&tags, 3)?,
-                    envelope_from: r.get(4)?,
-                    recipients: json_column(&recipients, 5)?,
-                    raw: bytes::Bytes::new(),
-                    attempt: r.get(6)?,
-                    expires_at: Timestamp(r.get(7)?),
-                })
-            },
-        )?;
+             WHERE id = ?1",
+        )?
+        .execute(params![id, worker, until.0, now.0, row.attempt])?;
         let raw: Vec<u8> = conn
             .prepare_cached("SELECT raw FROM missive_bodies WHERE message = ?1")?
             .query_row([id], |r| r.get(0))?;
