@@ -379,10 +379,7 @@ fn quoted_printable(text: &str) -> Vec<u8> {
         }
         let mut end = i;
         if QP_LITERAL[usize::from(b)] {
-            end = bytes[i..]
-                .iter()
-                .position(|&b| !QP_LITERAL[usize::from(b)])
-                .map_or(n, |p| i + p);
+            end = i + literal_run(&bytes[i..]);
             // White space at the end of a line would be eaten by transports: it is
             // left out of the run and encoded below.
             if line_end_at(end) && matches!(bytes[end - 1], b' ' | b'\t') {
@@ -423,6 +420,42 @@ fn quoted_printable(text: &str) -> Vec<u8> {
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
+/// How many bytes at the start of `bytes` quoted-printable writes as they are.
+///
+/// Eight bytes at a time: a word with no control byte, no `=` and nothing from DEL up
+/// is all literal. A word that may hold one (the test errs only that way, e.g. on a
+/// tab) is looked at byte by byte. Byte by byte throughout, this search was two
+/// fifths of building a message.
+fn literal_run(bytes: &[u8]) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    let mut at = 0;
+    loop {
+        while let Some(word) = bytes.get(at..at + 8) {
+            let mut eight = [0; 8];
+            eight.copy_from_slice(word);
+            let x = u64::from_ne_bytes(eight);
+            let below_space = x.wrapping_sub(ONES * 0x20) & !x;
+            let del_or_above = x.wrapping_add(ONES) | x;
+            let eq = x ^ (ONES * u64::from(b'='));
+            let equals = eq.wrapping_sub(ONES) & !eq;
+            if (below_space | del_or_above | equals) & HIGH != 0 {
+                break;
+            }
+            at += 8;
+        }
+        let word_end = (at + 8).min(bytes.len());
+        match bytes[at..word_end]
+            .iter()
+            .position(|&b| !QP_LITERAL[usize::from(b)])
+        {
+            Some(p) => return at + p,
+            None if word_end == bytes.len() => return word_end,
+            None => at = word_end,
+        }
+    }
+}
+
 /// Bytes quoted-printable writes as they are: printable ASCII but `=`, and space and
 /// tab (except at the end of a line, which the encoder handles).
 const QP_LITERAL: [bool; 256] = {
@@ -452,7 +485,7 @@ impl Body {
 
 #[cfg(test)]
 mod tests {
-    use super::{crlf, is_seven_bit, quoted_printable};
+    use super::{crlf, is_seven_bit, literal_run, quoted_printable, QP_LITERAL};
 
     #[test]
     fn quoted_printable_round_trips_and_keeps_lines_short() {
@@ -529,6 +562,33 @@ mod tests {
                 "{sample:?}"
             );
         }
+    }
+
+    #[test]
+    fn literal_runs_end_at_the_first_byte_to_encode() {
+        let naive = |b: &[u8]| {
+            b.iter()
+                .position(|&c| !QP_LITERAL[usize::from(c)])
+                .unwrap_or(b.len())
+        };
+        for special in [b'=', b'\n', b'\r', 0, 0x1f, 0x7f, 0x80, 0xc3, 0xff] {
+            for len in 0..20 {
+                for at in 0..=len {
+                    let mut text = vec![b'a'; len];
+                    text.extend_from_slice(b"\tbc");
+                    if at < len {
+                        text[at] = special;
+                    }
+                    assert_eq!(
+                        literal_run(&text),
+                        naive(&text),
+                        "{special:#x} at {at} of {len}"
+                    );
+                }
+            }
+        }
+        let text = b"tabs\tand spaces count as literal, all of it";
+        assert_eq!(literal_run(text), text.len());
     }
 
     #[test]
