@@ -22,7 +22,16 @@ use super::{
 use crate::error::{Error, ErrorKind, Result};
 
 /// Versioned migrations, applied in order; `missive_schema` records which ran.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_queue.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_queue.sql")),
+    (
+        2,
+        include_str!("../../migrations/sqlite/0002_compressed_bodies.sql"),
+    ),
+];
+
+/// `missive_bodies.compression` of a body stored as an LZ4 block after its length.
+const LZ4: &str = "lz4";
 
 /// Operations per transaction at most, so one huge burst cannot hold the write
 /// lock for long while other processes wait.
@@ -481,6 +490,61 @@ fn run_batch(conn: &Connection, mut batch: Vec<Job>, path: &Path) -> bool {
     }
 }
 
+/// A message's bytes as stored, and how (`missive_bodies.compression`): LZ4 when that
+/// makes them smaller.
+fn pack(raw: &bytes::Bytes) -> (bytes::Bytes, Option<&'static str>) {
+    let packed = lz4_flex::compress_prepend_size(raw);
+    if packed.len() < raw.len() {
+        (packed.into(), Some(LZ4))
+    } else {
+        (raw.clone(), None)
+    }
+}
+
+/// A message's bytes from `stored` (column `column`) and its `compression`.
+fn unpack(
+    stored: Vec<u8>,
+    compression: Option<String>,
+    column: usize,
+) -> rusqlite::Result<Vec<u8>> {
+    let damaged = |detail: String| {
+        rusqlite::Error::FromSqlConversionFailure(
+            column,
+            rusqlite::types::Type::Blob,
+            Box::new(std::io::Error::other(detail)),
+        )
+    };
+    match compression.as_deref() {
+        None => Ok(stored),
+        Some(LZ4) => {
+            let (size, block) = stored
+                .split_first_chunk::<4>()
+                .ok_or_else(|| damaged("an LZ4 body without its length".into()))?;
+            let size = u32::from_le_bytes(*size) as usize;
+            // LZ4 expands at most 255 times: a larger length is damage, not a reason to
+            // allocate gigabytes.
+            if size > block.len().saturating_mul(255) + 16 {
+                return Err(damaged(format!(
+                    "an LZ4 body of {} bytes says it holds {size}",
+                    block.len()
+                )));
+            }
+            let mut raw = vec![0; size];
+            let written = lz4_flex::block::decompress_into(block, &mut raw)
+                .map_err(|e| damaged(format!("an LZ4 body does not decompress: {e}")))?;
+            if written != size {
+                return Err(damaged(format!(
+                    "an LZ4 body holds {written} bytes, not the {size} it says"
+                )));
+            }
+            Ok(raw)
+        }
+        Some(other) => Err(damaged(format!(
+            "a body stored with `{other}`, which this missive does not know"
+        ))),
+    }
+}
+
 const SUMMARY_COLUMNS: &str =
     "id, message_id, template, state, attempts, created_at, next_attempt_at, last_error";
 
@@ -595,9 +659,9 @@ fn claim_rows(
              WHERE id = ?1",
         )?
         .execute(params![id, worker, until.0, now.0, row.attempt])?;
-        let raw: Vec<u8> = conn
-            .prepare_cached("SELECT raw FROM missive_bodies WHERE message = ?1")?
-            .query_row([id], |r| r.get(0))?;
+        let raw = conn
+            .prepare_cached("SELECT raw, compression FROM missive_bodies WHERE message = ?1")?
+            .query_row([id], |r| unpack(r.get(0)?, r.get(1)?, 0))?;
         claimed.push(Claimed {
             raw: raw.into(),
             ..row
@@ -609,6 +673,8 @@ fn claim_rows(
 #[async_trait::async_trait]
 impl Store for Sqlite {
     async fn enqueue(&self, m: NewMessage) -> Result<Queued> {
+        // Here rather than on the writer, which runs one operation at a time.
+        let (body, compression) = pack(&m.raw);
         let queued = self
             .call(move |conn| {
                 if let Some(key) = &m.idempotency_key {
@@ -652,8 +718,10 @@ impl Store for Sqlite {
                     ],
                 )?;
                 let id = conn.last_insert_rowid();
-                conn.prepare_cached("INSERT INTO missive_bodies (message, raw) VALUES (?1, ?2)")?
-                    .execute(params![id, &m.raw[..]])?;
+                conn.prepare_cached(
+                    "INSERT INTO missive_bodies (message, raw, compression) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![id, &body[..], compression])?;
                 Ok(Queued {
                     id,
                     message_id: m.message_id.clone(),
@@ -758,14 +826,14 @@ impl Store for Sqlite {
         self.read(move |conn| {
             let sql = format!(
                 "SELECT {SUMMARY_COLUMNS}, tags, envelope_from, recipients, \
-                 (SELECT raw FROM missive_bodies WHERE message = id), expires_at \
-                 FROM missive_messages WHERE id = ?1"
+                 raw, compression, expires_at \
+                 FROM missive_messages LEFT JOIN missive_bodies ON message = id WHERE id = ?1"
             );
             let detail = conn
                 .query_row(&sql, [id], |r| {
                     let tags: String = r.get(8)?;
                     let recipients: String = r.get(10)?;
-                    let raw: Vec<u8> = r.get(11)?;
+                    let raw = unpack(r.get(11)?, r.get(12)?, 11)?;
                     Ok(Detail {
                         summary: summary(r)?,
                         tags: json_column(&tags, 8)?,
@@ -773,7 +841,7 @@ impl Store for Sqlite {
                         recipients: json_column(&recipients, 10)?,
                         headers: headers(&raw),
                         size: raw.len(),
-                        expires_at: Timestamp(r.get(12)?),
+                        expires_at: Timestamp(r.get(13)?),
                         history: Vec::new(),
                     })
                 })
@@ -1027,11 +1095,102 @@ mod tests {
         assert_eq!(bodies, 16);
     }
 
+    /// Bytes that LZ4 cannot shrink.
+    fn noise(len: usize) -> Vec<u8> {
+        let mut x: u32 = 1;
+        (0..len)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    /// `compression` and length as stored, for each message in order.
+    async fn stored(store: &Sqlite) -> Vec<(Option<String>, usize)> {
+        store
+            .read(|conn| {
+                conn.prepare(
+                    "SELECT compression, length(raw) FROM missive_bodies ORDER BY message",
+                )?
+                .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as usize)))?
+                .collect()
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn bodies_are_stored_compressed_when_that_is_smaller_and_read_back_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        let mut mail = message(1, None);
+        let html = "<td style=\"padding: 8px; color: #333\">Line</td>\r\n".repeat(300);
+        mail.raw = format!("Message-ID: <m1@test>\r\nSubject: hi\r\n\r\n{html}")
+            .into_bytes()
+            .into();
+        let sent = mail.raw.clone();
+        store.enqueue(mail).await.unwrap();
+        // Noise does not shrink: stored as it is.
+        let mut random = message(2, None);
+        let mut bytes = b"Message-ID: <m2@test>\r\n\r\n".to_vec();
+        bytes.extend(noise(4000));
+        random.raw = bytes.clone().into();
+        store.enqueue(random).await.unwrap();
+        let rows = stored(&store).await;
+        assert_eq!(rows[0].0.as_deref(), Some("lz4"));
+        assert!(
+            rows[0].1 * 5 < sent.len(),
+            "{} of {}",
+            rows[0].1,
+            sent.len()
+        );
+        assert_eq!(rows[1], (None, bytes.len()));
+        let now = Timestamp::now();
+        let claimed = store
+            .claim("w", 10, now, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(claimed[0].raw, sent);
+        assert_eq!(claimed[1].raw, bytes);
+        let detail = store.show(claimed[0].id).await.unwrap().unwrap();
+        assert_eq!(detail.size, sent.len());
+        assert_eq!(detail.headers[0].1, "<m1@test>");
+    }
+
+    #[tokio::test]
+    async fn a_version_1_body_reads_back_and_a_damaged_one_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        store.enqueue(message(1, None)).await.unwrap();
+        store.enqueue(message(2, None)).await.unwrap();
+        store.enqueue(message(3, None)).await.unwrap();
+        let path = dir.path().join("sub/q.db");
+        let other = Connection::open(&path).unwrap();
+        other
+            .execute_batch(
+                "UPDATE missive_bodies SET compression = NULL, raw = CAST('Subject: v1' AS BLOB) \
+                     WHERE message = 1; \
+                 UPDATE missive_bodies SET compression = 'lz4', \
+                     raw = X'FFFFFF7F0102' WHERE message = 2; \
+                 UPDATE missive_bodies SET compression = 'zstd' WHERE message = 3;",
+            )
+            .unwrap();
+        let one = store.show(1).await.unwrap().unwrap();
+        assert_eq!(one.size, "Subject: v1".len());
+        for (id, says) in [(2, "says it holds"), (3, "`zstd`")] {
+            let err = store.show(id).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Storage);
+            assert!(err.message().contains("q.db"), "{err}");
+            assert!(err.message().contains(says), "{err}");
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_checkpointer_copies_the_wal_into_the_database_and_the_wal_starts_over() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
-        let body = vec![b'x'; 24 * 1024];
+        let body = noise(24 * 1024);
         // 800 bodies of 24 KB: about 5,000 WAL pages, five checkpoints' worth.
         for round in 0..50 {
             let mut tasks = Vec::new();

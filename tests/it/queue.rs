@@ -102,13 +102,18 @@ async fn enqueue_stores_what_is_sent_byte_for_byte_and_bad_input_queues_nothing(
     assert_eq!(received.len(), 1);
     // What the server got is the stored row's bytes (read through the documented table).
     let db = rusqlite::Connection::open(s.dir.path().join("queue.db")).unwrap();
-    let raw: Vec<u8> = db
+    let (stored, compression): (Vec<u8>, Option<String>) = db
         .query_row(
-            "SELECT raw FROM missive_bodies WHERE message = ?1",
+            "SELECT raw, compression FROM missive_bodies WHERE message = ?1",
             [queued.id],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
+    // A rendered message shrinks, so it is stored as docs/queue.md says: an LZ4 block
+    // after the message's length.
+    assert_eq!(compression.as_deref(), Some("lz4"));
+    let raw = lz4_flex::decompress_size_prepended(&stored).unwrap();
+    assert!(stored.len() * 2 < raw.len(), "{} of {}", stored.len(), raw.len());
     // The SMTP client ends the data with CRLF "." CRLF, which the fake server reads
     // as one more empty line.
     let got = received[0].data.as_bytes();
