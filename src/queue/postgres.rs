@@ -22,6 +22,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("../../migrations/postgres/0002_raw_uncompressed.sql"),
     ),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_raw_lz4.sql"),
+    ),
 ];
 
 /// Serializes migrations of processes starting together (any constant will do).

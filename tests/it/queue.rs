@@ -113,7 +113,12 @@ async fn enqueue_stores_what_is_sent_byte_for_byte_and_bad_input_queues_nothing(
     // after the message's length.
     assert_eq!(compression.as_deref(), Some("lz4"));
     let raw = lz4_flex::decompress_size_prepended(&stored).unwrap();
-    assert!(stored.len() * 2 < raw.len(), "{} of {}", stored.len(), raw.len());
+    assert!(
+        stored.len() * 2 < raw.len(),
+        "{} of {}",
+        stored.len(),
+        raw.len()
+    );
     // The SMTP client ends the data with CRLF "." CRLF, which the fake server reads
     // as one more empty line.
     let got = received[0].data.as_bytes();

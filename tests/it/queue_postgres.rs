@@ -196,6 +196,17 @@ async fn enqueue_in_the_apps_transaction_exists_only_if_it_commits_and_notify_wa
     let received = smtp.received();
     assert_eq!(received.len(), 1);
     assert_eq!(message_id_of(&received[0].data), committed.message_id);
+    // Schema version 3: the server keeps the body LZ4-compressed, and it reads back whole.
+    let (compression, raw): (Option<String>, Vec<u8>) = sqlx::query_as(
+        "SELECT pg_column_compression(raw), raw FROM missive_messages WHERE id = $1",
+    )
+    .bind(committed.id)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(compression.as_deref(), Some("lz4"));
+    let got = received[0].data.as_bytes();
+    assert!(got == &raw[..] || got.strip_suffix(b"\r\n") == Some(&raw[..]));
 }
 
 #[tokio::test]
