@@ -172,24 +172,30 @@ pub(crate) fn render_variant(
         })
     };
     let subject = header_value(&variant.file, &fields.subject, field(&fields.subject)?)?;
+    let one_of = |value: &str| -> std::result::Result<Vec<Mailbox>, String> {
+        if value.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        address::mailbox_or_reason(value).map(|m| vec![m])
+    };
+    // A field used as written parses the same every time: once, then from its cache.
+    let parse = |f: &Field,
+                 how: &dyn Fn(&str) -> std::result::Result<Vec<Mailbox>, String>|
+     -> Result<Vec<Mailbox>> {
+        let parsed = match f.slot {
+            Some(slot) => how(&values[slot]),
+            None => f.addresses.get_or_init(|| how(&f.text)).clone(),
+        };
+        parsed.map_err(|reason| field_error(&variant.file, f, &reason))
+    };
     let one = |f: &Option<Field>| -> Result<Option<Mailbox>> {
         let Some(f) = f else { return Ok(None) };
-        let value = field(f)?;
-        if value.trim().is_empty() {
-            return Ok(None);
-        }
-        address::mailbox_or_reason(&value)
-            .map(Some)
-            .map_err(|reason| field_error(&variant.file, f, &reason))
+        Ok(parse(f, &one_of)?.pop())
     };
     let many = |list: &[Field]| -> Result<Vec<Mailbox>> {
         let mut out = Vec::new();
         for f in list {
-            let value = field(f)?;
-            out.extend(
-                address::mailboxes_or_reason(&value)
-                    .map_err(|reason| field_error(&variant.file, f, &reason))?,
-            );
+            out.extend(parse(f, &address::mailboxes_or_reason)?);
         }
         Ok(out)
     };

@@ -139,7 +139,13 @@ impl State {
         let bytes = text.as_bytes();
         let (mut start, mut i) = (0, 0);
         while i < bytes.len() {
-            let width = match bytes[i] {
+            // Bytes above the space are word bytes but for C2: test that first.
+            let b = bytes[i];
+            if b > b' ' && b != 0xc2 {
+                i += 1;
+                continue;
+            }
+            let width = match b {
                 b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => 1,
                 0xc2 if bytes.get(i + 1) == Some(&0xa0) => 2,
                 _ => {
@@ -147,6 +153,12 @@ impl State {
                     continue;
                 }
             };
+            // `word` would write a single space between two words as it stands: such
+            // words go out together, in one copy.
+            if b == b' ' && start < i && bytes.get(i + 1).is_some_and(|&n| n > b' ' && n != 0xc2) {
+                i += 1;
+                continue;
+            }
             if start < i {
                 self.word(&text[start..i]);
             }
@@ -287,14 +299,15 @@ impl State {
         let Some((href, start)) = self.links.pop() else {
             return;
         };
-        let Some(href) = href.map(|h| h.trim().to_string()) else {
+        let Some(href) = href else {
             return;
         };
+        let href = href.trim();
         if href.is_empty() || href.starts_with('#') || href.starts_with("javascript:") {
             return;
         }
-        let shown = self.out.get(start..).unwrap_or("").trim().to_string();
-        let bare = href.strip_prefix("mailto:").unwrap_or(&href);
+        let shown = self.out.get(start..).unwrap_or("").trim();
+        let bare = href.strip_prefix("mailto:").unwrap_or(href);
         if shown == href || shown == bare {
             return;
         }
