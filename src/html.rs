@@ -75,7 +75,9 @@ impl<'a> Iterator for Scanner<'a> {
             self.pos = end;
             return Some((Token::Text(&html[start..end]), start..end));
         }
-        if let Some(body) = rest.strip_prefix("<!--") {
+        // A letter opens a tag, by far the most common markup: none of the rest.
+        let tag = rest.as_bytes()[1].is_ascii_alphabetic();
+        if let Some(body) = rest.strip_prefix("<!--").filter(|_| !tag) {
             let end = body.find("-->").map_or(html.len(), |e| start + 4 + e + 3);
             self.pos = end;
             return Some((Token::Comment(&html[start..end]), start..end));
@@ -84,7 +86,7 @@ impl<'a> Iterator for Scanner<'a> {
         // bogus comment up to `>`: markup that makes no element either way.
         let bogus_end =
             rest.starts_with("</") && !rest.as_bytes().get(2).is_some_and(u8::is_ascii_alphabetic);
-        if rest.starts_with("<!") || rest.starts_with("<?") || bogus_end {
+        if !tag && (rest.starts_with("<!") || rest.starts_with("<?") || bogus_end) {
             let end = rest.find('>').map_or(html.len(), |e| start + e + 1);
             self.pos = end;
             return Some((Token::Declaration(&html[start..end]), start..end));
@@ -415,10 +417,11 @@ fn bytes_equal(word: u64, byte: u8) -> u64 {
     x.wrapping_sub(ONES) & !x & HIGHS
 }
 
-/// The first position in the first [`SHORT`] bytes of `haystack` whose 8-byte word has
-/// a set bit in `hits`, eight bytes at a time; `Err` with how far it looked otherwise.
-fn find_short(haystack: &[u8], hits: impl Fn(u64) -> u64) -> Result<usize, usize> {
-    let end = haystack.len().min(SHORT);
+/// The first position in the first `limit` bytes of `haystack` whose 8-byte word has
+/// a set bit in `hits`, eight bytes at a time; `Err` with how far it looked otherwise
+/// (the rest is less than a word, or past `limit`).
+fn find_words(haystack: &[u8], limit: usize, hits: impl Fn(u64) -> u64) -> Result<usize, usize> {
+    let end = haystack.len().min(limit);
     let mut i = 0;
     while let Some(chunk) = haystack.get(i..i + 8).filter(|_| i + 8 <= end) {
         let mut word = [0; 8];
@@ -434,7 +437,7 @@ fn find_short(haystack: &[u8], hits: impl Fn(u64) -> u64) -> Result<usize, usize
 
 /// The first `needle` in `haystack`.
 pub(crate) fn find_byte(needle: u8, haystack: &[u8]) -> Option<usize> {
-    let from = match find_short(haystack, |w| bytes_equal(w, needle)) {
+    let from = match find_words(haystack, SHORT, |w| bytes_equal(w, needle)) {
         Ok(at) => return Some(at),
         Err(from) => from,
     };
@@ -450,7 +453,7 @@ pub(crate) fn find_byte(needle: u8, haystack: &[u8]) -> Option<usize> {
 /// The first of `a`, `b` or `c` in `haystack`.
 pub(crate) fn find_byte3(a: u8, b: u8, c: u8, haystack: &[u8]) -> Option<usize> {
     let hits = |w| bytes_equal(w, a) | bytes_equal(w, b) | bytes_equal(w, c);
-    let from = match find_short(haystack, hits) {
+    let from = match find_words(haystack, SHORT, hits) {
         Ok(at) => return Some(at),
         Err(from) => from,
     };
@@ -461,6 +464,26 @@ pub(crate) fn find_byte3(a: u8, b: u8, c: u8, haystack: &[u8]) -> Option<usize> 
             .map(|at| from + at);
     }
     memchr::memchr3(a, b, c, &haystack[from..]).map(|at| from + at)
+}
+
+/// The first byte of `haystack` that HTML escaping replaces (`&<>"'`).
+pub(crate) fn find_escapable(haystack: &[u8]) -> Option<usize> {
+    let special = |b: u8| matches!(b, b'&' | b'<' | b'>' | b'"' | b'\'');
+    let hits = |w| {
+        bytes_equal(w, b'&')
+            | bytes_equal(w, b'<')
+            | bytes_equal(w, b'>')
+            | bytes_equal(w, b'"')
+            | bytes_equal(w, b'\'')
+    };
+    let from = match find_words(haystack, usize::MAX, hits) {
+        Ok(at) => return Some(at),
+        Err(from) => from,
+    };
+    haystack[from..]
+        .iter()
+        .position(|&b| special(b))
+        .map(|at| from + at)
 }
 
 pub(crate) fn starts_with_ci(s: &str, prefix: &str) -> bool {
@@ -653,6 +676,15 @@ mod tests {
                     .position(|&b| b == b'>' || b == b'"' || b == b'\'');
                 assert_eq!(find_byte3(b'>', b'"', b'\'', &hay), want3, "{len} {at}");
                 assert_eq!(find_byte(0x00, &hay), None, "{len} {at}");
+                let escapable = hay.iter().position(|b| b"&<>\"'".contains(b));
+                assert_eq!(find_escapable(&hay), escapable, "{len} {at}");
+                if at < len {
+                    for special in *b"&<'" {
+                        let mut other = hay.clone();
+                        other[at] = special;
+                        assert_eq!(find_escapable(&other), Some(at), "{len} {at}");
+                    }
+                }
             }
         }
         assert_eq!(find_ci("<p></HEAD></head>", "</head"), Some(3));

@@ -172,6 +172,12 @@ impl State {
     }
 
     fn word(&mut self, word: &str) {
+        self.separate();
+        self.out.push_str(word);
+    }
+
+    /// What goes before the next word: the pending line breaks, or a space.
+    fn separate(&mut self) {
         if self.breaks > 0 && !self.out.is_empty() {
             for _ in 0..self.breaks {
                 self.out.push('\n');
@@ -181,7 +187,6 @@ impl State {
         }
         self.breaks = 0;
         self.pending_space = false;
-        self.out.push_str(word);
     }
 
     fn block(&mut self, lines: usize) {
@@ -315,7 +320,10 @@ impl State {
             self.text(bare);
         } else {
             self.pending_space = true;
-            self.word(&format!("({bare})"));
+            self.separate();
+            self.out.push('(');
+            self.out.push_str(bare);
+            self.out.push(')');
         }
     }
 
