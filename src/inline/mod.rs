@@ -47,7 +47,7 @@ pub(crate) struct Stylesheets {
     /// Splits by the hash of the pieces gathered, each with the pieces it is for: a
     /// document that links the set's sheets finds its split without the sheets' text
     /// being copied together, hashed or compared.
-    splits: RwLock<FastMap<u64, Vec<(Vec<PieceKey>, Arc<Split>)>>>,
+    splits: RwLock<FastMap<u64, SplitBucket>>,
     /// Plans by the hash of the inlinable CSS they were made for, then by the exact
     /// shape. A hit compares the CSS and the whole shape, not hashes of them: a
     /// collision would otherwise write another document's styles into this one.
@@ -94,7 +94,8 @@ impl Stylesheets {
             .take()
             .unwrap_or_else(|| html::Scanner::new(&gathered.html).collect());
         let (inlined, text) = if split.inline.is_empty() {
-            let text = want_text.then(|| text::from_tokens(tokens, None));
+            let len = gathered.html.len();
+            let text = want_text.then(|| text::from_tokens(tokens, len, None));
             (std::mem::take(&mut gathered.html), text)
         } else {
             let shape = Shape::of(&tokens, &split);
@@ -105,7 +106,8 @@ impl Stylesheets {
                         hidden_by_style: hidden,
                         marks: &shape.marks,
                     };
-                    let text = want_text.then(|| text::from_tokens(tokens, Some(planned)));
+                    let len = gathered.html.len();
+                    let text = want_text.then(|| text::from_tokens(tokens, len, Some(planned)));
                     (apply(&gathered.html, &shape, styles, head.len()), text)
                 }
                 Plan::Direct => {
@@ -195,6 +197,9 @@ impl Stylesheets {
         split
     }
 }
+
+/// The splits whose pieces hash alike, each with its pieces.
+type SplitBucket = Vec<(Vec<PieceKey>, Arc<Split>)>;
 
 /// A gathered [`Piece`] as the split cache keeps it.
 struct PieceKey {
