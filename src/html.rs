@@ -70,13 +70,14 @@ impl<'a> Iterator for Scanner<'a> {
         let rest = &html[start..];
         if !rest.starts_with('<') || !starts_markup(rest) {
             // `<` is ASCII, so any byte position of one is a character boundary.
-            let end =
-                memchr::memchr(b'<', &rest.as_bytes()[1..]).map_or(html.len(), |i| start + 1 + i);
+            let end = find_byte(b'<', &rest.as_bytes()[1..]).map_or(html.len(), |i| start + 1 + i);
             let end = next_markup(html, start, end);
             self.pos = end;
             return Some((Token::Text(&html[start..end]), start..end));
         }
-        if let Some(body) = rest.strip_prefix("<!--") {
+        // A letter opens a tag, by far the most common markup: none of the rest.
+        let tag = rest.as_bytes()[1].is_ascii_alphabetic();
+        if let Some(body) = rest.strip_prefix("<!--").filter(|_| !tag) {
             let end = body.find("-->").map_or(html.len(), |e| start + 4 + e + 3);
             self.pos = end;
             return Some((Token::Comment(&html[start..end]), start..end));
@@ -85,7 +86,7 @@ impl<'a> Iterator for Scanner<'a> {
         // bogus comment up to `>`: markup that makes no element either way.
         let bogus_end =
             rest.starts_with("</") && !rest.as_bytes().get(2).is_some_and(u8::is_ascii_alphabetic);
-        if rest.starts_with("<!") || rest.starts_with("<?") || bogus_end {
+        if !tag && (rest.starts_with("<!") || rest.starts_with("<?") || bogus_end) {
             let end = rest.find('>').map_or(html.len(), |e| start + e + 1);
             self.pos = end;
             return Some((Token::Declaration(&html[start..end]), start..end));
@@ -96,17 +97,18 @@ impl<'a> Iterator for Scanner<'a> {
             return Some((Token::Declaration(rest), start..html.len()));
         };
         self.pos = end;
-        let inner = html[start + 1..end].trim_end_matches('>');
+        // `tag_end` stops at the first `>` outside a value: the only one at the end.
+        let inner = &html[start + 1..end - 1];
+        let name_len = |s: &str| {
+            s.bytes()
+                .position(|b| b.is_ascii_whitespace() || b == b'/')
+                .unwrap_or(s.len())
+        };
         if let Some(closing) = inner.strip_prefix('/') {
-            let name = closing
-                .split(|c: char| c.is_ascii_whitespace() || c == '/')
-                .next()
-                .unwrap_or("");
+            let name = &closing[..name_len(closing)];
             return Some((Token::End { name }, start..end));
         }
-        let name_end = inner
-            .find(|c: char| c.is_ascii_whitespace() || c == '/')
-            .unwrap_or(inner.len());
+        let name_end = name_len(inner);
         let name = &inner[..name_end];
         let mut self_closing = inner.ends_with('/');
         let mut attrs = inner[name_end..].trim_end_matches('/');
@@ -127,8 +129,13 @@ impl<'a> Iterator for Scanner<'a> {
                 attrs = full;
             }
         }
-        if let Some(raw) = RAW_TEXT.iter().find(|r| r.eq_ignore_ascii_case(name)) {
-            self.raw_until = Some(raw);
+        // Most tags are none of them, and their length and first letter tell.
+        if matches!(name.len(), 3 | 5..=8)
+            && matches!(name.as_bytes()[0] | 0x20, b's' | b't' | b'x' | b'i' | b'n')
+        {
+            if let Some(raw) = RAW_TEXT.iter().find(|r| r.eq_ignore_ascii_case(name)) {
+                self.raw_until = Some(raw);
+            }
         }
         Some((
             Token::Start {
@@ -304,18 +311,34 @@ pub(crate) fn tag_end(tag: &str) -> Option<usize> {
     let bytes = tag.as_bytes();
     let mut i = 0;
     loop {
-        i += memchr::memchr3(b'>', b'"', b'\'', &bytes[i..])?;
+        i += find_byte3(b'>', b'"', b'\'', &bytes[i..])?;
         let b = bytes[i];
         if b == b'>' {
             return Some(i + 1);
         }
-        // A quote opens a value only right after `=` (allowing spaces around it).
-        let opens = tag[..i].trim_end().ends_with('=');
+        let opens = opens_value(tag, i);
         i += 1;
         if opens {
-            i += memchr::memchr(b, &bytes[i..])? + 1;
+            i += find_byte(b, &bytes[i..])? + 1;
         }
     }
+}
+
+/// Whether the quote at `at` in `tag` opens a value: it does only right after `=`,
+/// allowing white space (as `str::trim_end` knows it) between.
+fn opens_value(tag: &str, at: usize) -> bool {
+    let bytes = tag.as_bytes();
+    let mut i = at;
+    while i > 0 {
+        match bytes[i - 1] {
+            b'\t'..=b'\r' | b' ' => i -= 1,
+            b'=' => return true,
+            // Unicode white space: let `trim_end` decide.
+            0x80.. => return tag[..i].trim_end().ends_with('='),
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// `name="value"` pairs of a tag's attribute text; values raw (entities not decoded).
@@ -355,7 +378,7 @@ pub(crate) fn attribute_spans(attrs: &str) -> impl Iterator<Item = (&str, &str, 
         let value_start = skip(eq + 1, false);
         let value = match bytes.get(value_start) {
             Some(&quote @ (b'"' | b'\'')) => {
-                let close = memchr::memchr(quote, &bytes[value_start + 1..])
+                let close = find_byte(quote, &bytes[value_start + 1..])
                     .map_or(len, |e| value_start + 1 + e);
                 pos = (close + 1).min(len);
                 &attrs[value_start + 1..close]
@@ -380,32 +403,124 @@ pub(crate) fn attr<'a>(attrs: &'a str, name: &str) -> Option<Cow<'a, str>> {
         .map(|(_, v)| decode_entities(v))
 }
 
+/// Where the search loops hand over to `memchr`: what is searched here is mostly
+/// short (values, tags, indentation between tags), found before `memchr` has set up.
+const SHORT: usize = 32;
+
+const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+
+/// The high bit of each byte of `word` that equals `byte`: exact for the lowest such
+/// byte, which is all the callers read.
+fn bytes_equal(word: u64, byte: u8) -> u64 {
+    let x = word ^ (ONES * u64::from(byte));
+    x.wrapping_sub(ONES) & !x & HIGHS
+}
+
+/// The first position in the first `limit` bytes of `haystack` whose 8-byte word has
+/// a set bit in `hits`, eight bytes at a time; `Err` with how far it looked otherwise
+/// (the rest is less than a word, or past `limit`).
+fn find_words(haystack: &[u8], limit: usize, hits: impl Fn(u64) -> u64) -> Result<usize, usize> {
+    let end = haystack.len().min(limit);
+    let mut i = 0;
+    while let Some(chunk) = haystack.get(i..i + 8).filter(|_| i + 8 <= end) {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        let found = hits(u64::from_le_bytes(word));
+        if found != 0 {
+            return Ok(i + (found.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    Err(i)
+}
+
+/// The first `needle` in `haystack`.
+pub(crate) fn find_byte(needle: u8, haystack: &[u8]) -> Option<usize> {
+    let from = match find_words(haystack, SHORT, |w| bytes_equal(w, needle)) {
+        Ok(at) => return Some(at),
+        Err(from) => from,
+    };
+    if from < SHORT {
+        return haystack[from..]
+            .iter()
+            .position(|&b| b == needle)
+            .map(|at| from + at);
+    }
+    memchr::memchr(needle, &haystack[from..]).map(|at| from + at)
+}
+
+/// The first of `a`, `b` or `c` in `haystack`.
+pub(crate) fn find_byte3(a: u8, b: u8, c: u8, haystack: &[u8]) -> Option<usize> {
+    let hits = |w| bytes_equal(w, a) | bytes_equal(w, b) | bytes_equal(w, c);
+    let from = match find_words(haystack, SHORT, hits) {
+        Ok(at) => return Some(at),
+        Err(from) => from,
+    };
+    if from < SHORT {
+        return haystack[from..]
+            .iter()
+            .position(|&x| x == a || x == b || x == c)
+            .map(|at| from + at);
+    }
+    memchr::memchr3(a, b, c, &haystack[from..]).map(|at| from + at)
+}
+
+/// The first byte of `haystack` that HTML escaping replaces (`&<>"'`).
+pub(crate) fn find_escapable(haystack: &[u8]) -> Option<usize> {
+    let special = |b: u8| matches!(b, b'&' | b'<' | b'>' | b'"' | b'\'');
+    let hits = |w| {
+        bytes_equal(w, b'&')
+            | bytes_equal(w, b'<')
+            | bytes_equal(w, b'>')
+            | bytes_equal(w, b'"')
+            | bytes_equal(w, b'\'')
+    };
+    let from = match find_words(haystack, usize::MAX, hits) {
+        Ok(at) => return Some(at),
+        Err(from) => from,
+    };
+    haystack[from..]
+        .iter()
+        .position(|&b| special(b))
+        .map(|at| from + at)
+}
+
 pub(crate) fn starts_with_ci(s: &str, prefix: &str) -> bool {
     s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
 }
 
 pub(crate) fn find_ci(haystack: &str, needle: &str) -> Option<usize> {
     let n = needle.as_bytes();
-    haystack
-        .as_bytes()
-        .windows(n.len())
-        .position(|w| w.eq_ignore_ascii_case(n))
+    let Some(&first) = n.first() else {
+        return Some(0);
+    };
+    let bytes = haystack.as_bytes();
+    // Jump between the places the needle's first byte, in either case, occurs.
+    memchr::memchr2_iter(
+        first.to_ascii_lowercase(),
+        first.to_ascii_uppercase(),
+        bytes,
+    )
+    .find(|&at| bytes[at..].len() >= n.len() && bytes[at..at + n.len()].eq_ignore_ascii_case(n))
 }
 
 /// Replaces character references (`&amp;`, `&#8217;`, `&#x2f;`, `&nbsp;`) with the
 /// characters they stand for; unknown ones stay as written, as browsers keep them.
 pub(crate) fn decode_entities(text: &str) -> Cow<'_, str> {
-    if !text.contains('&') {
+    let Some(first) = find_byte(b'&', text.as_bytes()) else {
         return Cow::Borrowed(text);
-    }
+    };
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(amp) = rest.find('&') {
+    out.push_str(&text[..first]);
+    let mut rest = &text[first..];
+    while let Some(amp) = memchr::memchr(b'&', rest.as_bytes()) {
         out.push_str(&rest[..amp]);
         rest = &rest[amp..];
         match decode_one(rest) {
-            Some((decoded, used)) => {
-                out.push_str(&decoded);
+            Some(((first, second), used)) => {
+                out.push(first);
+                out.extend(second);
                 rest = &rest[used..];
             }
             None => {
@@ -419,8 +534,8 @@ pub(crate) fn decode_entities(text: &str) -> Cow<'_, str> {
 }
 
 /// Decodes the reference at the start of `s` (which starts with `&`): the text and the
-/// bytes it took.
-fn decode_one(s: &str) -> Option<(String, usize)> {
+/// bytes it took. A reference stands for one or two characters.
+fn decode_one(s: &str) -> Option<((char, Option<char>), usize)> {
     let body = &s[1..];
     if let Some(num) = body.strip_prefix('#') {
         let (digits, radix, skip) = match num.strip_prefix(['x', 'X']) {
@@ -439,7 +554,7 @@ fn decode_one(s: &str) -> Option<(String, usize)> {
             .filter(|c| *c != '\0')
             .unwrap_or('\u{FFFD}');
         let semicolon = usize::from(digits[len..].starts_with(';'));
-        return Some((c.to_string(), skip + len + semicolon));
+        return Some(((c, None), skip + len + semicolon));
     }
     let len = body
         .bytes()
@@ -456,14 +571,9 @@ fn decode_one(s: &str) -> Option<(String, usize)> {
         &body[..len]
     };
     let (a, b) = html5ever::data::NAMED_ENTITIES.get(key).copied()?;
-    if a == 0 {
-        return None;
-    }
-    let mut decoded: String = char::from_u32(a).into_iter().collect();
-    if b != 0 {
-        decoded.extend(char::from_u32(b));
-    }
-    Some((decoded, 1 + key.len()))
+    let first = char::from_u32(a).filter(|_| a != 0)?;
+    let second = char::from_u32(b).filter(|_| b != 0);
+    Some(((first, second), 1 + key.len()))
 }
 
 #[cfg(test)]
@@ -544,6 +654,43 @@ mod tests {
         assert_eq!(tag_end("<a b=\x0b'c>d'>"), Some(12));
         assert_eq!(tag_end("<a é\"c>d\">"), Some(8));
         assert_eq!(tag_end("<a b=\"c>"), None);
+    }
+
+    /// The word-at-a-time searches find what a plain search finds, at every length
+    /// and position about the hand-over to `memchr`, with near-misses around.
+    #[test]
+    fn byte_searches_find_the_first_match() {
+        for len in 0..100 {
+            for at in 0..=len {
+                let mut hay: Vec<u8> = (0..len).map(|i| [0x01, 0x3d, 0xbe, b'a'][i % 4]).collect();
+                if at < len {
+                    hay[at] = b'>';
+                    if at + 3 < len {
+                        hay[at + 3] = b'"';
+                    }
+                }
+                let want = hay.iter().position(|&b| b == b'>');
+                assert_eq!(find_byte(b'>', &hay), want, "{len} {at}");
+                let want3 = hay
+                    .iter()
+                    .position(|&b| b == b'>' || b == b'"' || b == b'\'');
+                assert_eq!(find_byte3(b'>', b'"', b'\'', &hay), want3, "{len} {at}");
+                assert_eq!(find_byte(0x00, &hay), None, "{len} {at}");
+                let escapable = hay.iter().position(|b| b"&<>\"'".contains(b));
+                assert_eq!(find_escapable(&hay), escapable, "{len} {at}");
+                if at < len {
+                    for special in *b"&<'" {
+                        let mut other = hay.clone();
+                        other[at] = special;
+                        assert_eq!(find_escapable(&other), Some(at), "{len} {at}");
+                    }
+                }
+            }
+        }
+        assert_eq!(find_ci("<p></HEAD></head>", "</head"), Some(3));
+        assert_eq!(find_ci("<p></hea", "</head"), None);
+        assert_eq!(find_ci("</header><//head>", "</head"), Some(0));
+        assert_eq!(find_ci("x<</HeAd", "</head"), Some(2));
     }
 
     #[test]

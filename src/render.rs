@@ -167,29 +167,35 @@ pub(crate) fn render_variant(
     };
     let field = |f: &Field| -> Result<String> {
         Ok(match f.slot {
-            Some(slot) => values[slot].to_string(),
+            Some(slot) => values.get(slot).to_string(),
             None => f.text.clone(),
         })
     };
     let subject = header_value(&variant.file, &fields.subject, field(&fields.subject)?)?;
+    let one_of = |value: &str| -> std::result::Result<Vec<Mailbox>, String> {
+        if value.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        address::mailbox_or_reason(value).map(|m| vec![m])
+    };
+    // A field used as written parses the same every time: once, then from its cache.
+    let parse = |f: &Field,
+                 how: &dyn Fn(&str) -> std::result::Result<Vec<Mailbox>, String>|
+     -> Result<Vec<Mailbox>> {
+        let parsed = match f.slot {
+            Some(slot) => how(values.get(slot)),
+            None => f.addresses.get_or_init(|| how(&f.text)).clone(),
+        };
+        parsed.map_err(|reason| field_error(&variant.file, f, &reason))
+    };
     let one = |f: &Option<Field>| -> Result<Option<Mailbox>> {
         let Some(f) = f else { return Ok(None) };
-        let value = field(f)?;
-        if value.trim().is_empty() {
-            return Ok(None);
-        }
-        address::mailbox_or_reason(&value)
-            .map(Some)
-            .map_err(|reason| field_error(&variant.file, f, &reason))
+        Ok(parse(f, &one_of)?.pop())
     };
     let many = |list: &[Field]| -> Result<Vec<Mailbox>> {
         let mut out = Vec::new();
         for f in list {
-            let value = field(f)?;
-            out.extend(
-                address::mailboxes_or_reason(&value)
-                    .map_err(|reason| field_error(&variant.file, f, &reason))?,
-            );
+            out.extend(parse(f, &address::mailboxes_or_reason)?);
         }
         Ok(out)
     };
@@ -238,21 +244,37 @@ pub(crate) fn render_variant(
     })
 }
 
+/// The rendered front-matter values: one output, cut by slot.
+#[derive(Default)]
+struct Values {
+    output: String,
+    slots: Vec<std::ops::Range<usize>>,
+}
+
+impl Values {
+    fn get(&self, slot: usize) -> &str {
+        self.slots
+            .get(slot)
+            .and_then(|range| self.output.get(range.clone()))
+            .unwrap_or("")
+    }
+}
+
 /// Renders every templated front-matter value at once, in slot order.
-fn render_fields(
-    set: &TemplateSet,
-    variant: &Variant,
-    ctx: &minijinja::Value,
-) -> Result<Vec<String>> {
+fn render_fields(set: &TemplateSet, variant: &Variant, ctx: &minijinja::Value) -> Result<Values> {
     let Some(name) = &variant.fields.template else {
-        return Ok(Vec::new());
+        return Ok(Values::default());
     };
     let output = render_body(set, name, ctx)?;
-    let values: Vec<String> = output
-        .split(crate::templates::FIELD_SEPARATOR)
-        .map(str::to_string)
-        .collect();
-    if values.len() != variant.fields.slots {
+    let mut slots = Vec::with_capacity(variant.fields.slots);
+    let mut start = 0;
+    for (at, separator) in output.match_indices(crate::templates::FIELD_SEPARATOR) {
+        slots.push(start..at);
+        start = at + separator.len();
+    }
+    slots.push(start..output.len());
+    let values = Values { output, slots };
+    if values.slots.len() != variant.fields.slots {
         return Err(Error::new(
             ErrorKind::Address,
             "a rendered front-matter value contains the control character U+001E",

@@ -11,18 +11,25 @@ use crate::html::{self, Scanner, Token};
 
 /// The text a reader of `html` would see.
 pub(crate) fn from_html(html: &str) -> String {
-    from_tokens(Scanner::new(html), None)
+    from_tokens(Scanner::new(html), html.len(), None)
 }
 
 /// The text a reader would see of the document `tokens` make up (as [`Scanner`] gives
 /// them; a text run may come in pieces). With `hidden_by_style`, start tag number `i`
 /// is hidden by its style exactly when `hidden_by_style[i]`: what [`from_html`] gives
-/// for the inlined document, without reading its long `style` attributes.
+/// for the inlined document, without reading its long `style` attributes. `html_len`
+/// is the document's length.
 pub(crate) fn from_tokens<'a>(
     tokens: impl IntoIterator<Item = (Token<'a>, Range<usize>)>,
+    html_len: usize,
     planned: Option<Planned<'_, 'a>>,
 ) -> String {
-    let mut state = State::default();
+    // A mail's text is about a tenth of its HTML or less: room for an eighth spares the
+    // regrowing.
+    let mut state = State {
+        out: String::with_capacity(html_len / 8),
+        ..State::default()
+    };
     let mut index = 0;
     for (token, _) in tokens {
         match token {
@@ -139,7 +146,13 @@ impl State {
         let bytes = text.as_bytes();
         let (mut start, mut i) = (0, 0);
         while i < bytes.len() {
-            let width = match bytes[i] {
+            // Bytes above the space are word bytes but for C2: test that first.
+            let b = bytes[i];
+            if b > b' ' && b != 0xc2 {
+                i += 1;
+                continue;
+            }
+            let width = match b {
                 b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => 1,
                 0xc2 if bytes.get(i + 1) == Some(&0xa0) => 2,
                 _ => {
@@ -147,6 +160,12 @@ impl State {
                     continue;
                 }
             };
+            // `word` would write a single space between two words as it stands: such
+            // words go out together, in one copy.
+            if b == b' ' && start < i && bytes.get(i + 1).is_some_and(|&n| n > b' ' && n != 0xc2) {
+                i += 1;
+                continue;
+            }
             if start < i {
                 self.word(&text[start..i]);
             }
@@ -160,6 +179,12 @@ impl State {
     }
 
     fn word(&mut self, word: &str) {
+        self.separate();
+        self.out.push_str(word);
+    }
+
+    /// What goes before the next word: the pending line breaks, or a space.
+    fn separate(&mut self) {
         if self.breaks > 0 && !self.out.is_empty() {
             for _ in 0..self.breaks {
                 self.out.push('\n');
@@ -169,7 +194,6 @@ impl State {
         }
         self.breaks = 0;
         self.pending_space = false;
-        self.out.push_str(word);
     }
 
     fn block(&mut self, lines: usize) {
@@ -287,14 +311,15 @@ impl State {
         let Some((href, start)) = self.links.pop() else {
             return;
         };
-        let Some(href) = href.map(|h| h.trim().to_string()) else {
+        let Some(href) = href else {
             return;
         };
+        let href = href.trim();
         if href.is_empty() || href.starts_with('#') || href.starts_with("javascript:") {
             return;
         }
-        let shown = self.out.get(start..).unwrap_or("").trim().to_string();
-        let bare = href.strip_prefix("mailto:").unwrap_or(&href);
+        let shown = self.out.get(start..).unwrap_or("").trim();
+        let bare = href.strip_prefix("mailto:").unwrap_or(href);
         if shown == href || shown == bare {
             return;
         }
@@ -302,15 +327,19 @@ impl State {
             self.text(bare);
         } else {
             self.pending_space = true;
-            self.word(&format!("({bare})"));
+            self.separate();
+            self.out.push('(');
+            self.out.push_str(bare);
+            self.out.push(')');
         }
     }
 
     fn finish(self) -> String {
         let mut text = String::with_capacity(self.out.len() + 1);
         let mut blank = 0;
-        for line in self.out.lines().map(str::trim_end) {
-            if line.trim().is_empty() {
+        for line in self.out.lines() {
+            let line = line.trim();
+            if line.is_empty() {
                 blank += 1;
                 continue;
             }
@@ -318,7 +347,7 @@ impl State {
                 text.push_str(if blank > 0 { "\n\n" } else { "\n" });
             }
             blank = 0;
-            text.push_str(line.trim_start());
+            text.push_str(line);
         }
         text.push('\n');
         text

@@ -1,6 +1,7 @@
 //! Gathering a rendered document's CSS: its `<style>` blocks and the local stylesheets
 //! it `<link>`s, in document order, taken out of the HTML.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
@@ -13,9 +14,9 @@ use super::Stylesheets;
 
 impl Stylesheets {
     /// Takes the inlinable `<style>` and local `<link>` CSS out of `html`, in order.
-    pub(super) fn gather<'a>(&self, html: &'a str, file: &Path) -> Result<Gathered<'a>> {
+    pub(super) fn gather<'a>(&'a self, html: &'a str, file: &Path) -> Result<Gathered<'a>> {
         let mut out = String::with_capacity(html.len());
-        let mut css = String::new();
+        let mut css = Vec::new();
         let mut kept_blocks = Vec::new();
         let mut copied = 0;
         let mut kept = Kept::for_html(html);
@@ -41,15 +42,23 @@ impl Stylesheets {
                 if html::attr(attrs, "data-css-inline").as_deref() == Some("ignore") {
                     kept_blocks.push(html[range.start..end].to_string());
                 } else {
-                    push_css(&mut css, content, html::attr(attrs, "media").as_deref());
+                    css.push(Piece {
+                        sheet: None,
+                        css: content,
+                        media: html::attr(attrs, "media"),
+                    });
                 }
             } else if name.eq_ignore_ascii_case("link") {
                 let Some(href) = stylesheet_href(attrs).filter(|h| !is_remote(h)) else {
                     kept.push(token, range, copied - out.len());
                     continue;
                 };
-                let sheet = self.resolve(&href).map_err(|e| e.or_at(file, 1))?;
-                push_css(&mut css, sheet, html::attr(attrs, "media").as_deref());
+                let (path, sheet) = self.resolve(&href).map_err(|e| e.or_at(file, 1))?;
+                css.push(Piece {
+                    sheet: Some(path),
+                    css: sheet,
+                    media: html::attr(attrs, "media"),
+                });
                 out.push_str(&html[copied..range.start]);
                 copied = range.end;
                 kept.cut();
@@ -66,20 +75,25 @@ impl Stylesheets {
         })
     }
 
-    fn resolve(&self, href: &str) -> Result<&str> {
+    /// The path of the linked sheet in the set, and its text.
+    fn resolve(&self, href: &str) -> Result<(&str, &str)> {
         let rel = local_path(href)?;
-        self.files.get(rel).map(|s| &**s).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Render,
-                format!("stylesheet `{href}` is not in the templates folder"),
-            )
-        })
+        self.files
+            .get_key_value(rel)
+            .map(|(k, s)| (k.as_str(), &**s))
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Render,
+                    format!("stylesheet `{href}` is not in the templates folder"),
+                )
+            })
     }
 }
 
 pub(super) struct Gathered<'a> {
     pub(super) html: String,
-    pub(super) css: String,
+    /// Where the document's inlinable CSS comes from, in order.
+    pub(super) css: Vec<Piece<'a>>,
     pub(super) kept_blocks: Vec<String>,
     /// The tokens of `html` as a scan of it would give them (text cut in two by a
     /// removed block comes in its two pieces), ranges in `html`; `None` when a cut
@@ -131,6 +145,36 @@ impl<'a> Kept<'a> {
     fn cut(&mut self) {
         self.after_cut = true;
     }
+}
+
+/// One source of a document's inlinable CSS: a `<style>` block, or a sheet of the set
+/// it links; with the media it is for.
+#[derive(Debug)]
+pub(super) struct Piece<'a> {
+    /// The linked sheet's path in the set; `None` for a `<style>` block.
+    pub(super) sheet: Option<&'a str>,
+    pub(super) css: &'a str,
+    pub(super) media: Option<Cow<'a, str>>,
+}
+
+impl Piece<'_> {
+    /// What tells this piece from others: a sheet's text never changes while the set
+    /// lives, so its path stands for it, where a block is its text.
+    pub(super) fn identity(&self) -> (bool, &str, Option<&str>) {
+        match self.sheet {
+            Some(path) => (true, path, self.media.as_deref()),
+            None => (false, self.css, self.media.as_deref()),
+        }
+    }
+}
+
+/// The CSS the pieces make up, in order, as css-inline is given it.
+pub(super) fn css_text(pieces: &[Piece<'_>]) -> String {
+    let mut css = String::with_capacity(pieces.iter().map(|p| p.css.len() + 1).sum());
+    for piece in pieces {
+        push_css(&mut css, piece.css, piece.media.as_deref());
+    }
+    css
 }
 
 pub(super) fn push_css(css: &mut String, sheet: &str, media: Option<&str>) {

@@ -12,6 +12,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
@@ -19,7 +20,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::html;
 use crate::text;
 pub(crate) use gather::check_static_links;
-use gather::Gathered;
+use gather::{css_text, Gathered, Piece};
 use plan::{apply, make_plan, CssPlans, Plan, Shape, PLAN_CACHE_LIMIT};
 use rules::{split_rules, Split};
 
@@ -43,7 +44,10 @@ const SPLIT_CACHE_LIMIT: usize = 256;
 /// [`Plan`]) and written into each later document of that shape directly.
 pub(crate) struct Stylesheets {
     files: HashMap<String, Arc<str>>,
-    splits: RwLock<FastMap<String, Arc<Split>>>,
+    /// Splits by the hash of the pieces gathered, each with the pieces it is for: a
+    /// document that links the set's sheets finds its split without the sheets' text
+    /// being copied together, hashed or compared.
+    splits: RwLock<FastMap<u64, SplitBucket>>,
     /// Plans by the hash of the inlinable CSS they were made for, then by the exact
     /// shape. A hit compares the CSS and the whole shape, not hashes of them: a
     /// collision would otherwise write another document's styles into this one.
@@ -90,7 +94,8 @@ impl Stylesheets {
             .take()
             .unwrap_or_else(|| html::Scanner::new(&gathered.html).collect());
         let (inlined, text) = if split.inline.is_empty() {
-            let text = want_text.then(|| text::from_tokens(tokens, None));
+            let len = gathered.html.len();
+            let text = want_text.then(|| text::from_tokens(tokens, len, None));
             (std::mem::take(&mut gathered.html), text)
         } else {
             let shape = Shape::of(&tokens, &split);
@@ -101,8 +106,9 @@ impl Stylesheets {
                         hidden_by_style: hidden,
                         marks: &shape.marks,
                     };
-                    let text = want_text.then(|| text::from_tokens(tokens, Some(planned)));
-                    (apply(&gathered.html, &shape, styles), text)
+                    let len = gathered.html.len();
+                    let text = want_text.then(|| text::from_tokens(tokens, len, Some(planned)));
+                    (apply(&gathered.html, &shape, styles, head.len()), text)
                 }
                 Plan::Direct => {
                     let inlined = css_inline_direct(&gathered.html, &split.inline, file)?;
@@ -154,18 +160,66 @@ impl Stylesheets {
         Ok(plan)
     }
 
-    fn split(&self, css: &str) -> Arc<Split> {
-        if let Some(split) = self.splits.read().ok().and_then(|m| m.get(css).cloned()) {
-            return split;
+    fn split(&self, pieces: &[Piece<'_>]) -> Arc<Split> {
+        let same = |key: &[PieceKey]| {
+            key.len() == pieces.len()
+                && key
+                    .iter()
+                    .zip(pieces)
+                    .all(|(k, p)| k.identity() == p.identity())
+        };
+        let hash = |cache: &FastMap<u64, _>| {
+            let mut hasher = cache.hasher().build_hasher();
+            for piece in pieces {
+                piece.identity().hash(&mut hasher);
+            }
+            hasher.finish()
+        };
+        let mut at = None;
+        if let Ok(cache) = self.splits.read() {
+            let h = hash(&cache);
+            let hit = cache
+                .get(&h)
+                .and_then(|bucket| bucket.iter().find(|(key, _)| same(key)));
+            if let Some((_, split)) = hit {
+                return split.clone();
+            }
+            at = Some(h);
         }
-        let split = Arc::new(split_rules(css));
-        if let Ok(mut cache) = self.splits.write() {
+        let split = Arc::new(split_rules(&css_text(pieces)));
+        if let (Some(h), Ok(mut cache)) = (at, self.splits.write()) {
             if cache.len() >= SPLIT_CACHE_LIMIT {
                 cache.clear();
             }
-            cache.insert(css.to_string(), split.clone());
+            let key = pieces.iter().map(PieceKey::of).collect();
+            cache.entry(h).or_default().push((key, split.clone()));
         }
         split
+    }
+}
+
+/// The splits whose pieces hash alike, each with its pieces.
+type SplitBucket = Vec<(Vec<PieceKey>, Arc<Split>)>;
+
+/// A gathered [`Piece`] as the split cache keeps it.
+struct PieceKey {
+    sheet: bool,
+    text: String,
+    media: Option<String>,
+}
+
+impl PieceKey {
+    fn of(piece: &Piece<'_>) -> PieceKey {
+        let (sheet, text, media) = piece.identity();
+        PieceKey {
+            sheet,
+            text: text.to_string(),
+            media: media.map(str::to_string),
+        }
+    }
+
+    fn identity(&self) -> (bool, &str, Option<&str>) {
+        (self.sheet, &self.text, self.media.as_deref())
     }
 }
 

@@ -17,9 +17,16 @@ use super::rules::Split;
 /// loop rendering 1 to 50 rows makes up to 50.
 pub(super) const PLAN_CACHE_LIMIT: usize = 4096;
 
-/// Attributes whose values selectors commonly depend on, whatever the stylesheet says.
-pub(super) const KEY_ATTRIBUTES: &[&str] =
-    &["class", "id", "style", "lang", "dir", "type", "xml:lang"];
+/// Whether lower-cased `name` is one of the attributes whose values selectors commonly
+/// depend on, whatever the stylesheet says. A `match` compiles to a test of the length
+/// and then of the bytes, where a loop over a list called `memcmp` for each name of
+/// equal length.
+fn is_key_attribute(name: &[u8]) -> bool {
+    matches!(
+        name,
+        b"class" | b"id" | b"style" | b"lang" | b"dir" | b"type" | b"xml:lang"
+    )
+}
 
 /// Marks each start tag while a plan is made, to find it again in css-inline's output.
 pub(super) const MARKER: &str = "data-missive-node";
@@ -61,10 +68,16 @@ impl<'a> Shape<'a> {
     /// The shape of the document `tokens` make up (as [`Scanner`] gives them; a text
     /// run may come in pieces, and reads as one).
     pub(super) fn of(tokens: &[(Token<'a>, Range<usize>)], split: &Split) -> Shape<'a> {
-        let mut signature = Vec::with_capacity(tokens.len() * 8);
-        let mut tags = Vec::new();
-        let mut marks = Vec::new();
-        let mut styles = Vec::new();
+        // A tag's piece of the signature is never much longer than the tag, nor a text
+        // run's: room for the whole document spares the regrowing.
+        let mut signature = Vec::with_capacity(tokens.last().map_or(0, |(_, r)| r.end) + 16);
+        let starts = tokens
+            .iter()
+            .filter(|(t, _)| matches!(t, Token::Start { .. }))
+            .count();
+        let mut tags = Vec::with_capacity(starts);
+        let mut marks = Vec::with_capacity(starts);
+        let mut styles = Vec::with_capacity(starts);
         let mut after_text = false;
         for (token, range) in tokens {
             let text = matches!(token, Token::Text(_));
@@ -80,14 +93,18 @@ impl<'a> Shape<'a> {
                         if style.is_none() && attr.eq_ignore_ascii_case("style") {
                             style = Some(span);
                         }
-                        let keyed = KEY_ATTRIBUTES.iter().any(|k| k.eq_ignore_ascii_case(attr))
+                        let kind = signature.len();
+                        signature.push(4);
+                        push_lower(&mut signature, attr);
+                        // Both lists are lower-cased: compare with the name as just written.
+                        let lower = &signature[signature.len() - attr.len()..];
+                        let keyed = is_key_attribute(lower)
                             || split
                                 .selector_attributes
                                 .iter()
-                                .any(|k| k.eq_ignore_ascii_case(attr));
-                        signature.push(if keyed { 3 } else { 4 });
-                        push_lower(&mut signature, attr);
+                                .any(|k| k.as_bytes() == lower);
                         if keyed {
+                            signature[kind] = 3;
                             push_piece(&mut signature, value.as_bytes());
                         }
                     }
@@ -101,7 +118,7 @@ impl<'a> Shape<'a> {
                 // Text never changes which selectors match, but whether there is any can
                 // change the tree the parser builds (and `:empty`).
                 Token::Text(text) => {
-                    let blank = text.trim().is_empty();
+                    let blank = is_blank(text);
                     if !after_text {
                         signature.push(5 + u8::from(blank));
                     } else if !blank {
@@ -139,11 +156,32 @@ pub(super) fn push_piece(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// Writes `s` lowercased, length first: names are nearly always lowercase already.
+/// Writes `s` lowercased, length first. Names are a few bytes: a loop beats a copy
+/// and a second pass.
 pub(super) fn push_lower(out: &mut Vec<u8>, s: &str) {
-    push_piece(out, s.as_bytes());
-    let start = out.len() - s.len();
-    out[start..].make_ascii_lowercase();
+    let bytes = s.as_bytes();
+    if bytes.len() >= 0x80 {
+        push_piece(out, bytes);
+        let start = out.len() - s.len();
+        out[start..].make_ascii_lowercase();
+        return;
+    }
+    out.reserve(bytes.len() + 1);
+    out.push(bytes.len() as u8);
+    out.extend(bytes.iter().map(u8::to_ascii_lowercase));
+}
+
+/// Whether `text` is all white space (`str::trim` of it is empty). Text between tags is
+/// mostly indentation: test bytes, and chars only past the first non-ASCII byte.
+fn is_blank(text: &str) -> bool {
+    for (at, &b) in text.as_bytes().iter().enumerate() {
+        match b {
+            b'\t'..=b'\r' | b' ' => {}
+            0x80.. => return text[at..].trim().is_empty(),
+            _ => return false,
+        }
+    }
+    true
 }
 
 /// Runs css-inline once on `html` with every start tag marked, and reads back the style
@@ -213,9 +251,10 @@ pub(super) fn attrs_end(html: &str, range: &Range<usize>) -> usize {
 }
 
 /// Writes the planned styles into `html`, replacing any `style` attribute already there.
-pub(super) fn apply(html: &str, shape: &Shape, styles: &[Option<Box<str>>]) -> String {
+/// The result has room for `more` bytes besides, which the caller adds next.
+pub(super) fn apply(html: &str, shape: &Shape, styles: &[Option<Box<str>>], more: usize) -> String {
     let extra: usize = styles.iter().flatten().map(|s| s.len() + 9).sum();
-    let mut out = String::with_capacity(html.len() + extra);
+    let mut out = String::with_capacity(html.len() + extra + more);
     let mut copied = 0;
     for (((range, name_len), at), style) in shape.tags.iter().zip(&shape.styles).zip(styles) {
         let Some(style) = style else { continue };
@@ -246,6 +285,24 @@ pub(super) fn apply(html: &str, shape: &Shape, styles: &[Option<Box<str>>]) -> S
 mod tests {
     use super::*;
 
+    #[test]
+    fn blank_is_what_trim_leaves_empty() {
+        for text in [
+            "",
+            " ",
+            "\n\t \r\x0c",
+            "\x0b",
+            " \u{a0} ",
+            "\u{3000}",
+            " x ",
+            "\u{a0}x",
+            "\x1f",
+            "é",
+        ] {
+            assert_eq!(is_blank(text), text.trim().is_empty(), "{text:?}");
+        }
+    }
+
     /// The planned style takes the place of the one written, whatever its quoting; an
     /// unquoted value that ends the tag once took the tag's `>` with it.
     #[test]
@@ -267,7 +324,7 @@ mod tests {
             ("<p id=\"b\"/>x</p>", "<p id=\"b\" style=\"c\"/>x</p>"),
         ] {
             let shape = Shape::of_html(html, &split);
-            assert_eq!(apply(html, &shape, &[Some("c".into())]), want, "{html}");
+            assert_eq!(apply(html, &shape, &[Some("c".into())], 0), want, "{html}");
         }
     }
 }

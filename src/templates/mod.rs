@@ -68,6 +68,9 @@ pub(crate) struct Field {
     pub line: usize,
     /// Which field it is (`subject`, `to[1]`, `headers.X-Id`), for errors.
     pub field: String,
+    /// The addresses of an address field used as written, parsed at its first render:
+    /// the text never changes, and parsing it is most of what such a field costs.
+    pub addresses: std::sync::OnceLock<std::result::Result<Vec<lettre::message::Mailbox>, String>>,
 }
 
 /// The front-matter of one variant, ready to render.
@@ -472,8 +475,11 @@ fn extends_target(text: &str) -> Option<String> {
 /// `&#x2f;`, which is harmless but fills every URL a recipient sees in the source with it.
 fn write_escaped(out: &mut minijinja::Output, text: &str) -> Result<(), minijinja::Error> {
     let failed = |_| minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "output failed");
+    // The five are ASCII, so every cut is a character boundary; they are searched for
+    // a word at a time, which is several times cheaper than a search for any of five
+    // chars.
     let mut rest = text;
-    while let Some(at) = rest.find(['&', '<', '>', '"', '\'']) {
+    while let Some(at) = crate::html::find_escapable(rest.as_bytes()) {
         out.write_str(&rest[..at]).map_err(failed)?;
         let entity = match rest.as_bytes()[at] {
             b'&' => "&amp;",
@@ -772,6 +778,7 @@ impl Builder {
                 slot,
                 line: value.line,
                 field: value.field.clone(),
+                addresses: std::sync::OnceLock::new(),
             })
         };
         // Every broken value is reported, not only the first.
