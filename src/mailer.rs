@@ -495,8 +495,8 @@ impl TemplateMessage {
 
     /// The data the template renders with, as JSON the caller already holds: a
     /// request body, a row's JSON column, or one value shared by many messages.
-    /// Nothing is copied, where [`data`](Self::data) serialises its argument (for a
-    /// 50-item receipt, about a sixth of the render).
+    /// Nothing is copied, where [`data`](Self::data) serialises its argument (over the
+    /// example templates, about a tenth of the render).
     ///
     /// ```
     /// # let (mailer, _inbox) = missive::Mailer::for_tests(concat!(env!("CARGO_MANIFEST_DIR"), "/templates"));
