@@ -1159,6 +1159,62 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_version_1_database_is_migrated_and_its_queued_mail_delivered_as_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/q.db");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let raw = b"Message-ID: <old@test>\r\nSubject: from version 1\r\n\r\nbody\r\n";
+        {
+            let v1 = Connection::open(&path).unwrap();
+            v1.execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 CREATE TABLE missive_schema (
+                     version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL);",
+            )
+            .unwrap();
+            v1.execute_batch(MIGRATIONS[0].1).unwrap();
+            v1.execute(
+                "INSERT INTO missive_schema (version, applied_at) VALUES (1, 0)",
+                [],
+            )
+            .unwrap();
+            v1.execute(
+                "INSERT INTO missive_messages (message_id, template, tags, recipients, state, \
+                 next_attempt_at, expires_at, created_at, updated_at) \
+                 VALUES ('<old@test>', 'welcome', '[]', \
+                 '[{\"address\":\"a@example.test\",\"state\":\"pending\"}]', 'queued', 0, \
+                 ?1, 0, 0)",
+                [Timestamp::now().plus(Duration::from_secs(3600)).0],
+            )
+            .unwrap();
+            v1.execute(
+                "INSERT INTO missive_bodies (message, raw) VALUES (last_insert_rowid(), ?1)",
+                [&raw[..]],
+            )
+            .unwrap();
+        }
+        let store = open(&dir);
+        store.enqueue(message(2, None)).await.unwrap();
+        let versions: Vec<i64> = store
+            .read(|conn| {
+                conn.prepare("SELECT version FROM missive_schema ORDER BY version")?
+                    .query_map([], |r| r.get(0))?
+                    .collect()
+            })
+            .await
+            .unwrap();
+        assert_eq!(versions, [1, 2]);
+        let claimed = store
+            .claim("w", 10, Timestamp::now(), Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 2);
+        assert_eq!(claimed[0].message_id, "<old@test>");
+        assert_eq!(&claimed[0].raw[..], &raw[..]);
+        assert_eq!(claimed[1].raw, message(2, None).raw);
+    }
+
+    #[tokio::test]
     async fn a_version_1_body_reads_back_and_a_damaged_one_is_an_error_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir);
