@@ -407,12 +407,12 @@ pub(crate) fn attr<'a>(attrs: &'a str, name: &str) -> Option<Cow<'a, str>> {
 /// short (values, tags, indentation between tags), found before `memchr` has set up.
 const SHORT: usize = 32;
 
-const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+pub(crate) const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+pub(crate) const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
 
 /// The high bit of each byte of `word` that equals `byte`: exact for the lowest such
 /// byte, which is all the callers read.
-fn bytes_equal(word: u64, byte: u8) -> u64 {
+pub(crate) fn bytes_equal(word: u64, byte: u8) -> u64 {
     let x = word ^ (ONES * u64::from(byte));
     x.wrapping_sub(ONES) & !x & HIGHS
 }
@@ -420,7 +420,11 @@ fn bytes_equal(word: u64, byte: u8) -> u64 {
 /// The first position in the first `limit` bytes of `haystack` whose 8-byte word has
 /// a set bit in `hits`, eight bytes at a time; `Err` with how far it looked otherwise
 /// (the rest is less than a word, or past `limit`).
-fn find_words(haystack: &[u8], limit: usize, hits: impl Fn(u64) -> u64) -> Result<usize, usize> {
+pub(crate) fn find_words(
+    haystack: &[u8],
+    limit: usize,
+    hits: impl Fn(u64) -> u64,
+) -> Result<usize, usize> {
     let end = haystack.len().min(limit);
     let mut i = 0;
     while let Some(chunk) = haystack.get(i..i + 8).filter(|_| i + 8 <= end) {

@@ -417,6 +417,25 @@ async fn kill_between_250_and_commit(
     }
 }
 
+/// Database `db` on `pg`: the URL the test reads it by, the one the child's
+/// missive.yaml names (without the password), and the child's environment that
+/// carries the password.
+fn postgres_child(
+    pg: &support::postgres::Postgres,
+    db: &str,
+) -> (String, String, Vec<(String, String)>) {
+    let config_url = format!(
+        "postgres://{}@127.0.0.1:{}/{db}",
+        support::postgres::USER,
+        pg.port
+    );
+    let env = vec![(
+        "PGPASSWORD".to_string(),
+        support::postgres::PASSWORD.to_string(),
+    )];
+    (pg.database(db), config_url, env)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_between_the_250_and_the_commit_sqlite() {
     let dir = tempfile::tempdir().unwrap();
@@ -427,16 +446,7 @@ async fn killed_between_the_250_and_the_commit_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_between_the_250_and_the_commit_postgres() {
     let pg = support::postgres::Postgres::start();
-    let url = pg.database("between");
-    let config_url = format!(
-        "postgres://{}@127.0.0.1:{}/between",
-        support::postgres::USER,
-        pg.port
-    );
-    let env = vec![(
-        "PGPASSWORD".to_string(),
-        support::postgres::PASSWORD.to_string(),
-    )];
+    let (url, config_url, env) = postgres_child(&pg, "between");
     kill_between_250_and_commit(url, &config_url, env).await;
 }
 
@@ -450,15 +460,6 @@ async fn kill_nine_anywhere_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_nine_anywhere_postgres() {
     let pg = support::postgres::Postgres::start();
-    let url = pg.database("kill");
-    let config_url = format!(
-        "postgres://{}@127.0.0.1:{}/kill",
-        support::postgres::USER,
-        pg.port
-    );
-    let env = vec![(
-        "PGPASSWORD".to_string(),
-        support::postgres::PASSWORD.to_string(),
-    )];
+    let (url, config_url, env) = postgres_child(&pg, "kill");
     kill_nine_anywhere(url, &config_url, env).await;
 }

@@ -1078,14 +1078,11 @@ mod tests {
         assert_eq!(ids.len(), 16);
         // The held operation's batch, then the one with every other operation.
         assert_eq!(store.commits() - before, 2);
-        let rows: Vec<String> = store
-            .read(|conn| {
-                conn.prepare("SELECT message_id FROM missive_messages ORDER BY id")?
-                    .query_map([], |r| r.get(0))?
-                    .collect()
-            })
-            .await
-            .unwrap();
+        let rows: Vec<String> = column(
+            &store,
+            "SELECT message_id FROM missive_messages ORDER BY id",
+        )
+        .await;
         assert_eq!(rows.len(), 16, "{rows:?}");
         assert!(!rows.iter().any(|id| id == "<half@done>"), "{rows:?}");
         let bodies: i64 = store
@@ -1093,6 +1090,17 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(bodies, 16);
+    }
+
+    /// The first column of every row `sql` selects, read through the store's reader.
+    async fn column<T: rusqlite::types::FromSql + Send + 'static>(
+        store: &Sqlite,
+        sql: &'static str,
+    ) -> Vec<T> {
+        store
+            .read(move |conn| conn.prepare(sql)?.query_map([], |r| r.get(0))?.collect())
+            .await
+            .unwrap()
     }
 
     /// Bytes that LZ4 cannot shrink.
@@ -1195,14 +1203,11 @@ mod tests {
         }
         let store = open(&dir);
         store.enqueue(message(2, None)).await.unwrap();
-        let versions: Vec<i64> = store
-            .read(|conn| {
-                conn.prepare("SELECT version FROM missive_schema ORDER BY version")?
-                    .query_map([], |r| r.get(0))?
-                    .collect()
-            })
-            .await
-            .unwrap();
+        let versions: Vec<i64> = column(
+            &store,
+            "SELECT version FROM missive_schema ORDER BY version",
+        )
+        .await;
         assert_eq!(versions, [1, 2]);
         let claimed = store
             .claim("w", 10, Timestamp::now(), Duration::from_secs(60))

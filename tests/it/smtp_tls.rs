@@ -34,12 +34,18 @@ async fn send(mailer: &Mailer) -> missive::Result<missive::Receipt> {
         .await
 }
 
-#[tokio::test]
-async fn starttls_and_implicit_tls_with_a_private_ca() {
-    for (tls, server_tls) in [
+/// Each way of speaking TLS, by its `tls:` value in missive.yaml, with a fake server's
+/// side of it.
+fn both_tls_modes() -> [(&'static str, ServerTls); 2] {
+    [
         ("starttls", ServerTls::Starttls(test_tls_acceptor())),
         ("implicit", ServerTls::Implicit(test_tls_acceptor())),
-    ] {
+    ]
+}
+
+#[tokio::test]
+async fn starttls_and_implicit_tls_with_a_private_ca() {
+    for (tls, server_tls) in both_tls_modes() {
         let server = FakeSmtp::start(Options {
             tls: Some(server_tls),
             ..Options::default()
@@ -96,10 +102,7 @@ async fn an_untrusted_or_misnamed_certificate_is_a_configuration_error() {
 #[tokio::test]
 async fn chained_messages_over_tls_keep_their_own_outcomes() {
     use support::smtp::{Action, Stage};
-    for (tls, server_tls) in [
-        ("starttls", ServerTls::Starttls(test_tls_acceptor())),
-        ("implicit", ServerTls::Implicit(test_tls_acceptor())),
-    ] {
+    for (tls, server_tls) in both_tls_modes() {
         let server = FakeSmtp::start(Options {
             tls: Some(server_tls),
             ..Options::default()
