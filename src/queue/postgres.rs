@@ -1,10 +1,15 @@
 //! The shared backend: many app instances and workers on one PostgreSQL database.
 //! Claims take rows with `FOR UPDATE SKIP LOCKED`, so workers never wait on each other
 //! or take the same message; an enqueue sends `NOTIFY missive_queue`, which wakes idle
-//! workers at its commit. Concurrent commits share WAL flushes in the server itself.
+//! workers at its commit. Concurrent enqueues share one statement and its commit: a
+//! batcher task takes every enqueue waiting and inserts them all at once.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection as _, Executor as _, PgConnection, Row as _};
@@ -33,6 +38,12 @@ const MIGRATION_LOCK: i64 = 0x006d_6973_7369_7665;
 
 const CHANNEL: &str = "missive_queue";
 
+/// The most enqueues one statement inserts, and the bytes after which it takes no
+/// more: the statement holds its rows in memory, and spills them to a temporary file
+/// beyond `work_mem` (4 MiB by default).
+const MAX_BATCH: usize = 256;
+const MAX_BATCH_BYTES: usize = 1 << 20;
+
 type Work<'a, T> =
     std::pin::Pin<Box<dyn std::future::Future<Output = sqlx::Result<T>> + Send + 'a>>;
 
@@ -46,7 +57,18 @@ pub(crate) struct Postgres {
     wake: Arc<tokio::sync::Notify>,
     listening: std::sync::Once,
     /// A coalesced NOTIFY is on its way.
-    notifying: Arc<std::sync::atomic::AtomicBool>,
+    notifying: Arc<AtomicBool>,
+    /// Where `enqueue` hands its message to the batcher, started on first use.
+    jobs: std::sync::OnceLock<mpsc::UnboundedSender<Job>>,
+    /// Statements that inserted more than one message.
+    #[cfg_attr(not(test), allow(dead_code))] // read by the batching tests
+    shared: Arc<AtomicU64>,
+}
+
+/// An enqueue waiting for the batcher, and where its answer goes.
+struct Job {
+    message: NewMessage,
+    answer: oneshot::Sender<Result<Queued>>,
 }
 
 impl Postgres {
@@ -64,7 +86,26 @@ impl Postgres {
             wake: Arc::new(tokio::sync::Notify::new()),
             listening: std::sync::Once::new(),
             notifying: Arc::default(),
+            jobs: std::sync::OnceLock::new(),
+            shared: Arc::default(),
         })
+    }
+
+    fn jobs(&self) -> &mpsc::UnboundedSender<Job> {
+        self.jobs.get_or_init(|| {
+            let (jobs, waiting) = mpsc::unbounded_channel();
+            tokio::spawn(batch_forever(self.batcher(), waiting));
+            jobs
+        })
+    }
+
+    fn batcher(&self) -> Batcher {
+        Batcher {
+            pool: self.pool().clone(),
+            options: self.options.clone(),
+            shown: self.shown.clone(),
+            shared: self.shared.clone(),
+        }
     }
 
     fn pool(&self) -> &PgPool {
@@ -115,27 +156,8 @@ impl Postgres {
         }
     }
 
-    /// A storage error naming the database. A pool timeout hides why no connection
-    /// could be made (refused, wrong password), so one direct attempt finds out.
     async fn explain(&self, e: sqlx::Error) -> Error {
-        let cause = match e {
-            sqlx::Error::PoolTimedOut => {
-                match tokio::time::timeout(
-                    Duration::from_secs(5),
-                    PgConnection::connect_with(&self.options),
-                )
-                .await
-                {
-                    Ok(Err(e)) => e.to_string(),
-                    Ok(Ok(_)) | Err(_) => "timed out waiting for a connection".to_string(),
-                }
-            }
-            e => e.to_string(),
-        };
-        Error::new(
-            ErrorKind::Storage,
-            format!("queue database {}: {cause}", self.shown),
-        )
+        explain(&self.options, &self.shown, e).await
     }
 
     /// Forwards `NOTIFY missive_queue` to the local waiters, reconnecting as needed,
@@ -168,16 +190,13 @@ impl Postgres {
 
     /// Sends one `NOTIFY` for however many enqueues commit while it is on its way.
     fn notify_soon(&self) {
-        if self
-            .notifying
-            .swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
+        if self.notifying.swap(true, Ordering::AcqRel) {
             return;
         }
         let pool = self.pool().clone();
         let notifying = self.notifying.clone();
         tokio::spawn(async move {
-            notifying.store(false, std::sync::atomic::Ordering::Release);
+            notifying.store(false, Ordering::Release);
             if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
                 .bind(CHANNEL)
                 .execute(&pool)
@@ -196,11 +215,32 @@ impl Postgres {
         m: NewMessage,
     ) -> Result<Queued> {
         self.ready().await?;
-        match insert(conn, m, true).await {
+        match insert(conn, &m, true).await {
             Ok(queued) => Ok(queued),
             Err(e) => Err(self.explain(e).await),
         }
     }
+}
+
+/// A storage error naming the database (`shown`, redacted). A pool timeout hides why
+/// no connection could be made (refused, wrong password), so one direct attempt finds
+/// out.
+async fn explain(options: &PgConnectOptions, shown: &str, e: sqlx::Error) -> Error {
+    let cause = match e {
+        sqlx::Error::PoolTimedOut => {
+            match tokio::time::timeout(Duration::from_secs(5), PgConnection::connect_with(options))
+                .await
+            {
+                Ok(Err(e)) => e.to_string(),
+                Ok(Ok(_)) | Err(_) => "timed out waiting for a connection".to_string(),
+            }
+        }
+        e => e.to_string(),
+    };
+    Error::new(
+        ErrorKind::Storage,
+        format!("queue database {shown}: {cause}"),
+    )
 }
 
 /// Applies what is missing; `Some(v)` when the database is at a newer version `v`.
@@ -241,14 +281,194 @@ async fn migrate(pool: &PgPool) -> sqlx::Result<Option<i64>> {
     Ok(None)
 }
 
+/// Takes the enqueues waiting, one batch at a time, until the store is dropped.
+async fn batch_forever(batcher: Batcher, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    while let Some(first) = jobs.recv().await {
+        let mut bytes = first.message.raw.len();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            match jobs.try_recv() {
+                Ok(job) => {
+                    bytes += job.message.raw.len();
+                    batch.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        batcher.run(batch).await;
+    }
+}
+
+struct Batcher {
+    pool: PgPool,
+    options: PgConnectOptions,
+    shown: String,
+    shared: Arc<AtomicU64>,
+}
+
+impl Batcher {
+    /// Inserts the batch and answers each job once its row is committed.
+    async fn run(&self, batch: Vec<Job>) {
+        let mut conn = match self.pool.acquire().await {
+            Ok(conn) => conn,
+            Err(e) => return self.refuse(batch, e).await,
+        };
+        if batch.len() > 1 {
+            let messages: Vec<&NewMessage> = batch.iter().map(|j| &j.message).collect();
+            match insert_many(&mut conn, &messages).await {
+                Ok(ids) => {
+                    self.shared.fetch_add(1, Ordering::Relaxed);
+                    return self.answer(&mut conn, batch, ids).await;
+                }
+                // The server refused the statement, so none of it was committed: each
+                // message is tried again alone, and only one that is refused again
+                // fails (a NUL byte in a text column, say).
+                Err(sqlx::Error::Database(_)) => {}
+                // The connection failed: whether the statement committed is unknown,
+                // and trying again could queue a message twice.
+                Err(e) => return self.refuse(batch, e).await,
+            }
+        }
+        for job in batch {
+            let answer = match insert(&mut conn, &job.message, false).await {
+                Ok(queued) => Ok(queued),
+                Err(e) => Err(explain(&self.options, &self.shown, e).await),
+            };
+            let _ = job.answer.send(answer);
+        }
+    }
+
+    /// Answers a committed batch; `ids[i]` is job i's new row, or `None` when its key
+    /// was taken, before or by an earlier job of the batch.
+    async fn answer(&self, conn: &mut PgConnection, batch: Vec<Job>, ids: Vec<Option<i64>>) {
+        let taken: Vec<&str> = batch
+            .iter()
+            .zip(&ids)
+            .filter(|(_, id)| id.is_none())
+            .filter_map(|(job, _)| job.message.idempotency_key.as_deref())
+            .collect();
+        let found = if taken.is_empty() {
+            Ok(HashMap::new())
+        } else {
+            match find_keys(conn, &taken).await {
+                Ok(found) => Ok(found),
+                Err(e) => Err(explain(&self.options, &self.shown, e).await),
+            }
+        };
+        for (job, id) in batch.into_iter().zip(ids) {
+            let answer = match (id, &job.message.idempotency_key, &found) {
+                (Some(id), _, _) => Ok(Queued {
+                    id,
+                    message_id: job.message.message_id,
+                    duplicate: false,
+                }),
+                (None, Some(key), Ok(found)) => match found.get(key) {
+                    Some((id, message_id)) => Ok(Queued {
+                        id: *id,
+                        message_id: message_id.clone(),
+                        duplicate: true,
+                    }),
+                    // Purged since its key stopped this one, as a lone enqueue can see.
+                    None => {
+                        Err(explain(&self.options, &self.shown, sqlx::Error::RowNotFound).await)
+                    }
+                },
+                (None, _, Err(e)) => Err(Error::new(e.kind(), e.message())),
+                (None, None, Ok(_)) => Err(Error::new(
+                    ErrorKind::Storage,
+                    format!(
+                        "queue database {}: a message without a key was not inserted",
+                        self.shown
+                    ),
+                )),
+            };
+            let _ = job.answer.send(answer);
+        }
+    }
+
+    async fn refuse(&self, batch: Vec<Job>, e: sqlx::Error) {
+        let e = explain(&self.options, &self.shown, e).await;
+        for job in batch {
+            let _ = job.answer.send(Err(Error::new(e.kind(), e.message())));
+        }
+    }
+}
+
+/// Inserts every message with one statement, committed on its own; returns message
+/// i's new id, or `None` when its key is taken (before, or by an earlier message of
+/// `messages`, whose row it then gets).
+async fn insert_many(
+    conn: &mut PgConnection,
+    messages: &[&NewMessage],
+) -> sqlx::Result<Vec<Option<i64>>> {
+    // The ids are drawn first, in the batch's order, since RETURNING cannot say which
+    // input row a new row came from. Rows go in in key order: two processes inserting
+    // the same keys then wait for each other in one order and cannot deadlock.
+    const INSERT_MANY: &str = "WITH new AS MATERIALIZED (             SELECT nextval(pg_get_serial_sequence('missive_messages', 'id')::regclass) AS id, n.*             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],                         $7::bytea[], $8::int8[], $9::int8[]) WITH ORDINALITY                  AS n (message_id, idempotency_key, template, tags, envelope_from, recipients,                        raw, now, expires_at, ord)),         inserted AS (             INSERT INTO missive_messages (id, message_id, idempotency_key, template, tags,                 envelope_from, recipients, raw, state, attempts, next_attempt_at, expires_at,                 created_at, updated_at) OVERRIDING SYSTEM VALUE             SELECT id, message_id, idempotency_key, template, tags, envelope_from, recipients,                 raw, 'queued', 0, now, expires_at, now, now FROM new ORDER BY idempotency_key, ord             ON CONFLICT (idempotency_key) DO NOTHING RETURNING id)         SELECT new.ord, new.id FROM new JOIN inserted USING (id)";
+    let column = |f: fn(&NewMessage) -> Option<&str>| -> Vec<Option<&str>> {
+        messages.iter().map(|m| f(m)).collect()
+    };
+    let recipients: Vec<String> = messages
+        .iter()
+        .map(|m| store::recipients_json(&store::pending(&m.recipients)))
+        .collect();
+    let tags: Vec<String> = messages.iter().map(|m| tags_json(m)).collect();
+    let raw: Vec<&[u8]> = messages.iter().map(|m| &m.raw[..]).collect();
+    let now: Vec<i64> = messages.iter().map(|m| m.now.0).collect();
+    let expires_at: Vec<i64> = messages.iter().map(|m| m.expires_at.0).collect();
+    let rows: Vec<(i64, i64)> = sqlx::query_as(INSERT_MANY)
+        .bind(column(|m| Some(&m.message_id)))
+        .bind(column(|m| m.idempotency_key.as_deref()))
+        .bind(column(|m| Some(&m.template)))
+        .bind(tags)
+        .bind(column(|m| m.envelope_from.as_deref()))
+        .bind(recipients)
+        .bind(raw)
+        .bind(now)
+        .bind(expires_at)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut ids = vec![None; messages.len()];
+    for (ord, id) in rows {
+        // ORDINALITY counts from 1.
+        let slot = usize::try_from(ord - 1).ok().and_then(|i| ids.get_mut(i));
+        if let Some(slot) = slot {
+            *slot = Some(id);
+        }
+    }
+    Ok(ids)
+}
+
+/// The id and Message-ID of the messages queued with `keys`.
+async fn find_keys(
+    conn: &mut PgConnection,
+    keys: &[&str],
+) -> sqlx::Result<HashMap<String, (i64, String)>> {
+    let rows: Vec<(String, i64, String)> = sqlx::query_as(
+        "SELECT idempotency_key, id, message_id FROM missive_messages \
+         WHERE idempotency_key = ANY($1)",
+    )
+    .bind(keys)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(key, id, message_id)| (key, (id, message_id)))
+        .collect())
+}
+
+fn tags_json(m: &NewMessage) -> String {
+    serde_json::to_string(&m.tags).unwrap_or_else(|_| "[]".into())
+}
+
 /// Inserts the message; `notify` also sends the wake-up inside the same transaction.
 async fn insert(
     conn: &mut PgConnection,
-    m: NewMessage,
+    m: &NewMessage,
     notify: bool,
 ) -> std::result::Result<Queued, sqlx::Error> {
     let recipients = store::recipients_json(&store::pending(&m.recipients));
-    let tags = serde_json::to_string(&m.tags).unwrap_or_else(|_| "[]".into());
+    let tags = tags_json(m);
     // ON CONFLICT waits for a concurrent insert of the same key to commit or roll
     // back, so of fifty racing enqueues exactly one inserts.
     let id: Option<i64> = sqlx::query_scalar(
@@ -277,7 +497,7 @@ async fn insert(
         }
         return Ok(Queued {
             id,
-            message_id: m.message_id,
+            message_id: m.message_id.clone(),
             duplicate: false,
         });
     }
@@ -460,16 +680,24 @@ async fn apply_op(
 #[async_trait::async_trait]
 impl Store for Postgres {
     async fn enqueue(&self, m: NewMessage) -> Result<Queued> {
-        // One statement, committed on its own. NOTIFY is sent afterwards, coalesced:
-        // a transaction that notifies holds a database-wide lock through its commit,
-        // which would make concurrent enqueues sync one after another instead of
-        // sharing WAL flushes.
-        let queued = self
-            .run(Box::pin(async {
-                let mut conn = self.pool().acquire().await?;
-                insert(&mut conn, m, false).await
-            }))
-            .await?;
+        self.ready().await?;
+        let (answer, answered) = oneshot::channel();
+        let answered = match self.jobs().send(Job { message: m, answer }) {
+            Ok(()) => answered.await.ok(),
+            Err(_) => None,
+        };
+        // NOTIFY is sent afterwards, coalesced: a transaction that notifies holds a
+        // database-wide lock through its commit, which would make the enqueues of
+        // other processes sync one after another instead of sharing WAL flushes.
+        let queued = answered.unwrap_or_else(|| {
+            Err(Error::new(
+                ErrorKind::Storage,
+                format!(
+                    "queue database {}: the enqueue task stopped (its runtime shut down)",
+                    self.shown
+                ),
+            ))
+        })?;
         if !queued.duplicate {
             self.notify_soon();
         }
@@ -702,4 +930,125 @@ mod tests {
         let store: Arc<dyn Store> = Arc::new(Postgres::open(&server.database("q")).unwrap());
         (server, store)
     });
+
+    use crate::queue::conformance::message;
+
+    fn open(server: &server::Postgres) -> Postgres {
+        Postgres::open(&server.database("batch")).unwrap()
+    }
+
+    /// Runs `messages` as the batcher runs one batch; their answers, in order.
+    async fn batch(store: &Postgres, messages: Vec<NewMessage>) -> Vec<Result<Queued>> {
+        store.ready().await.unwrap();
+        let (jobs, answers): (Vec<Job>, Vec<_>) = messages
+            .into_iter()
+            .map(|message| {
+                let (answer, answered) = oneshot::channel();
+                (Job { message, answer }, answered)
+            })
+            .unzip();
+        store.batcher().run(jobs).await;
+        let mut out = Vec::new();
+        for answered in answers {
+            out.push(answered.await.unwrap());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_batch_with_a_key_twice_queues_it_once_and_answers_both_with_the_first() {
+        let server = server::Postgres::start();
+        let store = open(&server);
+        let earlier = store.enqueue(message(0, Some("old"))).await.unwrap();
+        let answers = batch(
+            &store,
+            vec![
+                message(1, Some("k")),
+                message(2, None),
+                message(3, Some("k")),
+                message(4, Some("old")),
+            ],
+        )
+        .await;
+        let [a, b, c, d] = <[Result<Queued>; 4]>::try_from(answers)
+            .ok()
+            .unwrap()
+            .map(Result::unwrap);
+        assert_eq!(store.shared.load(Ordering::Relaxed), 1, "one statement");
+        assert!(!a.duplicate && !b.duplicate);
+        assert_eq!(a.message_id, "<m1@test>");
+        assert_eq!(
+            (c.id, &c.message_id, c.duplicate),
+            (a.id, &a.message_id, true)
+        );
+        assert_eq!(
+            (d.id, &d.message_id, d.duplicate),
+            (earlier.id, &earlier.message_id, true)
+        );
+        assert!(
+            earlier.id < a.id && a.id < b.id,
+            "ids in the order of the batch"
+        );
+        assert_eq!(store.stats().await.unwrap().count(State::Queued), 3);
+    }
+
+    #[tokio::test]
+    async fn a_message_the_server_refuses_fails_alone_and_its_error_shows_no_content() {
+        let server = server::Postgres::start();
+        let store = open(&server);
+        // Text cannot hold a NUL byte: the server refuses the row, and so the batch.
+        let answers = batch(
+            &store,
+            vec![
+                message(0, None),
+                message(1, Some("secret\0key")),
+                message(2, Some("fine")),
+            ],
+        )
+        .await;
+        let e = answers[1].as_ref().err().unwrap();
+        assert_eq!(e.kind(), ErrorKind::Storage);
+        assert!(e.message().starts_with("queue database postgres://"), "{e}");
+        assert!(!e.message().contains("secret"), "{e}");
+        assert!(!e.message().contains(server::PASSWORD), "{e}");
+        let stored: Vec<i64> = [&answers[0], &answers[2]]
+            .map(|a| a.as_ref().unwrap().id)
+            .to_vec();
+        let claimed = store
+            .claim("w", 10, Timestamp::now(), Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(claimed.iter().map(|c| c.id).collect::<Vec<_>>(), stored);
+        assert_eq!(&*claimed[1].raw, &*message(2, None).raw);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_enqueues_share_statements_and_each_gets_its_own_message() {
+        let server = server::Postgres::start();
+        let store = Arc::new(open(&server));
+        let mut tasks = Vec::new();
+        for n in 0..64 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                (n, store.enqueue(message(n, None)).await.unwrap())
+            }));
+        }
+        let mut ids = HashMap::new();
+        for t in tasks {
+            let (n, queued) = t.await.unwrap();
+            assert_eq!(queued.message_id, format!("<m{n}@test>"));
+            ids.insert(queued.id, n);
+        }
+        assert!(store.shared.load(Ordering::Relaxed) >= 1);
+        let claimed = store
+            .claim("w", 100, Timestamp::now(), Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 64);
+        for c in claimed {
+            let n = ids[&c.id];
+            assert_eq!(c.message_id, format!("<m{n}@test>"));
+            assert_eq!(&*c.raw, &*message(n, None).raw);
+        }
+    }
 }
