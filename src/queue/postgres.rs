@@ -5,7 +5,7 @@
 //! batcher task takes every enqueue waiting and inserts them all at once.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -56,8 +56,6 @@ pub(crate) struct Postgres {
     ready: tokio::sync::OnceCell<()>,
     wake: Arc<tokio::sync::Notify>,
     listening: std::sync::Once,
-    /// A coalesced NOTIFY is on its way.
-    notifying: Arc<AtomicBool>,
     /// Where `enqueue` hands its message to the batcher, started on first use.
     jobs: std::sync::OnceLock<mpsc::UnboundedSender<Job>>,
     /// Statements that inserted more than one message.
@@ -85,7 +83,6 @@ impl Postgres {
             ready: tokio::sync::OnceCell::new(),
             wake: Arc::new(tokio::sync::Notify::new()),
             listening: std::sync::Once::new(),
-            notifying: Arc::default(),
             jobs: std::sync::OnceLock::new(),
             shared: Arc::default(),
         })
@@ -188,25 +185,6 @@ impl Postgres {
         });
     }
 
-    /// Sends one `NOTIFY` for however many enqueues commit while it is on its way.
-    fn notify_soon(&self) {
-        if self.notifying.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let pool = self.pool().clone();
-        let notifying = self.notifying.clone();
-        tokio::spawn(async move {
-            notifying.store(false, Ordering::Release);
-            if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
-                .bind(CHANNEL)
-                .execute(&pool)
-                .await
-            {
-                tracing::debug!(error = %e, "queue wake-up not sent; workers poll instead");
-            }
-        });
-    }
-
     /// Enqueues on the caller's connection or transaction: the message exists if
     /// and only if that transaction commits, and workers hear of it at the commit.
     pub(crate) async fn enqueue_in(
@@ -215,7 +193,7 @@ impl Postgres {
         m: NewMessage,
     ) -> Result<Queued> {
         self.ready().await?;
-        match insert(conn, &m, true).await {
+        match insert(conn, &m).await {
             Ok(queued) => Ok(queued),
             Err(e) => Err(self.explain(e).await),
         }
@@ -330,7 +308,7 @@ impl Batcher {
             }
         }
         for job in batch {
-            let answer = match insert(&mut conn, &job.message, false).await {
+            let answer = match insert(&mut conn, &job.message).await {
                 Ok(queued) => Ok(queued),
                 Err(e) => Err(explain(&self.options, &self.shown, e).await),
             };
@@ -403,7 +381,12 @@ async fn insert_many(
 ) -> sqlx::Result<Vec<Option<i64>>> {
     // The ids are drawn first, in the batch's order, since RETURNING cannot say which
     // input row a new row came from. Rows go in in key order: two processes inserting
-    // the same keys then wait for each other in one order and cannot deadlock.
+    // the same keys then wait for each other in one order and cannot deadlock. The
+    // NOTIFY holds a database-wide lock through the commit, so the commits of other
+    // processes' batches wait for this one instead of sharing its WAL flush; the
+    // batches waiting meanwhile grow instead. A NOTIFY sent after the commit would
+    // take that lock too, and commit and flush a transaction of its own: 16 callers
+    // enqueued 3,051 msg/s that way against 4,049 this way (one run).
     const INSERT_MANY: &str = "WITH new AS MATERIALIZED ( \
          SELECT nextval(pg_get_serial_sequence('missive_messages', 'id')::regclass) AS id, n.* \
          FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
@@ -417,7 +400,7 @@ async fn insert_many(
          SELECT id, message_id, idempotency_key, template, tags, envelope_from, recipients, \
          raw, 'queued', 0, now, expires_at, now, now FROM new ORDER BY idempotency_key, ord \
          ON CONFLICT (idempotency_key) DO NOTHING RETURNING id) \
-         SELECT new.ord, new.id FROM new JOIN inserted USING (id)";
+         SELECT new.ord, new.id, pg_notify($10, '') FROM new JOIN inserted USING (id)";
     let column = |f: fn(&NewMessage) -> Option<&str>| -> Vec<Option<&str>> {
         messages.iter().map(|m| f(m)).collect()
     };
@@ -439,6 +422,7 @@ async fn insert_many(
         .bind(raw)
         .bind(now)
         .bind(expires_at)
+        .bind(CHANNEL)
         .fetch_all(&mut *conn)
         .await?;
     let mut ids = vec![None; messages.len()];
@@ -474,21 +458,19 @@ fn tags_json(m: &NewMessage) -> String {
     serde_json::to_string(&m.tags).unwrap_or_else(|_| "[]".into())
 }
 
-/// Inserts the message; `notify` also sends the wake-up inside the same transaction.
-async fn insert(
-    conn: &mut PgConnection,
-    m: &NewMessage,
-    notify: bool,
-) -> std::result::Result<Queued, sqlx::Error> {
+/// Inserts the message and, when it is new, sends the wake-up in the same statement.
+async fn insert(conn: &mut PgConnection, m: &NewMessage) -> sqlx::Result<Queued> {
     let recipients = store::recipients_json(&store::pending(&m.recipients));
     let tags = tags_json(m);
     // ON CONFLICT waits for a concurrent insert of the same key to commit or roll
     // back, so of fifty racing enqueues exactly one inserts.
     let id: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO missive_messages (message_id, idempotency_key, template, tags, envelope_from, \
-         recipients, raw, state, attempts, next_attempt_at, expires_at, created_at, updated_at) \
+        "WITH inserted AS (INSERT INTO missive_messages (message_id, idempotency_key, template, \
+         tags, envelope_from, recipients, raw, state, attempts, next_attempt_at, expires_at, \
+         created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', 0, $8, $9, $8, $8) \
-         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+         ON CONFLICT (idempotency_key) DO NOTHING RETURNING id) \
+         SELECT id, pg_notify($10, '') FROM inserted",
     )
     .bind(&m.message_id)
     .bind(&m.idempotency_key)
@@ -499,15 +481,10 @@ async fn insert(
     .bind(&m.raw[..])
     .bind(m.now.0)
     .bind(m.expires_at.0)
+    .bind(CHANNEL)
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(id) = id {
-        if notify {
-            sqlx::query("SELECT pg_notify($1, '')")
-                .bind(CHANNEL)
-                .execute(&mut *conn)
-                .await?;
-        }
         return Ok(Queued {
             id,
             message_id: m.message_id.clone(),
@@ -699,10 +676,7 @@ impl Store for Postgres {
             Ok(()) => answered.await.ok(),
             Err(_) => None,
         };
-        // NOTIFY is sent afterwards, coalesced: a transaction that notifies holds a
-        // database-wide lock through its commit, which would make the enqueues of
-        // other processes sync one after another instead of sharing WAL flushes.
-        let queued = answered.unwrap_or_else(|| {
+        answered.unwrap_or_else(|| {
             Err(Error::new(
                 ErrorKind::Storage,
                 format!(
@@ -710,11 +684,7 @@ impl Store for Postgres {
                     self.shown
                 ),
             ))
-        })?;
-        if !queued.duplicate {
-            self.notify_soon();
-        }
-        Ok(queued)
+        })
     }
 
     async fn claim(
@@ -1050,7 +1020,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_enqueue_alone_or_concurrent_ones_wake_a_waiting_worker() {
+    async fn an_enqueue_alone_or_in_a_batch_wakes_waiting_workers() {
         let server = server::Postgres::start();
         let store = Arc::new(open(&server));
         store.ready().await.unwrap();
@@ -1062,13 +1032,11 @@ mod tests {
         );
         assert!(
             wakes(&store, async {
-                let enqueues = (1..9).map(|i| store.enqueue(message(i, None)));
-                for queued in futures_util::future::join_all(enqueues).await {
-                    queued.unwrap();
-                }
+                batch(&store, vec![message(1, None), message(2, None)]).await;
             })
             .await
         );
+        assert_eq!(store.shared.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
