@@ -351,7 +351,7 @@ impl Batcher {
                         Err(explain(&self.options, &self.shown, sqlx::Error::RowNotFound).await)
                     }
                 },
-                (None, _, Err(e)) => Err(Error::new(e.kind(), e.message())),
+                (None, _, Err(e)) => Err(e.clone_shallow()),
                 (None, None, Ok(_)) => Err(Error::new(
                     ErrorKind::Storage,
                     format!(
@@ -367,7 +367,7 @@ impl Batcher {
     async fn refuse(&self, batch: Vec<Job>, e: sqlx::Error) {
         let e = explain(&self.options, &self.shown, e).await;
         for job in batch {
-            let _ = job.answer.send(Err(Error::new(e.kind(), e.message())));
+            let _ = job.answer.send(Err(e.clone_shallow()));
         }
     }
 }
